@@ -1,0 +1,1 @@
+"""position-worker: the trade-execution back end (see README.md)."""
