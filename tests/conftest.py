@@ -1,0 +1,115 @@
+"""Real servers for the tests: the machine's, or embedded ones started here.
+
+* ``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` set: use those servers (a superuser URL for
+  PostgreSQL: tests create databases and roles).
+* unset: start embedded PostgreSQL 18 and Valkey from the PyPI wheels for this session.
+
+One migrated template database per session; every test gets a fresh copy
+(``CREATE DATABASE ... TEMPLATE``), never a rolled-back transaction: notifications and the
+outbox only exist after a commit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from worker.db.migrate import migrate
+from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def embedded_pg() -> Iterator[EmbeddedPostgres | None]:
+    """The embedded server when the suite started one (restart tests need it), else None."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(embedded_pg: EmbeddedPostgres | None) -> str:
+    return os.environ.get("TEST_DATABASE_URL") or (embedded_pg.url if embedded_pg else "")
+
+
+def db_url_for(admin_url: str, dbname: str) -> str:
+    params = conninfo_to_dict(admin_url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    name = f"pw_tpl_{os.getpid()}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(db_url_for(pg_admin_url, name))
+    yield name
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_db_url(pg_admin_url: str) -> Iterator[str]:
+    """A new, empty database (for migration tests)."""
+    yield from _scratch_db(pg_admin_url, None)
+
+
+@pytest.fixture
+def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    yield from _scratch_db(pg_admin_url, template_db)
+
+
+def _scratch_db(admin_url: str, template: str | None) -> Iterator[str]:
+    name = f"pw_t_{os.getpid()}_{next(_counter)}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield db_url_for(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def embedded_redis() -> Iterator[EmbeddedRedis | None]:
+    if os.environ.get("TEST_REDIS_URL"):
+        yield None
+        return
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(embedded_redis: EmbeddedRedis | None) -> Iterator[str]:
+    """A Redis URL whose database is empty at the start of the test."""
+    url = os.environ.get("TEST_REDIS_URL") or (embedded_redis.url if embedded_redis else "")
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        yield url
+    finally:
+        client.close()

@@ -1,0 +1,69 @@
+"""Helpers shared by the integration tests: seed rows, act as a user."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class Owner:
+    user_id: uuid.UUID
+    trader_id: uuid.UUID
+    signal_id: uuid.UUID
+
+
+def seed_owner(conn: psycopg.Connection[Any]) -> Owner:
+    """A user with a trader and a signal, inserted as the owner (bypasses RLS)."""
+    user_id, trader_id, signal_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    conn.execute("INSERT INTO auth.users (id, email) VALUES (%s, %s)", (user_id, f"{user_id}@x"))
+    conn.execute("INSERT INTO traders (id, user_id) VALUES (%s, %s)", (trader_id, user_id))
+    conn.execute(
+        "INSERT INTO signals (id, user_id, trader_id, symbol, status) "
+        "VALUES (%s, %s, %s, 'BTCUSDT', 'active')",
+        (signal_id, user_id, trader_id),
+    )
+    return Owner(user_id, trader_id, signal_id)
+
+
+def insert_position(
+    conn: psycopg.Connection[Any],
+    owner: Owner,
+    *,
+    symbol: str = "BTCUSDT",
+    side: str = "long",
+    quantity: Decimal | None = Decimal("0.5"),
+    **extra: Any,
+) -> uuid.UUID:
+    columns = {
+        "user_id": owner.user_id,
+        "trader_id": owner.trader_id,
+        "signal_id": owner.signal_id,
+        "symbol": symbol,
+        "side": side,
+        "status": "created",
+        "requested_quantity": quantity,
+        **extra,
+    }
+    names = ", ".join(columns)
+    marks = ", ".join(["%s"] * len(columns))
+    row = conn.execute(
+        f"INSERT INTO positions ({names}) VALUES ({marks}) RETURNING id",
+        list(columns.values()),
+    ).fetchone()
+    assert row is not None
+    return uuid.UUID(str(row[0]))
+
+
+def act_as(
+    conn: psycopg.Connection[Any], user_id: uuid.UUID | None, role: str = "authenticated"
+) -> None:
+    """Switch this connection to an end user's role and JWT claims (Supabase-style)."""
+    claims = json.dumps({"sub": str(user_id), "role": role}) if user_id else ""
+    conn.execute("SELECT set_config('request.jwt.claims', %s, false)", (claims,))
+    conn.execute(f"SET ROLE {role}")

@@ -1,0 +1,228 @@
+"""Settings: one frozen object, built once at start-up.
+
+Sources, lowest to highest precedence:
+
+1. defaults (below; ``config.example.toml`` documents every key);
+2. a TOML file: ``--config PATH``, else ``$POSITION_WORKER_CONFIG``, else ``./config.toml``
+   when it exists (the file is optional);
+3. the environment: ``DATABASE_URL`` and ``REDIS_URL`` (as Heroku-style platforms set them),
+   and ``POSITION_WORKER__SECTION__KEY`` for any other key
+   (e.g. ``POSITION_WORKER__PIPELINE__BATCH_SIZE=200``).
+
+An unknown key or a bad value raises :class:`SettingsError` with a one-line message that
+names the key, e.g. ``config: pipeline.batch_size must be an integer >= 1, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from worker.errors import SettingsError
+from worker.redact import mask_secrets
+
+ENV_PREFIX: Final = "POSITION_WORKER__"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    # The LISTEN connection must reach PostgreSQL directly (not a transaction pooler such as
+    # Supabase's port 6543). Empty = use ``url``.
+    listen_url: str = ""
+    pool_min_size: int = 2
+    pool_max_size: int = 8
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    events: str = "positions:events"
+    ai_monitoring: str = "positions:ai-monitoring"
+    notifications: str = "positions:notifications"
+    maxlen: int = 1_000_000  # approximate trim (MAXLEN ~) per stream
+    dedupe_ttl_seconds: int = 7 * 24 * 3600  # how long a published event id is remembered
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    batch_size: int = 500  # events claimed per round trip
+    lease_seconds: float = 30.0  # a claim not finished by then is taken over
+    poll_interval: float = 2.0  # drain even without a wake-up, every this many seconds
+    probe_after: float = 15.0  # probe a listener that has been quiet this long
+    max_attempts: int = 5  # handler failures before an event is parked as dead
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    reconnect_max_seconds: float = 30.0
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "auto"  # auto (colour on a terminal, JSON otherwise) | json | console
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    port: int = 0  # Prometheus endpoint port; 0 = off
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+
+    @property
+    def listen_url(self) -> str:
+        return self.database.listen_url or self.database.url
+
+
+_CHOICES: Final[dict[str, tuple[str, ...]]] = {
+    "log.level": ("debug", "info", "warning", "error"),
+    "log.format": ("auto", "json", "console"),
+}
+_URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
+    "database.url": ("postgresql://", "postgres://"),
+    "database.listen_url": ("postgresql://", "postgres://"),
+    "redis.url": ("redis://", "rediss://", "unix://"),
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from defaults, the optional TOML file and the environment."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+    config_path = _config_path(path, env)
+    if config_path is not None:
+        raw = _read_toml(config_path)
+    _apply_env(raw, env)
+    return _build(raw)
+
+
+def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        return Path(path)
+    if env.get("POSITION_WORKER_CONFIG"):
+        return Path(env["POSITION_WORKER_CONFIG"])
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"config: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config: {path} is not valid TOML: {exc}") from None
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise SettingsError(f"config: [{section}] must be a table, got {values!r}")
+    return data
+
+
+def _apply_env(raw: dict[str, dict[str, Any]], env: Mapping[str, str]) -> None:
+    if env.get("DATABASE_URL"):
+        raw.setdefault("database", {})["url"] = env["DATABASE_URL"]
+    if env.get("REDIS_URL"):
+        raw.setdefault("redis", {})["url"] = env["REDIS_URL"]
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2:
+            raise SettingsError(f"config: {name} must look like {ENV_PREFIX}SECTION__KEY")
+        raw.setdefault(parts[0], {})[parts[1]] = value
+
+
+def _build(raw: dict[str, dict[str, Any]]) -> Settings:
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    built: dict[str, Any] = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise SettingsError(f"config: unknown section [{name}] (known: {', '.join(sections)})")
+        cls = sections[name].default_factory
+        built[name] = _build_section(name, cls, values)
+    return Settings(**built)
+
+
+def _build_section(section: str, cls: Any, values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            known = ", ".join(fields)
+            raise SettingsError(f"config: unknown key {section}.{key} (known: {known})")
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(f"{section}.{key}", value, default)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        return _coerce_bool(key, value)
+    if isinstance(default, int):
+        return _coerce_number(key, value, int, "an integer")
+    if isinstance(default, float):
+        return _coerce_number(key, value, float, "a number")
+    if not isinstance(value, str):
+        raise SettingsError(f"config: {key} must be a string, got {value!r}")
+    _check_string(key, value)
+    return value
+
+
+def _coerce_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"config: {key} must be true or false, got {value!r}")
+
+
+_AT_LEAST_ONE: Final = ("batch_size", "max_attempts", "pool_max_size", "maxlen")
+
+
+def _coerce_number(key: str, value: Any, kind: type, label: str) -> Any:
+    minimum = 1 if key.endswith(_AT_LEAST_ONE) else 0
+    problem = f"config: {key} must be {label} >= {minimum}, got {value!r}"
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+        raise SettingsError(problem)
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise SettingsError(problem) from None
+    if number < minimum:
+        raise SettingsError(problem)
+    return number
+
+
+def _check_string(key: str, value: str) -> None:
+    choices = _CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise SettingsError(f"config: {key} must be one of {', '.join(choices)}, got {value!r}")
+    schemes = _URL_SCHEMES.get(key)
+    if schemes is not None and value and not value.startswith(schemes):
+        shown = mask_secrets(value)
+        raise SettingsError(f"config: {key} must start with {' or '.join(schemes)}, got {shown!r}")
