@@ -144,8 +144,12 @@ CREATE TABLE position_events (
   last_error   TEXT
 );
 
+-- Claiming: pending events in id order, and the pending head of each position.
 CREATE INDEX idx_position_events_pending ON position_events (id)
   WHERE processed_at IS NULL AND dead_at IS NULL;
+CREATE INDEX idx_position_events_pending_position ON position_events (position_id, id)
+  WHERE processed_at IS NULL AND dead_at IS NULL;
+-- The audit trail of one position.
 CREATE INDEX idx_position_events_position ON position_events (position_id, id);
 
 -- Who made a change: inside the SECURITY DEFINER functions below current_user is the
@@ -210,6 +214,9 @@ CREATE TRIGGER trigger_position_state_change
 CREATE OR REPLACE FUNCTION record_order_event() RETURNS TRIGGER
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
+  -- Hold the position's row lock until commit, like a position change does: the events of
+  -- one position then get increasing ids in commit order (the worker relies on it).
+  PERFORM 1 FROM positions WHERE id = NEW.position_id FOR NO KEY UPDATE;
   INSERT INTO position_events
     (kind, position_id, order_id, user_id, symbol, old_status, new_status,
      actor_role, actor_uid, data)
@@ -247,10 +254,14 @@ CREATE TRIGGER trigger_order_state_change
 
 CREATE OR REPLACE FUNCTION record_trade_event() RETURNS TRIGGER
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+  owner uuid;
 BEGIN
+  -- Same row lock as record_order_event(), and the owner for the audit row.
+  SELECT user_id INTO owner FROM positions WHERE id = NEW.position_id FOR NO KEY UPDATE;
   INSERT INTO position_events
     (kind, position_id, order_id, user_id, symbol, actor_role, actor_uid, data)
-  SELECT 'trade', NEW.position_id, NEW.order_id, p.user_id, NEW.symbol,
+  VALUES ('trade', NEW.position_id, NEW.order_id, owner, NEW.symbol,
          _event_actor_role(), auth.uid(),
          jsonb_strip_nulls(jsonb_build_object(
            'trade_id', NEW.id,
@@ -263,8 +274,7 @@ BEGIN
            'fee_asset', NEW.fee_asset,
            'fee_quote', NEW.fee_quote::text,
            'is_paper_trade', NEW.is_paper_trade,
-           'executed_at', NEW.executed_at))
-  FROM positions p WHERE p.id = NEW.position_id;
+           'executed_at', NEW.executed_at)));
   PERFORM pg_notify('position_worker_wakeup', '');
   RETURN NEW;
 END;

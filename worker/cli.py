@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from worker.errors import WorkerError
+from worker.logs import configure_logging
 from worker.redact import mask_secrets
 from worker.settings import Settings, load_settings
 
@@ -25,7 +26,10 @@ See config.example.toml for every key.
 EPILOG: Final = """\
 examples:
   position-worker migrate                 create or upgrade the schema
-  DATABASE_URL=postgresql://u@db/app position-worker migrate
+  position-worker run                     the daemon (Procfile: worker)
+  position-worker check                   health probe for supervisors
+  position-worker status                  what an operator looks at first
+  position-worker replay --all-dead       re-queue parked events
 """
 
 
@@ -38,6 +42,49 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     for migration in applied:
         print(f"applied {migration.version:04d}_{migration.name}")
     return 0
+
+
+def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    import anyio
+
+    from worker.app import App
+
+    configure_logging(settings.log.level, settings.log.format)
+    anyio.run(App(settings).run)
+    return 0
+
+
+def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    import anyio
+
+    from worker.ops.check import run_checks
+
+    results = anyio.run(run_checks, settings, args.timeout)
+    for result in results:
+        mark = "ok  " if result.ok else "FAIL"
+        print(f"{mark} {result.name}: {mask_secrets(result.detail)}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.ops.status import collect_status, render_status, status_json
+
+    report = collect_status(settings)
+    print(status_json(report) if args.json else render_status(report))
+    return 0
+
+
+def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    import anyio
+
+    from worker.ops.replay import replay_events
+
+    if args.event_id is None and not args.all_dead:
+        print("position-worker replay: give an EVENT_ID or --all-dead", file=sys.stderr)
+        return 2
+    ids = anyio.run(replay_events, settings, None if args.all_dead else args.event_id)
+    print(f"re-queued {len(ids)} event(s)" + (f": {', '.join(map(str, ids))}" if ids else ""))
+    return 0 if ids or args.all_dead else 1
 
 
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -60,6 +107,41 @@ def build_parser() -> argparse.ArgumentParser:
         "position-worker migrate\n  DATABASE_URL=postgresql://postgres@127.0.0.1/app "
         "position-worker migrate",
     )
+    run = _add(
+        sub,
+        "run",
+        _cmd_run,
+        "run the worker: listen, publish every event to Redis Streams, run the handlers "
+        "(SIGTERM/SIGINT stop it gracefully)",
+        "position-worker run\n  DATABASE_URL=postgresql://u@db:5432/app REDIS_URL=redis://cache "
+        "position-worker run",
+    )
+    del run
+    check = _add(
+        sub,
+        "check",
+        _cmd_check,
+        "health probe: exit 0 only when the database, Redis and a LISTEN/NOTIFY round trip work",
+        "position-worker check && echo healthy",
+    )
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
+    status = _add(
+        sub,
+        "status",
+        _cmd_status,
+        "positions by state, orders in flight, outbox lag, dead events, stream lengths",
+        "position-worker status\n  position-worker status --json | jq .outbox",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    replay = _add(
+        sub,
+        "replay",
+        _cmd_replay,
+        "re-queue parked (dead) events so the workers handle them again",
+        "position-worker replay 1234\n  position-worker replay --all-dead",
+    )
+    replay.add_argument("event_id", nargs="?", type=int, help="the event id to re-queue")
+    replay.add_argument("--all-dead", action="store_true", help="re-queue every dead event")
     return parser
 
 

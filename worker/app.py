@@ -1,0 +1,181 @@
+"""The one place that wires the real adapters together and owns the task group.
+
+``App.run()`` is ``position-worker run``: pool + Redis + listener + dispatcher + lag sampler
+(+ the metrics endpoint), all children of one anyio task group. A child that crashes takes
+the process down with a non-zero exit (the supervisor restarts it) instead of leaving a
+half-alive daemon. SIGTERM/SIGINT: stop claiming, finish the batch in hand within
+``shutdown_grace_seconds``, close connections, return normally (exit 0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+from psycopg_pool import AsyncConnectionPool
+
+from worker.db.outbox import Outbox, translated_errors
+from worker.db.queries import q
+from worker.errors import DatabaseUnavailable
+from worker.logs import get_logger
+from worker.metrics import Metrics
+from worker.pipeline.dispatcher import Dispatcher
+from worker.pipeline.handlers import Registry, any_event, position_opened
+from worker.pipeline.handlers.ai_monitoring import make_start_monitoring
+from worker.pipeline.handlers.audit_log import make_audit_log
+from worker.pipeline.listener import KEEPALIVES, Listener
+from worker.pipeline.streams import StreamPublisher
+from worker.settings import Settings
+
+ExtraHandlers = Callable[[Registry, AsyncConnectionPool[Any]], None]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(
+        settings.database.url,
+        min_size=settings.database.pool_min_size,
+        max_size=max(settings.database.pool_max_size, settings.database.pool_min_size),
+        kwargs={"autocommit": True, **KEEPALIVES},
+        check=AsyncConnectionPool.check_connection,
+        timeout=settings.database.connect_timeout,
+        open=False,
+        name="position-worker",
+    )
+
+
+def make_redis(settings: Settings) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.redis.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+    )
+
+
+class App:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_handlers: ExtraHandlers | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.name = worker_name()
+        self.log = get_logger("worker").bind(worker=self.name)
+        self.metrics = Metrics()
+        self.extra_handlers = extra_handlers
+        self.handle_signals = handle_signals
+        self.dispatcher: Dispatcher | None = None
+        self.listener: Listener | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    def build_handlers(self, pool: AsyncConnectionPool[Any]) -> Registry:
+        registry = Registry()
+        registry.add("audit_log", any_event, make_audit_log(self.log))
+        registry.add("ai_monitoring", position_opened, make_start_monitoring(pool, self.log))
+        if self.extra_handlers is not None:
+            self.extra_handlers(registry, pool)
+        return registry
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        pool = make_pool(s)
+        client = make_redis(s)
+        await pool.open(wait=False)
+        try:
+            await self._run(pool, client, task_status)
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await pool.close()
+                await client.aclose()
+            self.log.info(
+                "worker_stopped", processed=self.dispatcher.processed if self.dispatcher else 0
+            )
+
+    async def _run(
+        self, pool: AsyncConnectionPool[Any], client: aioredis.Redis, task_status: TaskStatus[None]
+    ) -> None:
+        s = self.settings
+        outbox = Outbox(pool, self.name, s.pipeline.lease_seconds)
+        publisher = StreamPublisher(client, s.streams.maxlen, s.streams.dedupe_ttl_seconds)
+        self.dispatcher = Dispatcher(
+            outbox,
+            publisher,
+            self.build_handlers(pool),
+            pipeline=s.pipeline,
+            streams=s.streams,
+            metrics=self.metrics,
+            log=self.log,
+        )
+        self.listener = Listener(
+            s.listen_url,
+            self.dispatcher.wake,
+            log=self.log,
+            metrics=self.metrics,
+            probe_after=s.pipeline.probe_after,
+            reconnect_max=s.pipeline.reconnect_max_seconds,
+            connect_timeout=s.database.connect_timeout,
+        )
+        if s.metrics.port:
+            self.metrics.serve(s.metrics.host, s.metrics.port)
+        async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            if self.handle_signals:
+                tg.start_soon(self._watch_signals)
+            await tg.start(self.listener.run)
+            tg.start_soon(self._dispatch_then_stop, tg.cancel_scope)
+            tg.start_soon(self._sample_lag, pool)
+            self.log.info(
+                "worker_started",
+                streams=[s.streams.events, s.streams.notifications, s.streams.ai_monitoring],
+                batch_size=s.pipeline.batch_size,
+            )
+            task_status.started()
+
+    async def _dispatch_then_stop(self, scope: anyio.CancelScope) -> None:
+        assert self.dispatcher is not None
+        await self.dispatcher.run()
+        scope.cancel()  # the dispatcher only returns when asked to stop
+
+    def stop(self) -> None:
+        """Graceful stop: no new claims; the batch in hand finishes within the grace period."""
+        if self.dispatcher is None:
+            if self._scope is not None:
+                self._scope.cancel()
+            return
+        self.log.info(
+            "worker_stopping", grace_seconds=self.settings.pipeline.shutdown_grace_seconds
+        )
+        self.dispatcher.stop()
+        if self._scope is not None:
+            self._scope.deadline = (
+                anyio.current_time() + self.settings.pipeline.shutdown_grace_seconds
+            )
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.log.info("signal_received", signal=signal.Signals(signum).name)
+                self.stop()
+
+    async def _sample_lag(self, pool: AsyncConnectionPool[Any]) -> None:
+        while True:
+            await anyio.sleep(self.settings.pipeline.poll_interval)
+            try:
+                async with translated_errors(), pool.connection() as conn:
+                    cur = await conn.execute(q("outbox_lag"))
+                    row = await cur.fetchone()
+            except DatabaseUnavailable:
+                continue
+            if row is not None:
+                self.metrics.outbox_lag.set(float(row[0]))
+                self.metrics.outbox_pending.set(int(row[1]))

@@ -1,0 +1,198 @@
+"""Events: outbox rows <-> typed events <-> stream entries. Pure: no I/O, no clock.
+
+An event is one row of ``position_events`` (the audit trail that doubles as the outbox),
+written by a trigger in the same transaction as the change it records. Its ``event_id`` is
+the row's bigint id: unique, and for one position increasing in commit order (every trigger
+that writes an event holds the position's row lock; see schema/0003_lifecycle.sql).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final, Literal
+
+KINDS: Final = frozenset({"position", "order", "trade"})
+NOTIFY_KEYS: Final = frozenset({"position_id", "old_status", "new_status", "user_id", "symbol"})
+Severity = Literal["info", "warning", "error", "critical"]
+
+
+class MalformedEvent(ValueError):
+    """A payload or row that cannot be understood. The message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: int
+    kind: str
+    position_id: str
+    user_id: str
+    symbol: str
+    occurred_at: datetime
+    old_status: str | None = None
+    new_status: str | None = None
+    order_id: str | None = None
+    actor_role: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+    @property
+    def type(self) -> str:
+        """``position.created``, ``position.open``, ``order.filled``, ``trade.recorded``..."""
+        if self.kind == "trade":
+            return "trade.recorded"
+        if self.old_status is None:
+            return f"{self.kind}.created"
+        return f"{self.kind}.{self.new_status}"
+
+    def amount(self, key: str) -> Decimal | None:
+        """A decimal amount from the event's data (stored as decimal strings), or None."""
+        raw = self.data.get(key)
+        if raw is None:
+            return None
+        try:
+            return Decimal(str(raw))
+        except InvalidOperation:
+            raise MalformedEvent(
+                f"event {self.event_id}: {key} is not a decimal: {raw!r}"
+            ) from None
+
+
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    """Build an :class:`Event` from a ``position_events`` row (dict row)."""
+    kind = row.get("kind")
+    if kind not in KINDS:
+        raise MalformedEvent(f"event {row.get('id')}: unknown event kind {kind!r}")
+    data = row.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise MalformedEvent(f"event {row.get('id')}: data is not an object")
+    return Event(
+        event_id=int(row["id"]),
+        kind=str(kind),
+        position_id=str(row["position_id"]),
+        user_id=str(row["user_id"]),
+        symbol=str(row["symbol"]),
+        occurred_at=row["occurred_at"],
+        old_status=row.get("old_status"),
+        new_status=row.get("new_status"),
+        order_id=str(row["order_id"]) if row.get("order_id") else None,
+        actor_role=str(row.get("actor_role") or ""),
+        data=data,
+        attempts=int(row.get("attempts") or 0),
+    )
+
+
+def parse_notification(payload: str) -> dict[str, str | None]:
+    """Validate a ``position_state_change`` payload (the spec's five keys).
+
+    Notifications are only wake-ups (the outbox is the truth), so a malformed one is
+    reported and otherwise ignored by the listener.
+    """
+    try:
+        doc = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise MalformedEvent(f"notification is not JSON: {exc.msg}") from None
+    if not isinstance(doc, dict):
+        raise MalformedEvent("notification is not a JSON object")
+    missing = NOTIFY_KEYS - doc.keys()
+    if missing:
+        raise MalformedEvent(f"notification lacks {', '.join(sorted(missing))}")
+    return {key: None if doc[key] is None else str(doc[key]) for key in sorted(NOTIFY_KEYS)}
+
+
+def stream_fields(event: Event) -> dict[str, str]:
+    """The entry written to ``positions:events``: flat strings, amounts as decimal strings."""
+    fields = {
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "kind": event.kind,
+        "position_id": event.position_id,
+        "user_id": event.user_id,
+        "symbol": event.symbol,
+        "old_status": event.old_status or "",
+        "new_status": event.new_status or "",
+        "occurred_at": event.occurred_at.isoformat(),
+        "actor_role": event.actor_role,
+    }
+    if event.order_id:
+        fields["order_id"] = event.order_id
+    for key, value in sorted(event.data.items()):
+        if key not in fields and value is not None:
+            fields[key] = _text(value)
+    return fields
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def notification_for(event: Event) -> dict[str, str] | None:
+    """A user-facing notification for the events users care about, or None."""
+    if event.kind != "position" or event.old_status is None:
+        return None
+    side, qty = event.data.get("side", ""), event.data.get("entry_quantity", "")
+    title, message, severity = _NOTIFICATION.get(event.new_status or "", (None, "", "info"))
+    if event.old_status == "closing" and event.new_status in ("open", "monitoring"):
+        title, severity = "Exit failed: position still held", "critical"
+        message = f"{event.symbol}: the exit order failed ({event.data.get('failure_reason', '')})"
+        message += "; the position is open again. Request the exit again or close it by hand."
+    if title is None:
+        return None
+    values = {**event.data, "symbol": event.symbol, "side": side, "quantity": qty}
+    return {
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "position_id": event.position_id,
+        "user_id": event.user_id,
+        "symbol": event.symbol,
+        "severity": severity,
+        "title": title,
+        "message": message.format_map(_Missing(values)),
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+
+
+class _Missing(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+_NOTIFICATION: Final[dict[str, tuple[str | None, str, Severity]]] = {
+    "open": ("Position opened", "{side} {quantity} {symbol} at {entry_price}", "info"),
+    "closed": (
+        "Position closed",
+        "{symbol} closed at {exit_price}: PnL {realized_pnl} USDT ({realized_pnl_percent} %)",
+        "info",
+    ),
+    "failed": ("Position failed", "{symbol}: {failure_reason}", "error"),
+}
+
+
+def ai_monitoring_request_for(event: Event) -> dict[str, str] | None:
+    """A start request for the AI monitor when a position opens, or None."""
+    if event.kind != "position" or event.new_status != "open":
+        return None
+    fields = {
+        "event_id": str(event.event_id),
+        "type": "monitoring.start",
+        "position_id": event.position_id,
+        "user_id": event.user_id,
+        "symbol": event.symbol,
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+    for key in ("side", "entry_price", "entry_quantity", "held_quantity", "is_paper_trade"):
+        if event.data.get(key) is not None:
+            fields[key] = _text(event.data[key])
+    return fields
+
+
+def retry_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds to wait before attempt ``attempts + 1``: capped exponential, full jitter."""
+    ceiling = min(cap, base * float(2 ** max(0, attempts - 1)))
+    return ceiling / 2 + float(rng.uniform(0, ceiling / 2))

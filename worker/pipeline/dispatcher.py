@@ -1,0 +1,207 @@
+"""The dispatcher: claim a batch, publish it, run the handlers, settle it.
+
+One loop per worker process. It drains the outbox whenever the listener wakes it and at
+least every ``poll_interval`` seconds. For each batch (oldest first, in per-position order):
+
+1. publish every event to its streams in one pipelined round trip (idempotent);
+2. run the handlers of each event in order; the first failure of a position's event stops
+   that position's later events in the batch (they go back, to keep per-position order);
+3. mark the handled events processed in one statement; failed ones get a retry delay and,
+   after ``max_attempts``, are parked as dead.
+
+Infrastructure failures (PostgreSQL or Redis unreachable) are not the event's fault: the
+batch is given back, the loop backs off and tries again; it never kills the process.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from worker.db.outbox import Outbox
+from worker.errors import DatabaseUnavailable, StreamUnavailable
+from worker.events import (
+    Event,
+    MalformedEvent,
+    ai_monitoring_request_for,
+    event_from_row,
+    notification_for,
+    retry_delay,
+    stream_fields,
+)
+from worker.metrics import Metrics
+from worker.pipeline.handlers import Registry
+from worker.pipeline.streams import Publication, StreamPublisher
+from worker.settings import PipelineSettings, StreamSettings
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        publisher: StreamPublisher,
+        handlers: Registry,
+        *,
+        pipeline: PipelineSettings,
+        streams: StreamSettings,
+        metrics: Metrics,
+        log: Any,
+    ) -> None:
+        self.outbox, self.publisher, self.handlers = outbox, publisher, handlers
+        self.cfg, self.streams, self.metrics, self.log = pipeline, streams, metrics, log
+        self.processed = 0
+        self._wake = anyio.Event()
+        self._stopping = False
+        self.stopped = anyio.Event()
+        self._rng = random.Random()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; the batch in hand is finished first."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        try:
+            while not self._stopping:
+                with anyio.move_on_after(self.cfg.poll_interval):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                try:
+                    await self.drain()
+                    failures = 0
+                except (DatabaseUnavailable, StreamUnavailable) as exc:
+                    failures += 1
+                    await self._back_off(exc, failures)
+        finally:
+            self.stopped.set()
+
+    async def _back_off(self, exc: Exception, failures: int) -> None:
+        target = "database" if isinstance(exc, DatabaseUnavailable) else "redis"
+        delay = retry_delay(failures, 0.1, self.cfg.reconnect_max_seconds, self._rng)
+        self.metrics.reconnects.labels(target).inc()
+        self.log.warning(
+            "dispatcher_backing_off",
+            target=target,
+            error=str(exc),
+            attempt=failures,
+            delay_seconds=round(delay, 3),
+        )
+        with anyio.move_on_after(delay):
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def drain(self) -> int:
+        """Handle batches until the outbox has nothing claimable; return how many."""
+        total = 0
+        while not self._stopping:
+            rows = await self.outbox.claim(self.cfg.batch_size)
+            if not rows:
+                break
+            total += await self._process(rows)
+            if len(rows) < self.cfg.batch_size:
+                break
+        return total
+
+    async def _process(self, rows: list[dict[str, Any]]) -> int:
+        events = await self._parse(rows)
+        try:
+            await self._publish(events)
+        except StreamUnavailable:
+            await self.outbox.release([e.event_id for e in events])
+            raise
+        done, give_back = await self._run_handlers(events)
+        await self.outbox.mark_processed(done)
+        await self.outbox.release(give_back)
+        self.processed += len(done)
+        return len(done)
+
+    async def _parse(self, rows: list[dict[str, Any]]) -> list[Event]:
+        events: list[Event] = []
+        for row in rows:
+            try:
+                events.append(event_from_row(row))
+            except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
+                self.log.error("event_unreadable", event_id=row.get("id"), error=str(exc))
+                self.metrics.events_dead.inc()
+                await self.outbox.mark_dead(int(row["id"]), f"unreadable: {exc}")
+        return events
+
+    async def _publish(self, events: Sequence[Event]) -> None:
+        pubs = [pub for event in events for pub in self.publications(event)]
+        started = time.perf_counter()
+        await self.publisher.publish(pubs)
+        self.metrics.publish_latency.observe(time.perf_counter() - started)
+        now = datetime.now(UTC)
+        for event in events:
+            self.metrics.commit_to_stream.observe((now - event.occurred_at).total_seconds())
+
+    def publications(self, event: Event) -> list[Publication]:
+        pubs = [
+            Publication(
+                self.streams.events, event.event_id, event.position_id, stream_fields(event)
+            )
+        ]
+        extra = (
+            (self.streams.notifications, notification_for(event)),
+            (self.streams.ai_monitoring, ai_monitoring_request_for(event)),
+        )
+        for stream, fields in extra:
+            if fields is not None:
+                pubs.append(Publication(stream, event.event_id, event.position_id, fields))
+        return pubs
+
+    async def _run_handlers(self, events: Sequence[Event]) -> tuple[list[int], list[int]]:
+        done: list[int] = []
+        give_back: list[int] = []
+        blocked: set[str] = set()
+        for event in events:
+            if event.position_id in blocked:
+                give_back.append(event.event_id)
+            elif await self._handle(event):
+                done.append(event.event_id)
+                self.metrics.events_processed.labels(event.kind).inc()
+            else:
+                blocked.add(event.position_id)
+        return done, give_back
+
+    async def _handle(self, event: Event) -> bool:
+        for handler in self.handlers.for_event(event):
+            try:
+                await handler.handle(event)
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                await self._failed(event, handler.name, exc)
+                return False
+        return True
+
+    async def _failed(self, event: Event, handler: str, exc: Exception) -> None:
+        self.metrics.handler_failures.labels(handler).inc()
+        delay = retry_delay(
+            event.attempts + 1, self.cfg.retry_base_seconds, self.cfg.retry_max_seconds, self._rng
+        )
+        error = f"{handler}: {type(exc).__name__}: {exc}"
+        result = await self.outbox.mark_failed(event.event_id, error, delay, self.cfg.max_attempts)
+        log = self.log.error if result.dead else self.log.warning
+        log(
+            "event_dead" if result.dead else "handler_failed",
+            event_id=event.event_id,
+            position_id=event.position_id,
+            type=event.type,
+            handler=handler,
+            error=error,
+            attempts=result.attempts,
+            retry_in_seconds=None if result.dead else round(delay, 3),
+        )
+        if result.dead:
+            self.metrics.events_dead.inc()

@@ -1,0 +1,45 @@
+"""Downstream handlers: small, registered per event type, independent of each other.
+
+A handler is ``async def handle(event) -> None``. It may raise: the dispatcher logs the
+failure with the event, retries it with backoff and, after ``pipeline.max_attempts``, parks
+the event as dead (``position-worker status`` shows it; ``replay`` re-queues it). Handlers
+must be idempotent: after a crash an event may be handled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from worker.events import Event
+
+HandlerFunc = Callable[[Event], Awaitable[None]]
+Predicate = Callable[[Event], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    name: str
+    matches: Predicate
+    handle: HandlerFunc
+
+
+@dataclass(slots=True)
+class Registry:
+    handlers: list[Handler] = field(default_factory=list)
+
+    def add(self, name: str, matches: Predicate, handle: HandlerFunc) -> None:
+        if any(h.name == name for h in self.handlers):
+            raise ValueError(f"handler {name} is registered twice")
+        self.handlers.append(Handler(name, matches, handle))
+
+    def for_event(self, event: Event) -> list[Handler]:
+        return [h for h in self.handlers if h.matches(event)]
+
+
+def any_event(_: Event) -> bool:
+    return True
+
+
+def position_opened(event: Event) -> bool:
+    return event.kind == "position" and event.new_status == "open"
