@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 import redis
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from worker.db.migrate import migrate
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
@@ -50,9 +51,8 @@ def pg_admin_url(embedded_pg: EmbeddedPostgres | None) -> str:
 
 
 def db_url_for(admin_url: str, dbname: str) -> str:
-    params = conninfo_to_dict(admin_url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
+    """The same server, another database (URLs, as DATABASE_URL would be)."""
+    return urlsplit(admin_url)._replace(path=f"/{dbname}").geturl()
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +113,28 @@ def redis_url(embedded_redis: EmbeddedRedis | None) -> Iterator[str]:
         yield url
     finally:
         client.close()
+
+
+@pytest.fixture
+def restart_postgres(embedded_pg: EmbeddedPostgres | None) -> Callable[[], None]:
+    """Restart the PostgreSQL server under test (embedded, or $TEST_PG_RESTART_CMD)."""
+    return _restarter(embedded_pg, "TEST_PG_RESTART_CMD")
+
+
+@pytest.fixture
+def restart_redis(embedded_redis: EmbeddedRedis | None) -> Callable[[], None]:
+    """Restart the Redis server under test (embedded, or $TEST_REDIS_RESTART_CMD)."""
+    return _restarter(embedded_redis, "TEST_REDIS_RESTART_CMD")
+
+
+def _restarter(server: EmbeddedPostgres | EmbeddedRedis | None, env: str) -> Callable[[], None]:
+    if server is not None:
+        return server.restart
+    command = os.environ.get(env)
+    if not command:
+        pytest.skip(f"external server and no ${env} to restart it")
+
+    def restart() -> None:
+        subprocess.run(command, shell=True, check=True, timeout=120)
+
+    return restart

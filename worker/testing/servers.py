@@ -139,13 +139,18 @@ class EmbeddedRedis:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert self.process.stdout is not None
-        _wait_for_line(self.process.stdout, "Ready to accept connections", timeout)
+        self._pump = _wait_for_line(self.process.stdout, "Ready to accept connections", timeout)
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
+        self._pump.join(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self.process = None
 
     def restart(self) -> None:
@@ -159,7 +164,7 @@ class EmbeddedRedis:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _wait_for_line(stream: IO[str], marker: str, timeout: float) -> None:
+def _wait_for_line(stream: IO[str], marker: str, timeout: float) -> threading.Thread:
     """Read ``stream`` until a line contains ``marker``; keep draining it afterwards."""
     found = threading.Event()
     seen: list[str] = []
@@ -171,9 +176,11 @@ def _wait_for_line(stream: IO[str], marker: str, timeout: float) -> None:
                 if marker in line:
                     found.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
     if not found.wait(timeout):
         raise RuntimeError(f"server did not start: {''.join(seen)[-2000:]}")
+    return thread
 
 
 def start_servers(**pg_kwargs: Any) -> tuple[EmbeddedPostgres, EmbeddedRedis]:

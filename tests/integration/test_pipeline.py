@@ -1,0 +1,228 @@
+"""The event pipeline against real PostgreSQL and Redis, worker in-process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from tests.pipeline_support import (
+    assert_exactly_once_in_order,
+    burst,
+    db_event_ids,
+    eventually,
+    settings_for,
+    stream_entries,
+    wait_for_stream,
+)
+from tests.support import insert_position, seed_owner
+from worker.app import App, ExtraHandlers
+from worker.events import Event
+from worker.lifecycle import position_transition_allowed
+from worker.pipeline.handlers import Registry
+from worker.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def running(settings: Settings, extra: ExtraHandlers | None = None) -> AsyncIterator[App]:
+    app = App(settings, extra_handlers=extra, handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        try:
+            yield app
+        finally:
+            app.stop()
+
+
+def pending_count(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM position_events WHERE processed_at IS NULL AND dead_at IS NULL"
+        ).fetchone()
+    return int(row[0]) if row else -1
+
+
+async def test_a_thousand_live_changes_reach_the_stream_once_in_order(
+    db_url: str, redis_url: str
+) -> None:
+    async with running(settings_for(db_url, redis_url)):
+        committed = await anyio.to_thread.run_sync(burst, db_url, 1000)
+        assert committed >= 1000
+        await eventually(lambda: pending_count(db_url) == 0, timeout=60)
+    entries = assert_exactly_once_in_order(db_url, redis_url)
+    assert len(entries) == len(db_event_ids(db_url)) >= 1000
+    # every transition in the stream is one the lifecycle allows
+    for e in entries:
+        if e["kind"] == "position" and e["old_status"]:
+            assert position_transition_allowed(e["old_status"], e["new_status"])
+
+
+async def test_changes_committed_while_no_worker_runs_are_published_at_start(
+    db_url: str, redis_url: str
+) -> None:
+    committed = burst(db_url, 300)
+    assert stream_entries(redis_url) == []
+    async with running(settings_for(db_url, redis_url, batch_size=64)):
+        await wait_for_stream(redis_url, committed, timeout=30)
+        await eventually(lambda: pending_count(db_url) == 0, timeout=30)
+    assert_exactly_once_in_order(db_url, redis_url)
+
+
+async def test_stream_entry_carries_the_event_fields_as_strings(
+    db_url: str, redis_url: str
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+        pid = insert_position(conn, owner)
+        conn.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (pid,))
+        conn.execute(
+            "UPDATE positions SET status = 'open', entry_price = 105.5, entry_quantity = 0.5,"
+            " entry_value = 52.75 WHERE id = %s",
+            (pid,),
+        )
+    async with running(settings_for(db_url, redis_url)):
+        await wait_for_stream(redis_url, 4, timeout=10)  # + open -> monitoring
+        await wait_for_stream(redis_url, 1, timeout=10, stream="positions:notifications")
+    opened = [e for e in stream_entries(redis_url) if e["new_status"] == "open"][0]
+    assert opened["type"] == "position.open"
+    assert opened["old_status"] == "submitting"
+    assert opened["position_id"] == str(pid)
+    assert opened["user_id"] == str(owner.user_id)
+    assert opened["symbol"] == "BTCUSDT"
+    assert opened["entry_price"] == "105.50000000"
+    assert opened["entry_value"] == "52.75000000"
+    assert opened["occurred_at"].startswith("20")
+    ai = stream_entries(redis_url, "positions:ai-monitoring")
+    assert [(a["type"], a["position_id"]) for a in ai] == [("monitoring.start", str(pid))]
+    note = stream_entries(redis_url, "positions:notifications")[0]
+    assert (note["severity"], note["title"]) == ("info", "Position opened")
+    with psycopg.connect(db_url) as conn:
+        status = conn.execute("SELECT status FROM positions WHERE id = %s", (pid,)).fetchone()
+    assert status == ("monitoring",)
+
+
+def always_fail_for(position_ids: set[str]) -> ExtraHandlers:
+    def install(registry: Registry, pool: AsyncConnectionPool[Any]) -> None:
+        async def broken(event: Event) -> None:
+            raise RuntimeError("downstream is broken")
+
+        registry.add("broken", lambda e: e.position_id in position_ids, broken)
+
+    return install
+
+
+async def test_a_failing_handler_parks_its_event_and_the_rest_keep_flowing(
+    db_url: str, redis_url: str
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+        bad = insert_position(conn, owner)
+        good = [insert_position(conn, owner) for _ in range(5)]
+        conn.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (bad,))
+    settings = settings_for(db_url, redis_url, max_attempts=3)
+    async with running(settings, always_fail_for({str(bad)})):
+
+        def bad_is_dead() -> bool:
+            with psycopg.connect(db_url) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE dead_at IS NOT NULL),"
+                    " min(attempts), max(last_error) FROM position_events WHERE position_id = %s",
+                    (bad,),
+                ).fetchone()
+            return bool(row and row[0] == 2)
+
+        await eventually(bad_is_dead, timeout=30)
+        await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT position_id, attempts, last_error, dead_at IS NOT NULL, processed_at IS NOT NULL"
+            " FROM position_events ORDER BY id"
+        ).fetchall()
+    for position_id, attempts, last_error, dead, processed in rows:
+        if position_id == bad:
+            assert (attempts, dead, processed) == (3, True, False)
+            assert "broken: RuntimeError: downstream is broken" in last_error
+        else:
+            assert (attempts, dead, processed) == (0, False, True)
+    # published once even though its handler ran three times
+    ids = [int(e["event_id"]) for e in stream_entries(redis_url)]
+    assert len(ids) == len(set(ids)) == len(rows)
+    assert {str(g) for g in good} <= {e["position_id"] for e in stream_entries(redis_url)}
+
+
+async def test_replay_requeues_dead_events_and_they_are_handled(
+    db_url: str, redis_url: str
+) -> None:
+    from worker.ops.replay import replay_events
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        bad = insert_position(conn, seed_owner(conn))
+    failing = {str(bad)}
+    settings = settings_for(db_url, redis_url, max_attempts=2)
+    async with running(settings, always_fail_for(failing)):
+        await eventually(lambda: not pending_count(db_url) and _dead(db_url) == 1, timeout=20)
+        failing.clear()  # downstream repaired
+        assert await replay_events(settings, None) == db_event_ids(db_url)
+        await eventually(lambda: pending_count(db_url) == 0 and _dead(db_url) == 0, timeout=20)
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT processed_at IS NOT NULL FROM position_events").fetchone()
+    assert row == (True,)
+    assert len(stream_entries(redis_url)) == 1
+
+
+def _dead(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM position_events WHERE dead_at IS NOT NULL")
+        return int(row.fetchone()[0])  # type: ignore[index]
+
+
+async def test_malformed_notifications_and_unknown_events_do_not_stop_the_worker(
+    db_url: str, redis_url: str
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+        pid = insert_position(conn, owner)
+    async with running(settings_for(db_url, redis_url)) as app:
+        await wait_for_stream(redis_url, 1, timeout=10)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for payload in ("not json", "[1, 2]", json.dumps({"position_id": "x"}), ""):
+                conn.execute("SELECT pg_notify('position_state_change', %s)", (payload,))
+            # an event kind this worker does not know (a newer schema, say)
+            conn.execute(
+                "INSERT INTO position_events (kind, position_id, user_id, symbol, actor_role)"
+                " VALUES ('request', %s, %s, 'BTCUSDT', 'test')",
+                (pid, owner.user_id),
+            )
+            conn.execute("UPDATE positions SET status = 'failed' WHERE id = %s", (pid,))
+        await wait_for_stream(redis_url, 2, timeout=10)
+        await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+        assert app.listener is not None and app.listener.connected
+    assert _dead(db_url) == 1
+    assert [e["new_status"] for e in stream_entries(redis_url)] == ["created", "failed"]
+
+
+async def test_listener_connection_terminated_is_recovered(db_url: str, redis_url: str) -> None:
+    async with running(settings_for(db_url, redis_url)) as app:
+        first = burst(db_url, 50)
+        await wait_for_stream(redis_url, first, timeout=20)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND query ILIKE 'LISTEN%%'"
+            ).fetchone()
+        assert killed == (1,)
+        assert app.listener is not None
+        await eventually(lambda: app.metrics.reconnects.labels("listener")._value.get() >= 1, 10)
+        second = burst(db_url, 50, seed=2)
+        await wait_for_stream(redis_url, first + second, timeout=20)
+        await eventually(lambda: pending_count(db_url) == 0, timeout=20)
+    assert_exactly_once_in_order(db_url, redis_url)

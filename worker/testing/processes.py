@@ -1,0 +1,76 @@
+"""Run ``position-worker`` as a real child process (kill -9, SIGTERM, several replicas)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class WorkerProcess:
+    """``python -m worker run`` with the given environment; its log lines are kept."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env, "POSITION_WORKER__LOG__FORMAT": "json"}
+        self.log_path = log_path
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._started = threading.Event()
+        self._exited = threading.Event()
+
+    def start(self, timeout: float = 30.0, args: tuple[str, ...] = ("run",)) -> WorkerProcess:
+        self._started.clear()
+        self._exited.clear()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
+        if not self._started.wait(timeout):
+            self.kill()
+            raise RuntimeError("worker did not start:\n" + "".join(self.lines[-30:]))
+        return self
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("a") as log:
+            for line in process.stdout:
+                self.lines.append(line)
+                log.write(line)
+                if '"worker_started"' in line:
+                    self._started.set()
+        self._exited.set()
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as a crash or an OOM kill would be."""
+        self.signal(signal.SIGKILL)
+        self.wait(30)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self._exited.wait(timeout)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+    def logged(self, event: str) -> int:
+        """How many log lines carry this event name."""
+        needle = f'"event": "{event}"'
+        return sum(needle in line for line in self.lines)
