@@ -27,17 +27,32 @@ PATHS: tuple[tuple[str, ...], ...] = (
 
 def settings_for(db_url: str, redis_url: str, **pipeline: Any) -> Settings:
     base = load_settings(environ={"DATABASE_URL": db_url, "REDIS_URL": redis_url})
-    fast = {"lease_seconds": 3.0, "poll_interval": 0.5, "retry_base_seconds": 0.05,
-            "retry_max_seconds": 0.2, "probe_after": 2.0, "reconnect_max_seconds": 0.5,
-            "shutdown_grace_seconds": 5.0, **pipeline}  # fmt: skip
+    fast = {
+        "lease_seconds": 3.0,
+        "poll_interval": 0.5,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.2,
+        "probe_after": 2.0,
+        "reconnect_max_seconds": 0.5,
+        "shutdown_grace_seconds": 5.0,
+        **pipeline,
+    }
     return replace(base, pipeline=replace(PipelineSettings(), **fast))
 
 
 def worker_env(db_url: str, redis_url: str, **pipeline: Any) -> dict[str, str]:
     s = settings_for(db_url, redis_url, **pipeline).pipeline
     env = {"DATABASE_URL": db_url, "REDIS_URL": redis_url}
-    for key in ("lease_seconds", "poll_interval", "retry_base_seconds", "retry_max_seconds",
-                "probe_after", "reconnect_max_seconds", "shutdown_grace_seconds", "batch_size"):  # fmt: skip
+    for key in (
+        "lease_seconds",
+        "poll_interval",
+        "retry_base_seconds",
+        "retry_max_seconds",
+        "probe_after",
+        "reconnect_max_seconds",
+        "shutdown_grace_seconds",
+        "batch_size",
+    ):
         env[f"POSITION_WORKER__PIPELINE__{key.upper()}"] = str(getattr(s, key))
     return env
 

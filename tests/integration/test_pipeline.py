@@ -91,7 +91,7 @@ async def test_stream_entry_carries_the_event_fields_as_strings(
     async with running(settings_for(db_url, redis_url)):
         await wait_for_stream(redis_url, 4, timeout=10)  # + open -> monitoring
         await wait_for_stream(redis_url, 1, timeout=10, stream="positions:notifications")
-    opened = [e for e in stream_entries(redis_url) if e["new_status"] == "open"][0]
+    opened = next(e for e in stream_entries(redis_url) if e["new_status"] == "open")
     assert opened["type"] == "position.open"
     assert opened["old_status"] == "submitting"
     assert opened["position_id"] == str(pid)
@@ -143,8 +143,8 @@ async def test_a_failing_handler_parks_its_event_and_the_rest_keep_flowing(
         await eventually(lambda: pending_count(db_url) == 0, timeout=10)
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT position_id, attempts, last_error, dead_at IS NOT NULL, processed_at IS NOT NULL"
-            " FROM position_events ORDER BY id"
+            "SELECT position_id, attempts, last_error, dead_at IS NOT NULL,"
+            " processed_at IS NOT NULL FROM position_events ORDER BY id"
         ).fetchall()
     for position_id, attempts, last_error, dead, processed in rows:
         if position_id == bad:
