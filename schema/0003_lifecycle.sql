@@ -144,11 +144,14 @@ CREATE TABLE position_events (
   last_error   TEXT
 );
 
--- Claiming: pending events in id order, and the pending head of each position.
+-- Claiming: pending events in id order ...
 CREATE INDEX idx_position_events_pending ON position_events (id)
   WHERE processed_at IS NULL AND dead_at IS NULL;
-CREATE INDEX idx_position_events_pending_position ON position_events (position_id, id)
-  WHERE processed_at IS NULL AND dead_at IS NULL;
+-- ... and the few in flight (leased, or waiting out a retry delay). Rows enter this index
+-- only when the worker claims them, never on the INSERT of the commit path.
+CREATE INDEX idx_position_events_in_flight ON position_events (position_id)
+  WHERE processed_at IS NULL AND dead_at IS NULL
+    AND (lease_until IS NOT NULL OR available_at IS NOT NULL);
 -- The audit trail of one position.
 CREATE INDEX idx_position_events_position ON position_events (position_id, id);
 

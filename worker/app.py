@@ -54,6 +54,26 @@ def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:
     )
 
 
+def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
+    """Connections for the outbox's own bookkeeping (claims, leases, processed marks).
+
+    They commit with synchronous_commit=off: a mark lost in a database crash only means the
+    event is handled again (the stream publish is idempotent, handlers must be), and WAL
+    order keeps any surviving mark behind the change it records. Never used for state
+    changes or orders.
+    """
+    return AsyncConnectionPool(
+        settings.database.url,
+        min_size=1,
+        max_size=settings.pipeline.concurrency + 1,
+        kwargs={"autocommit": True, "options": "-c synchronous_commit=off", **KEEPALIVES},
+        check=AsyncConnectionPool.check_connection,
+        timeout=settings.database.connect_timeout,
+        open=False,
+        name="position-worker-outbox",
+    )
+
+
 def make_redis(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         settings.redis.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
@@ -88,24 +108,30 @@ class App:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        pool = make_pool(s)
+        pool, outbox_pool = make_pool(s), make_outbox_pool(s)
         client = make_redis(s)
         await pool.open(wait=False)
+        await outbox_pool.open(wait=False)
         try:
-            await self._run(pool, client, task_status)
+            await self._run(pool, outbox_pool, client, task_status)
         finally:
             with anyio.move_on_after(5, shield=True):
                 await pool.close()
+                await outbox_pool.close()
                 await client.aclose()
             self.log.info(
                 "worker_stopped", processed=self.dispatcher.processed if self.dispatcher else 0
             )
 
     async def _run(
-        self, pool: AsyncConnectionPool[Any], client: aioredis.Redis, task_status: TaskStatus[None]
+        self,
+        pool: AsyncConnectionPool[Any],
+        outbox_pool: AsyncConnectionPool[Any],
+        client: aioredis.Redis,
+        task_status: TaskStatus[None],
     ) -> None:
         s = self.settings
-        outbox = Outbox(pool, self.name, s.pipeline.lease_seconds)
+        outbox = Outbox(outbox_pool, self.name, s.pipeline.lease_seconds)
         publisher = StreamPublisher(client, s.streams.maxlen, s.streams.dedupe_ttl_seconds)
         self.dispatcher = Dispatcher(
             outbox,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -87,6 +88,24 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ids or args.all_dead else 1
 
 
+def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from worker.ops.bench import run_bench, write_json
+    from worker.ops.bench_report import render
+
+    def say(line: str) -> None:
+        print(f"bench: {line}", file=sys.stderr, flush=True)
+
+    results = run_bench(
+        os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), args.quick, say
+    )
+    print(render(results))
+    write_json(results, Path(args.out))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -142,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("event_id", nargs="?", type=int, help="the event id to re-queue")
     replay.add_argument("--all-dead", action="store_true", help="re-queue every dead event")
+    bench = _add(
+        sub,
+        "bench",
+        _cmd_bench,
+        "benchmark: NOTIFY ceiling vs a naive listener vs the worker (1 and 3 processes), "
+        "throughput, latency at fixed rates, backlog drain; embedded servers unless "
+        "DATABASE_URL/REDIS_URL are set (it creates its own databases and bench: streams)",
+        "position-worker bench --quick\n  position-worker bench --out bench-results.json",
+    )
+    bench.add_argument("--quick", action="store_true", help="small run (< 1 min), for CI")
+    bench.add_argument("--out", default="bench-results.json", help="where to write the JSON")
     return parser
 
 

@@ -8,6 +8,7 @@ secret-looking keys are dropped, so no password or API key reaches a log line.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
@@ -21,12 +22,17 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in list(event_dict.items()):
-        if key.lower() in SECRET_KEYS:
+    for key, value in event_dict.items():
+        if key in SECRET_KEYS or key.lower() in SECRET_KEYS:
             event_dict[key] = "***"
-        elif isinstance(value, str):
+        elif isinstance(value, str) and _MAYBE_SECRET.search(value):
             event_dict[key] = mask_secrets(value)
     return event_dict
+
+
+# Cheap pre-check: only strings that could hold a URL password or key=value secret are
+# run through the full regexes (this runs for every value of every log line).
+_MAYBE_SECRET = re.compile(r"://|[=:]")
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -35,8 +41,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info if use_json else _noop,
         _redact,
@@ -46,11 +51,14 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    # Our own events are rendered and written directly (the hot path: one audit line per
+    # event); stdlib records (psycopg, redis, ...) go through the same processors and
+    # renderer via ProcessorFormatter below.
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
+        processors=[*shared, renderer],
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(

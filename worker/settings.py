@@ -57,6 +57,7 @@ class StreamSettings:
 @dataclass(frozen=True, slots=True)
 class PipelineSettings:
     batch_size: int = 500  # events claimed per round trip
+    concurrency: int = 2  # batches in flight at once per process (overlaps DB and Redis)
     lease_seconds: float = 30.0  # a claim not finished by then is taken over
     poll_interval: float = 2.0  # drain even without a wake-up, every this many seconds
     probe_after: float = 15.0  # probe a listener that has been quiet this long
@@ -201,7 +202,7 @@ def _coerce_bool(key: str, value: Any) -> bool:
     raise SettingsError(f"config: {key} must be true or false, got {value!r}")
 
 
-_AT_LEAST_ONE: Final = ("batch_size", "max_attempts", "pool_max_size", "maxlen")
+_AT_LEAST_ONE: Final = ("batch_size", "concurrency", "max_attempts", "pool_max_size", "maxlen")
 
 
 def _coerce_number(key: str, value: Any, kind: type, label: str) -> Any:

@@ -9,20 +9,23 @@ SELECT pg_advisory_xact_lock(7365147890)
 
 -- name: claim_events
 -- A batch of pending events, oldest first. An event is claimable when it is not leased by a
--- live claim, not waiting out a retry delay, and no earlier event of the same position is
--- (events of one position are handled in order). A lease that ran out (its worker died) is
--- simply taken over.
-WITH claimable AS (
+-- live claim and not waiting out a retry delay, and no other event of its position is
+-- (events of one position are handled in order, by one worker at a time). A lease that ran
+-- out (its worker died) is simply taken over. "busy" reads only the small in-flight index.
+WITH busy AS MATERIALIZED (
+  SELECT DISTINCT position_id
+  FROM position_events
+  WHERE processed_at IS NULL AND dead_at IS NULL
+    AND (lease_until IS NOT NULL OR available_at IS NOT NULL)
+    AND (lease_until >= now() OR available_at > now())
+),
+claimable AS (
   SELECT e.id
   FROM position_events e
   WHERE e.processed_at IS NULL AND e.dead_at IS NULL
     AND (e.lease_until IS NULL OR e.lease_until < now())
     AND (e.available_at IS NULL OR e.available_at <= now())
-    AND NOT EXISTS (
-      SELECT 1 FROM position_events p
-      WHERE p.position_id = e.position_id AND p.id < e.id
-        AND p.processed_at IS NULL AND p.dead_at IS NULL
-        AND (p.lease_until >= now() OR p.available_at > now()))
+    AND e.position_id NOT IN (SELECT position_id FROM busy)
   ORDER BY e.id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED

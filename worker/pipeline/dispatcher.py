@@ -78,13 +78,13 @@ class Dispatcher:
                 try:
                     await self.drain()
                     failures = 0
-                except (DatabaseUnavailable, StreamUnavailable) as exc:
+                except* (DatabaseUnavailable, StreamUnavailable) as group:
                     failures += 1
-                    await self._back_off(exc, failures)
+                    await self._back_off(group.exceptions[0], failures)
         finally:
             self.stopped.set()
 
-    async def _back_off(self, exc: Exception, failures: int) -> None:
+    async def _back_off(self, exc: BaseException, failures: int) -> None:
         target = "database" if isinstance(exc, DatabaseUnavailable) else "redis"
         delay = retry_delay(failures, 0.1, self.cfg.reconnect_max_seconds, self._rng)
         self.metrics.reconnects.labels(target).inc()
@@ -100,8 +100,18 @@ class Dispatcher:
                 await self._wake.wait()
                 self._wake = anyio.Event()
 
-    async def drain(self) -> int:
-        """Handle batches until the outbox has nothing claimable; return how many."""
+    async def drain(self) -> None:
+        """Handle batches until the outbox has nothing claimable.
+
+        ``concurrency`` drainers run at once: while one waits for PostgreSQL another
+        publishes to Redis. Per-position order still holds: a position whose events are
+        claimed by one drainer is busy for every other claim until they are settled.
+        """
+        async with anyio.create_task_group() as tg:
+            for _ in range(self.cfg.concurrency):
+                tg.start_soon(self._drain_one)
+
+    async def _drain_one(self) -> int:
         total = 0
         while not self._stopping:
             rows = await self.outbox.claim(self.cfg.batch_size)

@@ -1,8 +1,9 @@
 """Idempotent publishing to Redis Streams.
 
-Every entry is written by one Lua script that XADDs (``*`` id, ``MAXLEN ~`` trim) only when
-the event is newer than the last one published for the same position to the same stream,
-and records that event id in the same atomic step. Events of one position are published in
+Entries are written by a Lua script that, for each entry, XADDs (``*`` id, ``MAXLEN ~``
+trim) only when the event is newer than the last one published for the same position to the
+same stream, and records that event id in the same atomic step. One script call carries up
+to ``CHUNK`` entries (one round trip and one command per chunk, not per entry). Events of one position are published in
 increasing id order (the claim guarantees it), so a worker that died between XADD and
 recording the event in PostgreSQL publishes nothing twice after a restart, and a script call
 can never skip an event that was not published. Redis Cluster is not supported (the two keys
@@ -20,15 +21,25 @@ from redis import exceptions as redis_errors
 
 from worker.errors import StreamUnavailable
 
+# ARGV: maxlen, ttl, then per entry: stream, dedupe key, event id, field count, fields...
 PUBLISH_SCRIPT: Final = """
-local last = redis.call('GET', KEYS[2])
-if last and tonumber(last) >= tonumber(ARGV[1]) then
-  return 0
+local maxlen, ttl = ARGV[1], ARGV[2]
+local out, i = {}, 3
+while i <= #ARGV do
+  local stream, key, event_id, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local last = redis.call('GET', key)
+  if last and tonumber(last) >= tonumber(event_id) then
+    out[#out + 1] = 0
+  else
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, i + 4, i + 3 + 2 * n))
+    redis.call('SET', key, event_id, 'EX', ttl)
+    out[#out + 1] = 1
+  end
+  i = i + 4 + 2 * n
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
-return 1
+return out
 """
+CHUNK: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +80,13 @@ class StreamPublisher:
         if self._sha is None:
             self._sha = str(await self.client.script_load(PUBLISH_SCRIPT))
         pipe = self.client.pipeline(transaction=False)
-        for pub in publications:
-            args: list[Any] = [pub.event_id, self.maxlen, self.ttl]
-            for key, value in pub.fields.items():
-                args += [key, value]
-            pipe.evalsha(self._sha, 2, pub.stream, dedupe_key(pub.stream, pub.position_id), *args)
+        for start in range(0, len(publications), CHUNK):
+            args: list[Any] = [self.maxlen, self.ttl]
+            for pub in publications[start : start + CHUNK]:
+                args += [pub.stream, dedupe_key(pub.stream, pub.position_id), pub.event_id,
+                         len(pub.fields)]  # fmt: skip
+                for item in pub.fields.items():
+                    args += item
+            pipe.evalsha(self._sha, 0, *args)
         results = await pipe.execute(raise_on_error=True)
-        return [bool(r) for r in results]
+        return [bool(flag) for chunk in results for flag in chunk]

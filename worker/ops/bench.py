@@ -1,0 +1,236 @@
+"""``position-worker bench``: ceiling vs naive listener vs the worker, side by side.
+
+Everything runs in one invocation on the same servers (embedded PostgreSQL with fsync on
+and embedded Valkey, or the servers named by DATABASE_URL / REDIS_URL). The bench creates
+its own databases (``pw_bench_*``) and uses ``bench:``-prefixed streams, so it never touches
+the configured database or streams. Load comes from a separate process
+(``worker.ops.loadgen``, 8 clients like pgbench). See README "Benchmark".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import redis
+
+from worker.db.migrate import migrate
+from worker.ops.bench_measure import (
+    match_latencies,
+    percentile,
+    read_commits,
+    read_stream,
+    sample_process,
+)
+from worker.ops.bench_setup import backlog, prepare_database
+from worker.testing.processes import WorkerProcess
+from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
+
+STREAM = "bench:positions:events"
+NAIVE_STREAM = "bench:naive"
+
+
+@dataclass(frozen=True)
+class Plan:
+    positions: int
+    saturation_events: int
+    rates: tuple[int, ...]
+    seconds_per_rate: float
+    backlog_events: int
+    clients: int = 8
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(400, 3000, (500,), 2.0, 10_000)
+        return cls(2000, 20_000, (200, 500, 1000), 10.0, 100_000)
+
+
+class Bench:
+    def __init__(self, admin_url: str, redis_url: str, plan: Plan, say: Callable[[str], None]):
+        self.admin_url, self.redis_url, self.plan, self.say = admin_url, redis_url, plan, say
+        self.redis = redis.Redis.from_url(redis_url)
+        self.tmp = Path(tempfile.mkdtemp(prefix="pw-bench-"))
+        self._n = 0
+
+    # -- databases and streams ---------------------------------------------------------
+    def fresh_db(self) -> str:
+        self._n += 1
+        name = f"pw_bench_{os.getpid()}_{self._n}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = urlsplit(self.admin_url)._replace(path=f"/{name}").geturl()
+        migrate(url)
+        prepare_database(url, self.plan.positions)
+        self._clear_streams()
+        return url
+
+    def drop_dbs(self) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for i in range(1, self._n + 1):
+                conn.execute(f'DROP DATABASE IF EXISTS "pw_bench_{os.getpid()}_{i}" WITH (FORCE)')
+
+    def _clear_streams(self) -> None:
+        for pattern in ("bench:*", "pw:published:bench:*"):
+            keys = list(self.redis.scan_iter(match=pattern, count=1000))
+            if keys:
+                self.redis.delete(*keys)
+
+    # -- load ---------------------------------------------------------------------------
+    def load(self, db_url: str, events: int, rate: float | None) -> list[tuple[str, float]]:
+        out = self.tmp / f"commits-{time.monotonic_ns()}.jsonl"
+        cmd = [sys.executable, "-m", "worker.ops.loadgen", db_url, "--events", str(events),
+               "--clients", str(self.plan.clients), "--out", str(out)]  # fmt: skip
+        if rate:
+            cmd += ["--rate", str(rate)]
+        subprocess.run(cmd, check=True, timeout=600)
+        return read_commits(out)
+
+    def wait_stream(self, stream: str, count: int, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while int(self.redis.xlen(stream)) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{stream}: {self.redis.xlen(stream)} of {count} entries")
+            time.sleep(0.02)
+
+    # -- systems under test -------------------------------------------------------------
+    @contextmanager
+    def naive(self, db_url: str) -> Iterator[list[int]]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.ops.naive", db_url, self.redis_url, NAIVE_STREAM],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.readline()  # naive_listener_ready
+        try:
+            yield [proc.pid]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            proc.stdout.close()
+
+    @contextmanager
+    def workers(self, db_url: str, count: int) -> Iterator[list[int]]:
+        env = {
+            "DATABASE_URL": db_url,
+            "REDIS_URL": self.redis_url,
+            "POSITION_WORKER__STREAMS__EVENTS": STREAM,
+            "POSITION_WORKER__STREAMS__NOTIFICATIONS": "bench:positions:notifications",
+            "POSITION_WORKER__STREAMS__AI_MONITORING": "bench:positions:ai-monitoring",
+        }
+        procs = [WorkerProcess(env, self.tmp / f"worker-{i}.log") for i in range(count)]
+        for proc in procs:
+            proc.start(args=("run",))
+        try:
+            yield [p.pid for p in procs]
+        finally:
+            for proc in procs:
+                proc.signal(15)
+                proc.wait(60)
+
+    # -- phases -------------------------------------------------------------------------
+    def ceiling(self) -> dict[str, Any]:
+        db = self.fresh_db()
+        commits = self.load(db, self.plan.saturation_events, None)
+        span = commits[-1][1] - commits[0][1]
+        return {"system": "ceiling", "events": len(commits), "events_per_s": len(commits) / span}
+
+    def end_to_end(self, system: str, rate: float | None, events: int) -> dict[str, Any]:
+        db = self.fresh_db()
+        stream = NAIVE_STREAM if system == "naive" else STREAM
+        runner = self.naive(db) if system == "naive" else self.workers(db, int(system[-1]))
+        with runner as pids:
+            before = [sample_process(p) for p in pids]
+            started = time.time()
+            commits = self.load(db, events, rate)
+            self.wait_stream(stream, len(commits))
+            finished = time.time()
+            after = [sample_process(p) for p in pids]
+        entries = read_stream(self.redis, stream)
+        latencies, missing = match_latencies(commits, entries)
+        last_entry = max(t for t, _ in entries) if entries else finished
+        cpu = sum(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True))
+        return {
+            "system": system, "rate": rate, "events": len(commits), "stream_entries": len(entries),
+            "missing": missing, "events_per_s": len(commits) / max(1e-9, last_entry - started),
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99),
+            "cpu_s_per_1k": 1000 * cpu / max(1, len(commits)),
+            "rss_mb_start": round(sum(b.rss_mb for b in before), 1),
+            "rss_mb_end": round(sum(a.rss_mb for a in after), 1),
+            "peak_rss_mb": round(max(a.peak_rss_mb for a in after), 1),
+        }  # fmt: skip
+
+    def drain(self) -> dict[str, Any]:
+        db = self.fresh_db()
+        committed = backlog(db, self.plan.backlog_events)
+        with self.workers(db, 1):
+            started = time.time()
+            self.wait_stream(STREAM, committed, timeout=600)
+            elapsed = time.time() - started
+        return {"system": "worker-1 backlog", "events": committed,
+                "events_per_s": committed / elapsed}  # fmt: skip
+
+    def run(self) -> dict[str, Any]:
+        p = self.plan
+        results: dict[str, Any] = {"plan": p.__dict__, "saturation": [], "fixed_rate": []}
+        self.say("ceiling: commits with the NOTIFY trigger, nobody listening ...")
+        results["saturation"].append(self.ceiling())
+        for system in ("naive", "worker-1", "worker-3"):
+            self.say(f"saturation: {system} ...")
+            results["saturation"].append(self.end_to_end(system, None, p.saturation_events))
+        for rate in p.rates:
+            for system in ("naive", "worker-1"):
+                self.say(f"fixed rate {rate}/s: {system} ...")
+                events = int(rate * p.seconds_per_rate)
+                results["fixed_rate"].append(self.end_to_end(system, rate, events))
+        self.say(f"backlog drain: {p.backlog_events} events committed, then one worker ...")
+        results["backlog"] = self.drain()
+        return results
+
+
+def run_bench(
+    database_url: str | None, redis_url: str | None, quick: bool, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run every phase; start embedded servers for whatever URL is not given."""
+    pg = None if database_url else EmbeddedPostgres(durable=True).start()
+    rd = None if redis_url else EmbeddedRedis().start()
+    try:
+        admin = database_url or (pg.url if pg else "")
+        bench = Bench(admin, redis_url or (rd.url if rd else ""), Plan.for_mode(quick), say)
+        try:
+            results = bench.run()
+        finally:
+            bench.drop_dbs()
+        results["servers"] = _server_versions(admin, bench.redis)
+        return results
+    finally:
+        if pg:
+            pg.cleanup()
+        if rd:
+            rd.cleanup()
+
+
+def _server_versions(admin_url: str, client: redis.Redis) -> dict[str, str]:
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    info = client.info("server")
+    return {"postgresql": str(row[0]) if row else "?",
+            "redis": str(info.get("valkey_version") or info.get("redis_version")),
+            "cpus": str(os.cpu_count())}  # fmt: skip
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
