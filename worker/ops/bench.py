@@ -91,8 +91,18 @@ class Bench:
     # -- load ---------------------------------------------------------------------------
     def load(self, db_url: str, events: int, rate: float | None) -> list[tuple[str, float]]:
         out = self.tmp / f"commits-{time.monotonic_ns()}.jsonl"
-        cmd = [sys.executable, "-m", "worker.ops.loadgen", db_url, "--events", str(events),
-               "--clients", str(self.plan.clients), "--out", str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "worker.ops.loadgen",
+            db_url,
+            "--events",
+            str(events),
+            "--clients",
+            str(self.plan.clients),
+            "--out",
+            str(out),
+        ]
         if rate:
             cmd += ["--rate", str(rate)]
         subprocess.run(cmd, check=True, timeout=600)
@@ -110,8 +120,9 @@ class Bench:
     def naive(self, db_url: str) -> Iterator[list[int]]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "worker.ops.naive", db_url, self.redis_url, NAIVE_STREAM],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         proc.stdout.readline()  # naive_listener_ready
         try:
@@ -163,15 +174,20 @@ class Bench:
         last_entry = max(t for t, _ in entries) if entries else finished
         cpu = sum(a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True))
         return {
-            "system": system, "rate": rate, "events": len(commits), "stream_entries": len(entries),
-            "missing": missing, "events_per_s": len(commits) / max(1e-9, last_entry - started),
-            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "system": system,
+            "rate": rate,
+            "events": len(commits),
+            "stream_entries": len(entries),
+            "missing": missing,
+            "events_per_s": len(commits) / max(1e-9, last_entry - started),
+            "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95),
             "p99_ms": percentile(latencies, 99),
             "cpu_s_per_1k": 1000 * cpu / max(1, len(commits)),
             "rss_mb_start": round(sum(b.rss_mb for b in before), 1),
             "rss_mb_end": round(sum(a.rss_mb for a in after), 1),
             "peak_rss_mb": round(max(a.peak_rss_mb for a in after), 1),
-        }  # fmt: skip
+        }
 
     def drain(self) -> dict[str, Any]:
         db = self.fresh_db()
@@ -180,8 +196,11 @@ class Bench:
             started = time.time()
             self.wait_stream(STREAM, committed, timeout=600)
             elapsed = time.time() - started
-        return {"system": "worker-1 backlog", "events": committed,
-                "events_per_s": committed / elapsed}  # fmt: skip
+        return {
+            "system": "worker-1 backlog",
+            "events": committed,
+            "events_per_s": committed / elapsed,
+        }
 
     def run(self) -> dict[str, Any]:
         p = self.plan
@@ -227,9 +246,11 @@ def _server_versions(admin_url: str, client: redis.Redis) -> dict[str, str]:
     with psycopg.connect(admin_url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     info = client.info("server")
-    return {"postgresql": str(row[0]) if row else "?",
-            "redis": str(info.get("valkey_version") or info.get("redis_version")),
-            "cpus": str(os.cpu_count())}  # fmt: skip
+    return {
+        "postgresql": str(row[0]) if row else "?",
+        "redis": str(info.get("valkey_version") or info.get("redis_version")),
+        "cpus": str(os.cpu_count()),
+    }
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

@@ -9,6 +9,7 @@ deploy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -29,10 +30,8 @@ async def listen(db_url: str, redis_url: str, stream: str) -> None:
 
 def main() -> int:
     db_url, redis_url, stream = sys.argv[1:4]
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(listen(db_url, redis_url, stream))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

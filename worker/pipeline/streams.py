@@ -3,11 +3,12 @@
 Entries are written by a Lua script that, for each entry, XADDs (``*`` id, ``MAXLEN ~``
 trim) only when the event is newer than the last one published for the same position to the
 same stream, and records that event id in the same atomic step. One script call carries up
-to ``CHUNK`` entries (one round trip and one command per chunk, not per entry). Events of one position are published in
-increasing id order (the claim guarantees it), so a worker that died between XADD and
-recording the event in PostgreSQL publishes nothing twice after a restart, and a script call
-can never skip an event that was not published. Redis Cluster is not supported (the two keys
-of one call may live in different slots).
+to ``CHUNK`` entries (one round trip and one command per chunk, not per entry).
+
+Events of one position are published in increasing id order (the claim guarantees it), so a
+worker that died between XADD and recording the event in PostgreSQL publishes nothing twice
+after a restart, and nothing that was not published is ever skipped. Redis Cluster is not
+supported (the keys of one call may live in different slots).
 """
 
 from __future__ import annotations
