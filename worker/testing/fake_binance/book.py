@@ -1,165 +1,28 @@
-"""The state behind :mod:`worker.testing.fake_binance`: symbols, orders, matching, trades.
+"""The matching engine of the fake Binance: placing, resting, triggering, filling, fees.
 
 Written independently of the real client's filter code, so a bug there is not mirrored here.
-Not thread-safe on its own: the server calls it under one lock. Numbers are Decimal and go on
-the wire as 8-decimal strings, like Binance's.
+Not thread-safe on its own: the server calls it under one lock.
 """
 
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, Literal
 
-CommissionMode = Literal["received", "quote", "base", "BNB"]
-OPEN = frozenset({"NEW", "PARTIALLY_FILLED"})
-_CLIENT_ID = re.compile(r"^[a-zA-Z0-9\-_]{1,36}$")
-_TYPES = frozenset({"MARKET", "LIMIT", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT",
-                    "TAKE_PROFIT_LIMIT"})  # fmt: skip
-EIGHT = Decimal("0.00000001")
-
-
-class ApiError(Exception):
-    """A Binance error answer: HTTP status, code and message."""
-
-    def __init__(self, status: int, code: int, msg: str) -> None:
-        super().__init__(f"{status} {code} {msg}")
-        self.status, self.code, self.msg = status, code, msg
-
-
-def binance_symbol(symbol: str, base: str, quote: str, *, tick: str, step: str,
-                   min_qty: str, max_qty: str = "9000", min_notional: str = "5") -> dict[str, Any]:  # fmt: skip
-    """One exchangeInfo ``symbols`` entry in Binance's JSON shape."""
-    return {
-        "symbol": symbol, "status": "TRADING", "baseAsset": base, "quoteAsset": quote,
-        "baseAssetPrecision": 8, "quoteAssetPrecision": 8, "orderTypes": sorted(_TYPES),
-        "filters": [
-            {"filterType": "PRICE_FILTER", "minPrice": tick, "maxPrice": "1000000.00",
-             "tickSize": tick},
-            {"filterType": "LOT_SIZE", "minQty": min_qty, "maxQty": max_qty, "stepSize": step},
-            {"filterType": "NOTIONAL", "minNotional": min_notional, "applyMinToMarket": True,
-             "maxNotional": "9000000.00", "applyMaxToMarket": False, "avgPriceMins": 5},
-        ],
-    }  # fmt: skip
-
-
-DEFAULT_SYMBOLS: tuple[dict[str, Any], ...] = (
-    binance_symbol("BTCUSDT", "BTC", "USDT", tick="0.01", step="0.00001", min_qty="0.00001"),
-    binance_symbol("ETHUSDT", "ETH", "USDT", tick="0.01", step="0.0001", min_qty="0.0001"),
-    binance_symbol("BNBUSDT", "BNB", "USDT", tick="0.01", step="0.001", min_qty="0.001"),
+from worker.testing.fake_binance.orders import (
+    CLIENT_ID,
+    DEFAULT_PRICES,
+    EIGHT,
+    ORDER_TYPES,
+    ApiError,
+    Order,
+    Spec,
+    Trade,
 )
-DEFAULT_PRICES = {"BTCUSDT": Decimal("50000"), "ETHUSDT": Decimal("3000"),
-                  "BNBUSDT": Decimal("500")}  # fmt: skip
 
-
-@dataclass(frozen=True)
-class Spec:
-    symbol: str
-    base: str
-    quote: str
-    tick: Decimal
-    step: Decimal
-    min_qty: Decimal
-    max_qty: Decimal
-    min_notional: Decimal
-
-    @classmethod
-    def parse(cls, info: Mapping[str, Any]) -> Spec:
-        f = {x["filterType"]: x for x in info["filters"]}
-        return cls(info["symbol"], info["baseAsset"], info["quoteAsset"],
-                   Decimal(f["PRICE_FILTER"]["tickSize"]), Decimal(f["LOT_SIZE"]["stepSize"]),
-                   Decimal(f["LOT_SIZE"]["minQty"]), Decimal(f["LOT_SIZE"]["maxQty"]),
-                   Decimal(f["NOTIONAL"]["minNotional"]))  # fmt: skip
-
-
-def f8(value: Decimal | None) -> str:
-    return f"{(value or Decimal(0)).quantize(EIGHT):f}"
-
-
-@dataclass
-class Trade:
-    id: int
-    order_id: int
-    symbol: str
-    is_buyer: bool
-    is_maker: bool
-    price: Decimal
-    qty: Decimal
-    commission: Decimal
-    commission_asset: str
-    time_ms: int
-
-    def fill_json(self) -> dict[str, Any]:
-        return {"price": f8(self.price), "qty": f8(self.qty), "commission": f8(self.commission),
-                "commissionAsset": self.commission_asset, "tradeId": self.id}  # fmt: skip
-
-    def my_trade_json(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "id": self.id, "orderId": self.order_id,
-                "orderListId": -1, "price": f8(self.price), "qty": f8(self.qty),
-                "quoteQty": f8(self.price * self.qty), "commission": f8(self.commission),
-                "commissionAsset": self.commission_asset, "time": self.time_ms,
-                "isBuyer": self.is_buyer, "isMaker": self.is_maker, "isBestMatch": True}  # fmt: skip
-
-
-@dataclass
-class Order:
-    order_id: int
-    client_id: str
-    symbol: str
-    side: str
-    type: str
-    orig_qty: Decimal
-    price: Decimal | None
-    stop_price: Decimal | None
-    quote_order_qty: Decimal | None
-    time_ms: int
-    status: str = "NEW"
-    executed: Decimal = Decimal(0)
-    cum_quote: Decimal = Decimal(0)
-    update_ms: int = 0
-    triggered: bool = False
-    hidden_lookups: int = 0
-    trades: list[Trade] = field(default_factory=list)
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN
-
-    @property
-    def remaining(self) -> Decimal:
-        return self.orig_qty - self.executed
-
-    def json(self) -> dict[str, Any]:
-        """The ``GET /api/v3/order`` shape."""
-        return {"symbol": self.symbol, "orderId": self.order_id, "orderListId": -1,
-                "clientOrderId": self.client_id, "price": f8(self.price),
-                "origQty": f8(self.orig_qty), "executedQty": f8(self.executed),
-                "cummulativeQuoteQty": f8(self.cum_quote), "status": self.status,
-                "timeInForce": "GTC", "type": self.type,
-                "side": self.side, "stopPrice": f8(self.stop_price), "icebergQty": f8(None),
-                "time": self.time_ms, "updateTime": self.update_ms or self.time_ms,
-                "isWorking": self.type in ("MARKET", "LIMIT") or self.triggered,
-                "workingTime": self.time_ms, "origQuoteOrderQty": f8(self.quote_order_qty),
-                "selfTradePreventionMode": "EXPIRE_MAKER"}  # fmt: skip
-
-    def full_json(self, fills: list[Trade]) -> dict[str, Any]:
-        """The ``POST /api/v3/order`` answer with ``newOrderRespType=FULL``."""
-        body = self.json()
-        for key in ("stopPrice", "icebergQty", "time", "updateTime", "isWorking"):
-            body.pop(key)
-        body["transactTime"] = self.time_ms
-        body["fills"] = [t.fill_json() for t in fills]
-        return body
-
-    def cancel_json(self, cancel_id: str, now_ms: int) -> dict[str, Any]:
-        body = self.full_json([])
-        del body["fills"]
-        body.update(origClientOrderId=self.client_id, clientOrderId=cancel_id,
-                    transactTime=now_ms)  # fmt: skip
-        return body
+CommissionMode = Literal["received", "quote", "base", "BNB"]
 
 
 def _triggered(side: str, kind: str, stop: Decimal, price: Decimal) -> bool:
@@ -176,11 +39,16 @@ class Book:
     """Orders, trades, prices and balances of one fake account."""
 
     def __init__(self, symbols: tuple[dict[str, Any], ...], clock_ms: Callable[[], int]) -> None:
-        self.exchange_info = {"timezone": "UTC", "serverTime": 0, "rateLimits": [],
-                              "symbols": [dict(s) for s in symbols]}  # fmt: skip
+        self.exchange_info: dict[str, Any] = {
+            "timezone": "UTC",
+            "serverTime": 0,
+            "rateLimits": [],
+            "symbols": [dict(s) for s in symbols],
+        }
         self.specs = {s["symbol"]: Spec.parse(s) for s in symbols}
-        self.prices: dict[str, Decimal] = {k: v for k, v in DEFAULT_PRICES.items()
-                                           if k in self.specs}  # fmt: skip
+        self.prices: dict[str, Decimal] = {
+            k: v for k, v in DEFAULT_PRICES.items() if k in self.specs
+        }
         self.clock_ms = clock_ms
         self.orders: list[Order] = []
         self.trades: list[Trade] = []
@@ -202,8 +70,12 @@ class Book:
 
     def find(self, p: Mapping[str, str], *, lookup: bool) -> Order | None:
         """Latest order matching orderId / origClientOrderId; a lookup may be hidden."""
-        found = [o for o in self.orders if o.symbol == p.get("symbol") and (
-            str(o.order_id) == p.get("orderId") or o.client_id == p.get("origClientOrderId"))]  # fmt: skip
+        found = [
+            o
+            for o in self.orders
+            if o.symbol == p.get("symbol")
+            and (str(o.order_id) == p.get("orderId") or o.client_id == p.get("origClientOrderId"))
+        ]
         if not found:
             return None
         order = found[-1]
@@ -228,8 +100,9 @@ class Book:
         spec = self.spec(p.get("symbol"))
         order = self._new_order(spec, p)
         self._check_filters(spec, order)
-        if order.stop_price is not None and _triggered(order.side, order.type, order.stop_price,
-                                                       self.prices[spec.symbol]):  # fmt: skip
+        if order.stop_price is not None and _triggered(
+            order.side, order.type, order.stop_price, self.prices[spec.symbol]
+        ):
             raise ApiError(400, -2010, "Stop price would trigger immediately.")
         self._check_balance(spec, order)
         self.orders.append(order)
@@ -239,26 +112,36 @@ class Book:
         side, kind = p.get("side", ""), p.get("type", "")
         if side not in ("BUY", "SELL"):
             raise ApiError(400, -1117, "Invalid side.")
-        if kind not in _TYPES:
+        if kind not in ORDER_TYPES:
             raise ApiError(400, -1116, "Invalid orderType.")
-        client_id = p.get("newClientOrderId") or f"fake{next(self._order_ids)}"
-        if not _CLIENT_ID.match(client_id):
-            raise ApiError(400, -1100, "Illegal characters found in parameter 'newClientOrderId'.")
-        if any(o.is_open and o.client_id == client_id for o in self.orders):
-            raise ApiError(400, -2010, "Duplicate order sent.")
+        client_id = self._client_id(p)
         quote = _dec(p.get("quoteOrderQty"))
-        qty = _dec(p.get("quantity"))
-        if quote is not None and kind == "MARKET" and qty is None:
-            qty = (quote / self.prices[spec.symbol] / spec.step).to_integral_value(ROUND_DOWN)
-            qty *= spec.step
-        if qty is None:
-            raise ApiError(400, -1102, "Mandatory parameter 'quantity' was not sent.")
+        qty = self._quantity(spec, p, kind, quote)
         price, stop = _dec(p.get("price")), _dec(p.get("stopPrice"))
         _require(price, "price", kind.endswith("LIMIT"))
         _require(stop, "stopPrice", kind not in ("MARKET", "LIMIT"))
         now = self.clock_ms()
-        return Order(next(self._order_ids), client_id, spec.symbol, side, kind, qty, price, stop,
-                     quote, now, update_ms=now)  # fmt: skip
+        return Order(next(self._order_ids), client_id, spec.symbol, side, kind, qty,
+                     price, stop, quote, now, update_ms=now)  # fmt: skip
+
+    def _client_id(self, p: Mapping[str, str]) -> str:
+        """Binance's rule: a client id is unique among *open* orders only."""
+        client_id = p.get("newClientOrderId") or f"fake{next(self._order_ids)}"
+        if not CLIENT_ID.match(client_id):
+            raise ApiError(400, -1100, "Illegal characters found in parameter 'newClientOrderId'.")
+        if any(o.is_open and o.client_id == client_id for o in self.orders):
+            raise ApiError(400, -2010, "Duplicate order sent.")
+        return client_id
+
+    def _quantity(self, spec: Spec, p: Mapping[str, str], kind: str,
+                  quote: Decimal | None) -> Decimal:  # fmt: skip
+        qty = _dec(p.get("quantity"))
+        if qty is None and quote is not None and kind == "MARKET":  # spend `quote` at the price
+            units = (quote / self.prices[spec.symbol] / spec.step).to_integral_value(ROUND_DOWN)
+            qty = units * spec.step
+        if qty is None:
+            raise ApiError(400, -1102, "Mandatory parameter 'quantity' was not sent.")
+        return qty
 
     def _check_filters(self, spec: Spec, order: Order) -> None:
         qty = order.orig_qty
@@ -315,16 +198,20 @@ class Book:
         order.triggered = True
         return self._execute(order, price, maker=order.price is not None, unlimited=True)
 
-    def _execute(self, order: Order, price: Decimal, *, maker: bool,
-                 unlimited: bool = False) -> list[Trade]:  # fmt: skip
+    def _execute(
+        self, order: Order, price: Decimal, *, maker: bool, unlimited: bool = False
+    ) -> list[Trade]:
         spec = self.specs[order.symbol]
         cap = None if unlimited else self.liquidity.get(order.symbol)
         qty = order.remaining if cap is None else min(order.remaining, cap)
         trades = []
         for i, part in enumerate(_split(qty, self.partial_fills, spec.step)):
             step = self.fill_price_step * i
-            trades.append(self._trade(order, spec, price + step if order.side == "BUY"
-                                      else price - step, part, maker))  # fmt: skip
+            trades.append(
+                self._trade(
+                    order, spec, price + step if order.side == "BUY" else price - step, part, maker
+                )
+            )
         order.update_ms = self.clock_ms()
         if order.remaining == 0:
             order.status = "FILLED"
@@ -332,11 +219,20 @@ class Book:
             order.status = "PARTIALLY_FILLED"
         return trades
 
-    def _trade(self, order: Order, spec: Spec, price: Decimal, qty: Decimal,
-               maker: bool) -> Trade:  # fmt: skip
+    def _trade(self, order: Order, spec: Spec, price: Decimal, qty: Decimal, maker: bool) -> Trade:
         commission, asset = self._commission(spec, order.side, price, qty)
-        trade = Trade(next(self._trade_ids), order.order_id, spec.symbol, order.side == "BUY",
-                      maker, price, qty, commission, asset, self.clock_ms())  # fmt: skip
+        trade = Trade(
+            next(self._trade_ids),
+            order.order_id,
+            spec.symbol,
+            order.side == "BUY",
+            maker,
+            price,
+            qty,
+            commission,
+            asset,
+            self.clock_ms(),
+        )
         order.executed += qty
         order.cum_quote += price * qty
         order.trades.append(trade)
@@ -344,8 +240,9 @@ class Book:
         self._settle(spec, trade)
         return trade
 
-    def _commission(self, spec: Spec, side: str, price: Decimal,
-                    qty: Decimal) -> tuple[Decimal, str]:  # fmt: skip
+    def _commission(
+        self, spec: Spec, side: str, price: Decimal, qty: Decimal
+    ) -> tuple[Decimal, str]:
         rate, mode = self.commission_rate, self.commission_mode
         if mode == "received":
             mode = "base" if side == "BUY" else "quote"

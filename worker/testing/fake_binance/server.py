@@ -1,23 +1,4 @@
-"""A stateful fake of Binance spot REST on a loopback port, for tests.
-
-Not a mock of our client: a real HTTP server (stdlib ``ThreadingHTTPServer`` in a background
-thread) that speaks Binance's REST API, so the real :class:`~worker.exchanges.binance.
-BinanceClient` is exercised end to end, signing and HTTP included::
-
-    with FakeBinance(api_key="k", api_secret="s") as fake:   # or .start() / .stop()
-        client = BinanceClient("k", "s", base_url=fake.base_url)
-        fake.set_price("BTCUSDT", Decimal("51000"))          # fills resting orders
-        fake.faults.push(Fault.drop_after_apply())           # next POST /api/v3/order
-        fake.order_count("my-client-id")                     # orders created with that id
-
-Usable from sync and async tests alike (it runs in its own thread). It checks the API key
-(-2015) and the HMAC signature (-1022) and the timestamp against its own clock (-1021), keeps
-orders with Binance's duplicate-id rule (``newClientOrderId`` unique only among *open*
-orders), applies symbol filters (-1013), fills market orders at the set price (optionally in
-several partial fills, or partly then EXPIRED with :meth:`set_liquidity`), rests limit,
-stop-loss and take-profit orders until :meth:`set_price` crosses them, and charges commission
-in the received asset, quote, base or BNB. Every request is recorded in :attr:`requests`.
-"""
+"""The fake Binance server: HTTP, authentication, the fault queue, request records."""
 
 from __future__ import annotations
 
@@ -34,20 +15,11 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
-from worker.testing.fake_binance_book import (
-    DEFAULT_SYMBOLS,
-    ApiError,
-    Book,
-    CommissionMode,
-    Order,
-    f8,
-)
-from worker.testing.fake_binance_faults import Fault, FaultKind, FaultQueue
+from worker.testing.fake_binance.book import Book, CommissionMode
+from worker.testing.fake_binance.faults import Fault, FaultKind, FaultQueue
+from worker.testing.fake_binance.orders import DEFAULT_SYMBOLS, ApiError, Order, f8
 
-__all__ = ["FakeBinance", "Fault", "FaultKind", "FaultQueue", "RecordedRequest"]
-
-_SIGNED = frozenset({"/api/v3/order", "/api/v3/myTrades", "/api/v3/account",
-                     "/api/v3/openOrders"})  # fmt: skip
+_SIGNED = frozenset({"/api/v3/order", "/api/v3/myTrades", "/api/v3/account", "/api/v3/openOrders"})
 HANG_LIMIT_S = 30.0
 
 
@@ -68,7 +40,7 @@ class _Reply:
     status: int | None  # None: close the connection without answering
     body: Any = None
     headers: tuple[tuple[str, str], ...] = ()
-    hang: bool = False
+    hang: threading.Event | None = None  # hold the answer until set, then drop it
 
 
 class FakeBinance:
@@ -94,28 +66,30 @@ class FakeBinance:
         self._requests: list[RecordedRequest] = []
         self._limited_until = 0.0
         self._banned_until = 0.0
-        self._release = threading.Event()
+        self._hung: list[threading.Event] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
-        return f"FakeBinance(base_url={self.base_url!r})"
+        where = self.base_url if self._server is not None else "not started"
+        return f"FakeBinance({where})"
 
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> Self:
         self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.fake = self
-        self._release.clear()
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="fake-binance", daemon=True,
-        )  # fmt: skip
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-binance",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._release.set()  # let hung requests finish (by dropping their connections)
+        self.release_hung()  # hung requests end by dropping their connections
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -133,13 +107,17 @@ class FakeBinance:
 
     @property
     def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``: give it to the client as its base URL."""
         if self._server is None:
-            return "http://127.0.0.1:0 (not started)"
+            raise RuntimeError("FakeBinance is not started")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def release_hung(self) -> None:
         """Let requests held by a HANG fault end (their connections are dropped)."""
-        self._release.set()
+        with self._lock:
+            hung, self._hung = self._hung, []
+        for event in hung:
+            event.set()
 
     # -- the market and the account ------------------------------------------------------------
 
@@ -186,8 +164,7 @@ class FakeBinance:
     def orders(self, client_order_id: str | None = None) -> list[dict[str, Any]]:
         """Snapshots (GET /api/v3/order shape) of every order, or of those with this id."""
         with self._lock:
-            return [o.json() for o in self.book.orders
-                    if client_order_id in (None, o.client_id)]  # fmt: skip
+            return [o.json() for o in self.book.orders if client_order_id in (None, o.client_id)]
 
     def order_count(self, client_order_id: str) -> int:
         return len(self.orders(client_order_id))
@@ -202,26 +179,33 @@ class FakeBinance:
         return round(self.clock() * 1000) + self.time_offset_ms
 
     def handle(self, method: str, target: str, body: str, headers: Mapping[str, str]) -> _Reply:
+        """Answer one request (``headers`` with lower-case names)."""
         path, _, query = target.partition("?")
         params = dict(parse_qsl(query, keep_blank_values=True))
         params.update(parse_qsl(body, keep_blank_values=True))
         with self._lock:
             fault = None
             try:
-                reply = self._gate() or self._pre_fault(method, path)
+                reply = self._gate()
                 if reply is None:
                     fault = self.faults.take(method, path)
+                    reply = self._pre_fault(fault) if fault and not fault.applies else None
+                if reply is None:
                     reply = self._route(method, path, query, body, params, headers, fault)
             except ApiError as exc:
                 reply = _Reply(exc.status, {"code": exc.code, "msg": exc.msg})
-            key = headers.get("X-MBX-APIKEY")
-            self._requests.append(RecordedRequest(
-                method, path, params, key, reply.status, fault.kind if fault else None))  # fmt: skip
-        if reply.hang:
-            self._release.wait(HANG_LIMIT_S)
+            key = headers.get("x-mbx-apikey")
+            self._requests.append(
+                RecordedRequest(
+                    method, path, params, key, reply.status, fault.kind if fault else None
+                )
+            )
+        if reply.hang is not None:
+            reply.hang.wait(HANG_LIMIT_S)
         return reply
 
     def _gate(self) -> _Reply | None:
+        """Binance's answer to a client that keeps going after a 429: a 418 ban."""
         now = self.clock()
         if now < self._limited_until and now >= self._banned_until:
             self._banned_until = now + self.ban_after_limit_s
@@ -230,21 +214,26 @@ class FakeBinance:
             return _reply_error(418, -1003, "Way too many requests; IP banned.", wait)
         return None
 
-    def _pre_fault(self, method: str, path: str) -> _Reply | None:
-        """Faults answered before the request is looked at (nothing is applied)."""
-        fault = self.faults.take(method, path, applied=False)
-        if fault is None:
-            return None
+    def _pre_fault(self, fault: Fault) -> _Reply:
+        """A fault answered before the request is looked at: nothing is applied."""
         now = self.clock()
         if fault.kind is FaultKind.RATE_LIMIT:
             self._limited_until = now + fault.retry_after
         elif fault.kind is FaultKind.BAN:
             self._banned_until = now + fault.retry_after
-        reply = fault.error_reply()
-        return _Reply(reply[0], reply[1], _retry_after(fault), hang=False)
+        status, body = fault.error_reply()
+        return _Reply(status, body, _retry_after(fault))
 
-    def _route(self, method: str, path: str, query: str, body: str, params: dict[str, str],
-               headers: Mapping[str, str], fault: Fault | None) -> _Reply:  # fmt: skip
+    def _route(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: str,
+        params: dict[str, str],
+        headers: Mapping[str, str],
+        fault: Fault | None,
+    ) -> _Reply:
         if path in _SIGNED:
             self._authenticate(query, body, params, headers)
         if fault is not None and fault.kind is FaultKind.CANCEL_RACE:
@@ -256,13 +245,17 @@ class FakeBinance:
             return _Reply(200, answer)
         if fault.kind is FaultKind.DROP_AFTER_APPLY:
             return _Reply(None)
-        if fault.kind is FaultKind.TIMEOUT_AFTER_APPLY:
+        if fault.kind in (FaultKind.TIMEOUT_AFTER_APPLY, FaultKind.SERVER_ERROR_AFTER_APPLY):
             return _Reply(*fault.error_reply())
-        return _Reply(None, hang=True) if fault.kind is FaultKind.HANG else _Reply(200, answer)
+        if fault.kind is FaultKind.HANG:
+            self._hung.append(threading.Event())
+            return _Reply(None, hang=self._hung[-1])
+        return _Reply(200, answer)
 
-    def _authenticate(self, query: str, body: str, params: Mapping[str, str],
-                      headers: Mapping[str, str]) -> None:  # fmt: skip
-        key = headers.get("X-MBX-APIKEY")
+    def _authenticate(
+        self, query: str, body: str, params: Mapping[str, str], headers: Mapping[str, str]
+    ) -> None:
+        key = headers.get("x-mbx-apikey")
         if not key:
             raise ApiError(401, -2014, "API-key format invalid.")
         if not hmac.compare_digest(key, self.api_key):
@@ -281,13 +274,13 @@ class FakeBinance:
             raise ApiError(400, -1131, "recvWindow must be less than 60000")
         sent, now = int(params["timestamp"]), self._now_ms()
         if sent > now + 1000:
-            raise ApiError(400, -1021, "Timestamp for this request was 1000ms ahead of the "
-                                       "server's time.")  # fmt: skip
+            raise ApiError(
+                400, -1021, "Timestamp for this request was 1000ms ahead of the server's time."
+            )
         if now - sent > window:
             raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
 
-    def _endpoint(self, method: str, path: str, params: dict[str, str],
-                  fault: Fault | None) -> Any:  # fmt: skip
+    def _endpoint(self, method: str, path: str, params: dict[str, str], fault: Fault | None) -> Any:
         route = (method, path)
         if route == ("GET", "/api/v3/time"):
             return {"serverTime": self._now_ms()}
@@ -308,8 +301,11 @@ class FakeBinance:
         if route == ("GET", "/api/v3/account"):
             return self._account()
         if route == ("GET", "/api/v3/openOrders"):
-            return [o.json() for o in self.book.orders if o.is_open
-                    and params.get("symbol") in (None, o.symbol)]  # fmt: skip
+            return [
+                o.json()
+                for o in self.book.orders
+                if o.is_open and params.get("symbol") in (None, o.symbol)
+            ]
         raise ApiError(404, -1000, f"fake: no route {method} {path}")
 
     def _exchange_info(self, params: Mapping[str, str]) -> dict[str, Any]:
@@ -343,9 +339,14 @@ class FakeBinance:
 
     def _account(self) -> dict[str, Any]:
         balances = self.book.balances or {}
-        return {"canTrade": True, "accountType": "SPOT", "updateTime": self._now_ms(),
-                "balances": [{"asset": a, "free": f8(v), "locked": f8(None)}
-                             for a, v in sorted(balances.items())]}  # fmt: skip
+        return {
+            "canTrade": True,
+            "accountType": "SPOT",
+            "updateTime": self._now_ms(),
+            "balances": [
+                {"asset": a, "free": f8(v), "locked": f8(None)} for a, v in sorted(balances.items())
+            ],
+        }
 
 
 def _retry_after(fault: Fault) -> tuple[tuple[str, str], ...]:
@@ -382,7 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode() if length else ""
-        reply = self.server.fake.handle(method, self.path, body, self.headers)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.server.fake.handle(method, self.path, body, headers)
         self.close_connection = True
         if reply.status is None:
             return  # dropped: the client sees the connection close with no answer
@@ -390,7 +392,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for name, value in reply.headers:
             self.send_header(name, value)
-        self.send_header("Content-Type", "application/json;charset=UTF-8")
+        kind = "text/html" if isinstance(reply.body, bytes) else "application/json;charset=UTF-8"
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
         self.end_headers()

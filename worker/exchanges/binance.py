@@ -1,0 +1,309 @@
+"""Binance spot REST adapter: a thin signed client on ``httpx.AsyncClient``.
+
+* Signed requests: HMAC-SHA256 (hex) of the exact query string sent, ``X-MBX-APIKEY``
+  header, ``timestamp`` corrected by the server-time offset (``GET /api/v3/time``, synced on
+  first use and again, with one retry, after -1021).
+* Symbol filters are applied before sending (quantity floored to stepSize, prices to
+  tickSize, minQty and minimum notional), so a bad order fails locally with a clear reason.
+* Errors are classified by :mod:`worker.exchanges.binance_http`; 429/418 block *every*
+  request of every client sharing the :class:`RateLimitGate` until ``Retry-After`` passes.
+* The API key and secret never appear in a repr, a log line or an exception message.
+
+Base URLs: :data:`DEFAULT_BASE_URL`, or :data:`TESTNET_BASE_URL` for the spot testnet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+from urllib.parse import urlencode
+
+import httpx
+
+from worker.exchanges.base import (
+    ClockSkew,
+    ExchangeFill,
+    FilterViolation,
+    OrderRequest,
+    OrderState,
+    OutcomeUnknown,
+    UnknownOrder,
+)
+from worker.exchanges.binance_http import BinanceHttp, Clock, RateLimitGate, Secret, ticker_price
+from worker.exchanges.filters import (
+    SymbolRules,
+    check_order,
+    format_decimal,
+    round_price,
+    round_quantity,
+    rules_from_exchange_info,
+)
+from worker.logs import get_logger
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "TESTNET_BASE_URL",
+    "BinanceClient",
+    "BinancePublicPrices",
+    "RateLimitGate",
+    "Secret",
+    "order_state",
+    "trade_fill",
+]
+
+DEFAULT_BASE_URL: Final = "https://api.binance.com"
+TESTNET_BASE_URL: Final = "https://testnet.binance.vision"
+MAX_RECV_WINDOW_MS: Final = 60_000
+_ORDER_TYPES: Final = {
+    "market": "MARKET",
+    "limit": "LIMIT",
+    "stop_loss": "STOP_LOSS",
+    "take_profit": "TAKE_PROFIT",
+}
+
+log = get_logger("worker.exchanges.binance")
+T = TypeVar("T")
+
+
+class BinancePublicPrices:
+    """Price feed from Binance public market data (no key): paper trading on real prices."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        gate: RateLimitGate | None = None,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = BinanceHttp(base_url, gate or RateLimitGate(), timeout_s, transport)
+
+    def __repr__(self) -> str:
+        return f"BinancePublicPrices(base_url={self._http.base_url!r})"
+
+    async def price(self, symbol: str) -> Decimal:
+        return await ticker_price(self._http, symbol)
+
+    async def aclose(self) -> None:
+        await self._http.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class BinanceClient:
+    """The :class:`~worker.exchanges.base.Exchange` port on Binance spot REST."""
+
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        clock: Clock = time.time,
+        recv_window_ms: int = 5_000,
+        timeout_s: float = 10.0,
+        gate: RateLimitGate | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rules_ttl_s: float = 3_600.0,
+    ) -> None:
+        if not 0 < recv_window_ms <= MAX_RECV_WINDOW_MS:
+            raise ValueError(f"recv_window_ms must be in 1..{MAX_RECV_WINDOW_MS}")
+        self._key, self._secret = Secret(api_key), Secret(api_secret)
+        self._clock = clock
+        self._recv_window_ms = recv_window_ms
+        self._http = BinanceHttp(base_url, gate or RateLimitGate(clock), timeout_s, transport)
+        self._offset_ms: int | None = None
+        self._rules: dict[str, tuple[float, SymbolRules]] = {}
+        self._rules_ttl_s = rules_ttl_s
+
+    def __repr__(self) -> str:
+        return f"BinanceClient(base_url={self._http.base_url!r}, api_key=***, api_secret=***)"
+
+    async def aclose(self) -> None:
+        await self._http.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- the Exchange port ---------------------------------------------------------------------
+
+    async def place_order(self, req: OrderRequest) -> OrderState:
+        params = await self._order_params(req)
+        return _parsed(order_state, await self._signed("POST", "/api/v3/order", params))
+
+    async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        params = {"symbol": symbol, "origClientOrderId": client_order_id}
+        try:
+            return _parsed(order_state, await self._signed("GET", "/api/v3/order", params))
+        except UnknownOrder:
+            return None
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
+        params = {"symbol": symbol, "origClientOrderId": client_order_id}
+        return _parsed(order_state, await self._signed("DELETE", "/api/v3/order", params))
+
+    async def get_fills(self, symbol: str, exchange_order_id: str) -> list[ExchangeFill]:
+        params = {"symbol": symbol, "orderId": exchange_order_id, "limit": "1000"}
+        trades = await self._signed("GET", "/api/v3/myTrades", params)
+        fills = [_parsed(trade_fill, t) for t in trades]
+        return sorted(fills, key=lambda f: (f.time_ms, int(f.trade_id)))
+
+    async def symbol_rules(self, symbol: str) -> SymbolRules:
+        cached = self._rules.get(symbol)
+        if cached and self._clock() - cached[0] < self._rules_ttl_s:
+            return cached[1]
+        body = await self._http.send("GET", "/api/v3/exchangeInfo", urlencode({"symbol": symbol}))
+        rules = rules_from_exchange_info(body, symbol)
+        self._rules[symbol] = (self._clock(), rules)
+        return rules
+
+    async def price(self, symbol: str) -> Decimal:
+        return await ticker_price(self._http, symbol)
+
+    # -- time and signing ----------------------------------------------------------------------
+
+    async def sync_time(self) -> int:
+        """Measure the server clock's offset from ours (ms); used for every timestamp."""
+        before = self._clock()
+        body = await self._http.send("GET", "/api/v3/time")
+        after = self._clock()
+        self._offset_ms = int(body["serverTime"]) - round((before + after) * 500)
+        log.info("exchange_time_synced", offset_ms=self._offset_ms)
+        return self._offset_ms
+
+    async def _signed(self, method: str, path: str, params: Mapping[str, str]) -> Any:
+        if self._offset_ms is None:
+            await self.sync_time()
+        try:
+            return await self._send_signed(method, path, params)
+        except ClockSkew:  # rejected before processing: safe to resync and send again
+            log.warning("exchange_clock_skew", method=method, path=path)
+            await self.sync_time()
+            return await self._send_signed(method, path, params)
+
+    async def _send_signed(self, method: str, path: str, params: Mapping[str, str]) -> Any:
+        timestamp = round(self._clock() * 1000) + (self._offset_ms or 0)
+        query = urlencode({**params, "recvWindow": self._recv_window_ms, "timestamp": timestamp})
+        signature = hmac.new(self._secret.reveal().encode(), query.encode(), hashlib.sha256)
+        headers = {"X-MBX-APIKEY": self._key.reveal()}
+        return await self._http.send(
+            method, path, f"{query}&signature={signature.hexdigest()}", headers
+        )
+
+    # -- filters -------------------------------------------------------------------------------
+
+    async def _order_params(self, req: OrderRequest) -> dict[str, str]:
+        rules = await self.symbol_rules(req.symbol)
+        qty = _floored_quantity(rules, req.quantity) if req.quantity is not None else None
+        price = round_price(rules, req.price) if req.price is not None else None
+        stop = round_price(rules, req.stop_price) if req.stop_price is not None else None
+        reference = price if price is not None else stop
+        if reference is None and req.quote_quantity is None:
+            reference = await self.price(req.symbol)  # market order: notional at last price
+        check_order(rules, qty, reference, quote_quantity=req.quote_quantity)
+        if stop is not None and price is not None:
+            check_order(rules, None, stop)
+        return _wire_params(req, qty, price, stop)
+
+
+def _floored_quantity(rules: SymbolRules, quantity: Decimal) -> Decimal:
+    if quantity <= 0:
+        raise FilterViolation(f"{rules.symbol} quantity must be positive, got {quantity}")
+    floored = round_quantity(rules, quantity)
+    try:
+        check_order(rules, floored, None)
+    except FilterViolation as exc:
+        if floored == quantity:
+            raise
+        detail = f"requested {quantity}, floored to stepSize {rules.step_size.normalize():f}"
+        raise FilterViolation(f"{exc.reason} ({detail})") from None
+    return floored
+
+
+def _wire_params(
+    req: OrderRequest, qty: Decimal | None, price: Decimal | None, stop: Decimal | None
+) -> dict[str, str]:
+    order_type = _ORDER_TYPES[req.type]
+    if stop is not None and price is not None:
+        order_type += "_LIMIT"
+    params = {
+        "symbol": req.symbol,
+        "side": req.side.upper(),
+        "type": order_type,
+        "newClientOrderId": req.client_order_id,
+        "newOrderRespType": "FULL",
+    }
+    if qty is not None:
+        params["quantity"] = format_decimal(qty)
+    elif req.quote_quantity is not None:
+        params["quoteOrderQty"] = format_decimal(req.quote_quantity)
+    if price is not None:
+        params["price"], params["timeInForce"] = format_decimal(price), "GTC"
+    if stop is not None:
+        params["stopPrice"] = format_decimal(stop)
+    return params
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def _parsed(parse: Callable[[Mapping[str, Any]], T], body: Any) -> T:
+    """A 2xx answer we cannot read means we do not know what happened."""
+    try:
+        return parse(body)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise OutcomeUnknown(f"unreadable answer: {type(exc).__name__}: {exc}") from exc
+
+
+def order_state(data: Mapping[str, Any]) -> OrderState:
+    """An order answer (POST FULL, GET, DELETE) as an OrderState; DELETE names the original id
+    ``origClientOrderId`` (its ``clientOrderId`` is the cancel's own id)."""
+    time_ms = int(data.get("transactTime") or data.get("updateTime") or data.get("time") or 0)
+    fills = tuple(
+        ExchangeFill(
+            trade_id=str(f["tradeId"]),
+            price=Decimal(str(f["price"])),
+            qty=Decimal(str(f["qty"])),
+            commission=Decimal(str(f["commission"])),
+            commission_asset=str(f["commissionAsset"]),
+            time_ms=time_ms,
+        )
+        for f in data.get("fills", ())
+    )
+    return OrderState(
+        client_order_id=str(data.get("origClientOrderId") or data["clientOrderId"]),
+        exchange_order_id=str(data["orderId"]),
+        status=str(data["status"]),
+        executed_qty=Decimal(str(data["executedQty"])),
+        cumulative_quote=Decimal(str(data["cummulativeQuoteQty"])),
+        fills=fills,
+        raw=dict(data),
+    )
+
+
+def trade_fill(trade: Mapping[str, Any]) -> ExchangeFill:
+    """One entry of ``GET /api/v3/myTrades``."""
+    return ExchangeFill(
+        trade_id=str(trade["id"]),
+        price=Decimal(str(trade["price"])),
+        qty=Decimal(str(trade["qty"])),
+        commission=Decimal(str(trade["commission"])),
+        commission_asset=str(trade["commissionAsset"]),
+        time_ms=int(trade["time"]),
+    )

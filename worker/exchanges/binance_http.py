@@ -1,0 +1,158 @@
+"""Binance REST transport: one request at a time, the rate-limit gate, error classification.
+
+Shared by the signed :class:`~worker.exchanges.binance.BinanceClient` and the public price
+feed. Every failure leaves here as an :class:`~worker.exchanges.base.ExchangeError`
+(REFERENCE.md section 2): 429/418 -> RateLimited (and the gate closes for ``Retry-After``);
+5xx, 408, -1006, -1007, timeouts and dropped connections -> OutcomeUnknown; -1021 ->
+ClockSkew; -2011/-2013 -> UnknownOrder; "Duplicate order sent." -> DuplicateOrder; any other
+code -> OrderRejected with Binance's code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import httpx
+
+from worker.exchanges.base import (
+    ClockSkew,
+    DuplicateOrder,
+    ExchangeError,
+    OrderRejected,
+    OutcomeUnknown,
+    RateLimited,
+    UnknownOrder,
+)
+from worker.logs import get_logger
+
+DEFAULT_RETRY_AFTER_S: Final = 60.0
+_OUTCOME_UNKNOWN_CODES: Final = frozenset({-1006, -1007})
+_UNKNOWN_ORDER_CODES: Final = frozenset({-2011, -2013})
+
+Clock = Callable[[], float]
+log = get_logger("worker.exchanges.binance")
+
+
+class Secret:
+    """A string that prints as ``***`` (repr, str, tracebacks with locals)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+class RateLimitGate:
+    """The instant before which no request may leave. Share one between clients of one IP."""
+
+    def __init__(self, clock: Clock = time.time) -> None:
+        self._clock = clock
+        self._until = 0.0
+        self._banned = False
+
+    def check(self) -> None:
+        """Raise RateLimited, without touching the network, while blocked."""
+        remaining = self._until - self._clock()
+        if remaining > 0:
+            raise RateLimited(remaining, self._banned)
+
+    def block(self, retry_after_s: float, banned: bool) -> None:
+        until = self._clock() + retry_after_s
+        if until > self._until:
+            self._until, self._banned = until, banned
+
+
+def classify_error(status: int, body: Any, retry_after_s: float) -> ExchangeError:
+    """Map a non-2xx Binance answer to the project's exception (REFERENCE.md section 2)."""
+    code, msg = _code_and_msg(body)
+    if status in (418, 429):
+        return RateLimited(retry_after_s, banned=status == 418)
+    if status >= 500 or status == 408 or code in _OUTCOME_UNKNOWN_CODES:
+        return OutcomeUnknown(f"HTTP {status} ({code}): {msg}", code)
+    if code == -1021:
+        return ClockSkew(msg)
+    if code in _UNKNOWN_ORDER_CODES:
+        return UnknownOrder(code, msg)
+    if code == -2010 and "duplicate" in msg.lower():
+        return DuplicateOrder(msg, code)
+    return OrderRejected(code, msg or f"HTTP {status}")
+
+
+def _code_and_msg(body: Any) -> tuple[int | None, str]:
+    if isinstance(body, Mapping) and "code" in body:
+        return int(body["code"]), str(body.get("msg", ""))
+    return None, ""
+
+
+def _retry_after(headers: httpx.Headers) -> float:
+    try:
+        return float(headers.get("Retry-After", DEFAULT_RETRY_AFTER_S))
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_S
+
+
+class BinanceHttp:
+    """Sends one request, honours the gate, and turns every failure into an ExchangeError."""
+
+    def __init__(
+        self,
+        base_url: str,
+        gate: RateLimitGate,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.gate = gate
+        self.client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+
+    async def send(
+        self, method: str, path: str, query: str = "", headers: Mapping[str, str] | None = None
+    ) -> Any:
+        self.gate.check()
+        url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
+        try:
+            response = await self.client.request(method, url, headers=headers)
+        except httpx.TransportError as exc:  # timeouts, refused and dropped connections
+            log.warning("exchange_outcome_unknown", method=method, path=path, error=repr(exc))
+            raise OutcomeUnknown(f"{method} {path}: {type(exc).__name__}") from exc
+        return self._decode(method, path, response)
+
+    def _decode(self, method: str, path: str, response: httpx.Response) -> Any:
+        try:
+            body = json.loads(response.content, parse_float=Decimal) if response.content else None
+        except ValueError:
+            body = None
+        if response.is_success:
+            if body is None:
+                raise OutcomeUnknown(f"{method} {path}: HTTP {response.status_code}, no JSON")
+            return body
+        error = classify_error(response.status_code, body, _retry_after(response.headers))
+        if isinstance(error, RateLimited):
+            self.gate.block(error.retry_after_s, error.banned)
+            log.warning(
+                "exchange_rate_limited",
+                path=path,
+                retry_after_s=error.retry_after_s,
+                banned=error.banned,
+            )
+        elif isinstance(error, OutcomeUnknown):
+            log.warning("exchange_outcome_unknown", method=method, path=path, reason=error.reason)
+        raise error
+
+
+async def ticker_price(http: BinanceHttp, symbol: str) -> Decimal:
+    body = await http.send("GET", "/api/v3/ticker/price", urlencode({"symbol": symbol}))
+    return Decimal(str(body["price"]))

@@ -1,0 +1,143 @@
+"""Symbol filters (Binance exchangeInfo): pure rounding and pre-checks, no I/O.
+
+An order that breaks a filter fails here, before anything is sent, with a reason a person can
+read ("quantity 0.00000900 below minQty 0.00001000"), instead of a bare -1013 from Binance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import Any
+
+from worker.exchanges.base import FilterViolation, OrderRejected
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class SymbolRules:
+    """The trading rules of one symbol. A zero size or limit means "no rule"."""
+
+    symbol: str
+    base_asset: str
+    quote_asset: str
+    tick_size: Decimal
+    step_size: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    min_notional: Decimal
+
+    @classmethod
+    def from_binance(cls, info: Mapping[str, Any]) -> SymbolRules:
+        """Parse one entry of exchangeInfo's ``symbols`` list."""
+        filters = {f["filterType"]: f for f in info.get("filters", ())}
+        price = filters.get("PRICE_FILTER", {})
+        lot = filters.get("LOT_SIZE", {})
+        notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
+        return cls(
+            symbol=str(info["symbol"]),
+            base_asset=str(info["baseAsset"]),
+            quote_asset=str(info["quoteAsset"]),
+            tick_size=_dec(price.get("tickSize")),
+            step_size=_dec(lot.get("stepSize")),
+            min_qty=_dec(lot.get("minQty")),
+            max_qty=_dec(lot.get("maxQty")),
+            min_notional=_dec(notional.get("minNotional")),
+        )
+
+
+def rules_from_exchange_info(payload: Mapping[str, Any], symbol: str) -> SymbolRules:
+    """Find ``symbol`` in an exchangeInfo response; OrderRejected(-1121) when absent."""
+    for info in payload.get("symbols", ()):
+        if info.get("symbol") == symbol:
+            return SymbolRules.from_binance(info)
+    raise OrderRejected(-1121, f"Invalid symbol {symbol!r}.")
+
+
+def _dec(value: Any) -> Decimal:
+    return ZERO if value is None else Decimal(str(value))
+
+
+def round_quantity(rules: SymbolRules, quantity: Decimal) -> Decimal:
+    """Floor ``quantity`` to a multiple of stepSize (never sell or buy more than asked)."""
+    return _to_multiple(quantity, rules.step_size, ROUND_DOWN)
+
+
+def round_price(rules: SymbolRules, price: Decimal, rounding: str = ROUND_HALF_UP) -> Decimal:
+    """Round ``price`` to the nearest multiple of tickSize (or as ``rounding`` says)."""
+    return _to_multiple(price, rules.tick_size, rounding)
+
+
+def _to_multiple(value: Decimal, unit: Decimal, rounding: str) -> Decimal:
+    if unit <= 0:
+        return value
+    grid = unit.normalize()
+    units = (value / grid).to_integral_value(rounding=rounding)
+    return (units * grid).quantize(grid)
+
+
+def check_order(
+    rules: SymbolRules,
+    quantity: Decimal | None,
+    price: Decimal | None,
+    *,
+    quote_quantity: Decimal | None = None,
+) -> None:
+    """Raise FilterViolation if the order would break a filter. ``price=None``: no notional."""
+    if quantity is not None:
+        _check_quantity(rules, quantity)
+    if price is not None:
+        _check_price(rules, price)
+    if quote_quantity is not None:
+        _check_quote(rules, quote_quantity)
+    elif quantity is not None and price is not None:
+        notional = quantity * price
+        if notional < rules.min_notional:
+            raise FilterViolation(
+                f"{rules.symbol} notional {_n(notional)} ({_n(quantity)} x {_n(price)}) "
+                f"below minNotional {_n(rules.min_notional)}"
+            )
+
+
+def _check_quantity(rules: SymbolRules, quantity: Decimal) -> None:
+    name = rules.symbol
+    if quantity < 0 or (quantity == 0 and rules.min_qty <= 0):
+        raise FilterViolation(f"{name} quantity must be positive, got {_n(quantity)}")
+    if quantity < rules.min_qty:
+        raise FilterViolation(f"{name} quantity {_n(quantity)} below minQty {_n(rules.min_qty)}")
+    if rules.max_qty > 0 and quantity > rules.max_qty:
+        raise FilterViolation(f"{name} quantity {_n(quantity)} above maxQty {_n(rules.max_qty)}")
+    if rules.step_size > 0 and quantity % rules.step_size != 0:
+        raise FilterViolation(
+            f"{name} quantity {_n(quantity)} not a multiple of {_n(rules.step_size)}"
+        )
+
+
+def _check_price(rules: SymbolRules, price: Decimal) -> None:
+    if price <= 0:
+        raise FilterViolation(f"{rules.symbol} price must be positive, got {_n(price)}")
+    if rules.tick_size > 0 and price % rules.tick_size != 0:
+        raise FilterViolation(
+            f"{rules.symbol} price {_n(price)} not a multiple of tickSize {_n(rules.tick_size)}"
+        )
+
+
+def _check_quote(rules: SymbolRules, quote: Decimal) -> None:
+    if quote <= 0:
+        raise FilterViolation(f"{rules.symbol} quote quantity must be positive, got {_n(quote)}")
+    if quote < rules.min_notional:
+        raise FilterViolation(
+            f"{rules.symbol} quote quantity {_n(quote)} below minNotional {_n(rules.min_notional)}"
+        )
+
+
+def format_decimal(value: Decimal) -> str:
+    """Plain notation for the wire: ``1E+1`` -> ``10``, ``1E-5`` -> ``0.00001``."""
+    return format(value, "f")
+
+
+def _n(value: Decimal) -> str:
+    """A Decimal for a message: no trailing zeros, no exponent."""
+    return format(value.normalize(), "f")
