@@ -106,6 +106,12 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.ops.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -161,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("event_id", nargs="?", type=int, help="the event id to re-queue")
     replay.add_argument("--all-dead", action="store_true", help="re-queue every dead event")
+    demo = _add(
+        sub,
+        "demo",
+        _cmd_demo,
+        "play a short session end to end on embedded PostgreSQL and Redis (no setup needed; "
+        "uses DATABASE_URL/REDIS_URL instead when set)",
+        "position-worker demo\n  position-worker demo --keep   # leave the servers up, print URLs",
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the servers running")
     bench = _add(
         sub,
         "bench",

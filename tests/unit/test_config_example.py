@@ -1,0 +1,26 @@
+"""config.example.toml documents every setting, with the real defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from worker.settings import Settings, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def test_example_config_lists_every_key_with_its_default() -> None:
+    documented = tomllib.loads(EXAMPLE.read_text())
+    defaults = Settings()
+    for section in dataclasses.fields(Settings):
+        values = getattr(defaults, section.name)
+        keys = {f.name for f in dataclasses.fields(values)}
+        assert set(documented[section.name]) == keys, section.name
+        for key in keys:
+            assert documented[section.name][key] == getattr(values, key), f"{section.name}.{key}"
+
+
+def test_example_config_loads() -> None:
+    assert load_settings(EXAMPLE, environ={}) == Settings()
