@@ -75,10 +75,21 @@ CREATE POLICY traders_own ON traders FOR ALL
 REVOKE ALL ON positions, orders, trades, position_events, signals, traders FROM PUBLIC;
 REVOKE ALL ON positions, orders, trades, position_events, signals, traders FROM anon;
 
-GRANT SELECT, INSERT ON positions TO authenticated;
+-- Users set what they ask for; every figure the worker computes (fills, PnL, fees,
+-- held quantity, exchange ids) is out of reach, at INSERT as at UPDATE.
+GRANT SELECT ON positions TO authenticated;
+GRANT INSERT (id, user_id, trader_id, signal_id, symbol, side, status, requested_quantity,
+              requested_quote, limit_price, stop_loss_price, take_profit_price,
+              max_loss_usdt, is_paper_trade, metadata)
+  ON positions TO authenticated;
 GRANT UPDATE (stop_loss_price, take_profit_price, max_loss_usdt, metadata)
   ON positions TO authenticated;
-GRANT SELECT, INSERT ON orders TO authenticated;
+-- The spec lets users insert orders; such a row is a record only (no client order id, so
+-- the worker never sends it). Exits and scale-ins go through the request_* functions.
+GRANT SELECT ON orders TO authenticated;
+GRANT INSERT (id, position_id, user_id, symbol, side, type, quantity, price, status,
+              is_paper_trade)
+  ON orders TO authenticated;
 GRANT SELECT ON trades TO authenticated;
 GRANT SELECT ON position_events TO authenticated;
 GRANT SELECT, INSERT, UPDATE, DELETE ON signals, traders TO authenticated;

@@ -42,6 +42,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        _add_stdlib_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info if use_json else _noop,
         _redact,
@@ -75,10 +76,20 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
+def _add_stdlib_logger_name(
+    logger: Any, _: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Name the logger of stdlib records (psycopg, redis, ...); ours bind ``logger``."""
+    record = event_dict.get("_record")
+    if record is not None and "logger" not in event_dict:
+        event_dict["logger"] = record.name
+    return event_dict
+
+
 def _noop(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event_dict
 
 
 def get_logger(name: str = "worker") -> Any:
     """A structlog logger; bind context with ``.bind(position_id=...)``."""
-    return structlog.get_logger(name)
+    return structlog.get_logger().bind(logger=name)

@@ -7,10 +7,11 @@ from typing import Final
 
 # scheme://user:password@host -> scheme://user:***@host
 _URL_PASSWORD: Final = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
-# password=... / secret=... in libpq key-value strings and query strings
+# password=... / secret=... in libpq key-value strings and query strings, quoted or not,
+# and "password": "..." in dict and JSON renderings
 _KV_SECRET: Final = re.compile(
-    r"(?P<head>\b(?:password|passwd|secret|api_?secret|api_?key|signature|token)\s*[=:]\s*)"
-    r"[^\s&'\"]+",
+    r"(?P<head>\b(?:password|passwd|secret|api_?secret|api_?key|signature|token)['\"]?"
+    r"\s*[=:]\s*['\"]?)[^\s&'\",}]+",
     re.IGNORECASE,
 )
 SECRET_KEYS: Final = frozenset(
