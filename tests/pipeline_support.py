@@ -37,12 +37,21 @@ def settings_for(db_url: str, redis_url: str, **pipeline: Any) -> Settings:
         "shutdown_grace_seconds": 5.0,
         **pipeline,
     }
-    return replace(base, pipeline=replace(PipelineSettings(), **fast))
+    # The pipeline tests drive positions by hand: no engine acting on them.
+    return replace(
+        base,
+        pipeline=replace(PipelineSettings(), **fast),
+        execution=replace(base.execution, enabled=False),
+    )
 
 
 def worker_env(db_url: str, redis_url: str, **pipeline: Any) -> dict[str, str]:
     s = settings_for(db_url, redis_url, **pipeline).pipeline
-    env = {"DATABASE_URL": db_url, "REDIS_URL": redis_url}
+    env = {
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "POSITION_WORKER__EXECUTION__ENABLED": "false",
+    }
     for key in (
         "lease_seconds",
         "poll_interval",

@@ -24,6 +24,11 @@ from psycopg_pool import AsyncConnectionPool
 from worker.db.outbox import Outbox, translated_errors
 from worker.db.queries import q
 from worker.errors import DatabaseUnavailable
+from worker.execution.engine import Engine
+from worker.execution.exchanges import ExchangeRouter
+from worker.execution.handlers import add_execution_handlers
+from worker.execution.setup import build_router
+from worker.execution.watcher import Watcher
 from worker.logs import get_logger
 from worker.metrics import Metrics
 from worker.pipeline.dispatcher import Dispatcher
@@ -87,6 +92,7 @@ class App:
         *,
         extra_handlers: ExtraHandlers | None = None,
         handle_signals: bool = True,
+        router: ExchangeRouter | None = None,
     ) -> None:
         self.settings = settings
         self.name = worker_name()
@@ -94,6 +100,9 @@ class App:
         self.metrics = Metrics()
         self.extra_handlers = extra_handlers
         self.handle_signals = handle_signals
+        self.router = router
+        self.engine: Engine | None = None
+        self.watcher: Watcher | None = None
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
         self._scope: anyio.CancelScope | None = None
@@ -102,6 +111,8 @@ class App:
         registry = Registry()
         registry.add("audit_log", any_event, make_audit_log(self.log))
         registry.add("ai_monitoring", position_opened, make_start_monitoring(pool, self.log))
+        if self.engine is not None:
+            add_execution_handlers(registry, self.engine)
         if self.extra_handlers is not None:
             self.extra_handlers(registry, pool)
         return registry
@@ -131,6 +142,12 @@ class App:
         task_status: TaskStatus[None],
     ) -> None:
         s = self.settings
+        if s.execution.enabled:
+            router = self.router or build_router(s)
+            self.engine = Engine(
+                pool, router, resend_after=s.execution.missing_lookups_before_resend, log=self.log
+            )
+            self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
         outbox = Outbox(outbox_pool, self.name, s.pipeline.lease_seconds)
         publisher = StreamPublisher(client, s.streams.maxlen, s.streams.dedupe_ttl_seconds)
         self.dispatcher = Dispatcher(
@@ -160,6 +177,8 @@ class App:
             await tg.start(self.listener.run)
             tg.start_soon(self._dispatch_then_stop, tg.cancel_scope)
             tg.start_soon(self._sample_lag, pool)
+            if self.watcher is not None:
+                tg.start_soon(self.watcher.run)
             self.log.info(
                 "worker_started",
                 streams=[s.streams.events, s.streams.notifications, s.streams.ai_monitoring],

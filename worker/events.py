@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
-KINDS: Final = frozenset({"position", "order", "trade"})
+KINDS: Final = frozenset({"position", "order", "trade", "request"})
 NOTIFY_KEYS: Final = frozenset({"position_id", "old_status", "new_status", "user_id", "symbol"})
 Severity = Literal["info", "warning", "error", "critical"]
 
@@ -45,6 +45,8 @@ class Event:
         """``position.created``, ``position.open``, ``order.filled``, ``trade.recorded``..."""
         if self.kind == "trade":
             return "trade.recorded"
+        if self.kind == "request":
+            return f"request.{self.new_status}"  # request.exit, request.scale_in
         if self.old_status is None:
             return f"{self.kind}.created"
         return f"{self.kind}.{self.new_status}"

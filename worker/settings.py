@@ -20,6 +20,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,6 +70,34 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionSettings:
+    enabled: bool = True  # drive positions through the exchanges (off: pipeline only)
+    reconcile_interval: float = 2.0  # seconds between passes over orders in flight
+    reconcile_grace_seconds: float = 10.0  # leave a fresh order to the actor sending it
+    missing_lookups_before_resend: int = 3  # an order must be missing this often to re-send
+
+
+@dataclass(frozen=True, slots=True)
+class PaperSettings:
+    feed: str = "synthetic"  # synthetic | binance (public market data)
+    seed: int = 7  # synthetic feed: same seed, same prices
+    tick_seconds: float = 1.0  # synthetic feed: one random-walk step this often
+    taker_fee: Decimal = Decimal("0.001")  # fraction of the fill value
+    maker_fee: Decimal = Decimal("0.001")
+    fee_asset: str = "quote"  # quote | base | BNB: which asset pays the fee
+    slippage_bps: Decimal = Decimal("5")  # market orders fill this much worse
+    partial_fills: int = 1  # split each fill into this many parts
+
+
+@dataclass(frozen=True, slots=True)
+class BinanceSettings:
+    # Keys come from the environment only: BINANCE_API_KEY, BINANCE_API_SECRET.
+    base_url: str = "https://api.binance.com"  # testnet: https://testnet.binance.vision
+    recv_window_ms: int = 5000
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = "info"
     format: str = "auto"  # auto (colour on a terminal, JSON otherwise) | json | console
@@ -86,6 +115,9 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     streams: StreamSettings = field(default_factory=StreamSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    paper: PaperSettings = field(default_factory=PaperSettings)
+    binance: BinanceSettings = field(default_factory=BinanceSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
@@ -97,11 +129,14 @@ class Settings:
 _CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "json", "console"),
+    "paper.feed": ("synthetic", "binance"),
+    "paper.fee_asset": ("quote", "base", "BNB"),
 }
 _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "database.url": ("postgresql://", "postgres://"),
     "database.listen_url": ("postgresql://", "postgres://"),
     "redis.url": ("redis://", "rediss://", "unix://"),
+    "binance.base_url": ("https://", "http://"),
 }
 
 
@@ -181,6 +216,8 @@ def _build_section(section: str, cls: Any, values: dict[str, Any]) -> Any:
 def _coerce(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         return _coerce_bool(key, value)
+    if isinstance(default, Decimal):
+        return _coerce_decimal(key, value)
     if isinstance(default, int):
         return _coerce_number(key, value, int, "an integer")
     if isinstance(default, float):
@@ -189,6 +226,21 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise SettingsError(f"config: {key} must be a string, got {value!r}")
     _check_string(key, value)
     return value
+
+
+def _coerce_decimal(key: str, value: Any) -> Decimal:
+    """Money-like settings: written as strings or integers, never through a float."""
+    if isinstance(value, float | bool):
+        raise SettingsError(
+            f'config: {key} must be a decimal string such as "0.001", got {value!r}'
+        )
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise SettingsError(f"config: {key} must be a decimal number, got {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise SettingsError(f"config: {key} must be a decimal number >= 0, got {value!r}")
+    return number
 
 
 def _coerce_bool(key: str, value: Any) -> bool:

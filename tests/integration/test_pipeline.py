@@ -195,10 +195,10 @@ async def test_malformed_notifications_and_unknown_events_do_not_stop_the_worker
         with psycopg.connect(db_url, autocommit=True) as conn:
             for payload in ("not json", "[1, 2]", json.dumps({"position_id": "x"}), ""):
                 conn.execute("SELECT pg_notify('position_state_change', %s)", (payload,))
-            # an event kind this worker does not know (a newer schema, say)
+            # an event this worker cannot read (its data is not an object)
             conn.execute(
-                "INSERT INTO position_events (kind, position_id, user_id, symbol, actor_role)"
-                " VALUES ('request', %s, %s, 'BTCUSDT', 'test')",
+                "INSERT INTO position_events (kind, position_id, user_id, symbol, actor_role,"
+                " data) VALUES ('order', %s, %s, 'BTCUSDT', 'test', '[1, 2]')",
                 (pid, owner.user_id),
             )
             conn.execute("UPDATE positions SET status = 'failed' WHERE id = %s", (pid,))

@@ -10,18 +10,18 @@ from typing import LiteralString, cast
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
-QUERIES_FILE = Path(__file__).with_name("queries.sql")
+QUERY_DIR = Path(__file__).parent  # queries.sql (pipeline), execution.sql (engine)
 
 
 @cache
-def load(path: Path = QUERIES_FILE) -> dict[str, LiteralString]:
-    text = path.read_text(encoding="utf-8")
-    parts = _NAME.split(text)
+def load(directory: Path = QUERY_DIR) -> dict[str, LiteralString]:
     blocks: dict[str, LiteralString] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in blocks:
-            raise ValueError(f"{path.name}: query {name} is defined twice")
-        blocks[name] = cast(LiteralString, body.strip())
+    for path in sorted(directory.glob("*.sql")):
+        parts = _NAME.split(path.read_text(encoding="utf-8"))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in blocks:
+                raise ValueError(f"{path.name}: query {name} is defined twice")
+            blocks[name] = cast(LiteralString, body.strip())
     return blocks
 
 

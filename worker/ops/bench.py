@@ -140,6 +140,8 @@ class Bench:
             "POSITION_WORKER__STREAMS__EVENTS": STREAM,
             "POSITION_WORKER__STREAMS__NOTIFICATIONS": "bench:positions:notifications",
             "POSITION_WORKER__STREAMS__AI_MONITORING": "bench:positions:ai-monitoring",
+            # the bench measures the event pipeline; its positions are driven by the load
+            "POSITION_WORKER__EXECUTION__ENABLED": "false",
         }
         procs = [WorkerProcess(env, self.tmp / f"worker-{i}.log") for i in range(count)]
         for proc in procs:

@@ -131,7 +131,11 @@ def run_demo(keep: bool, out: TextIO = sys.stdout) -> int:
     printer = Printer(out)
     with demo_servers(keep, printer.line) as (db_url, redis_url):
         base = load_settings(environ={"DATABASE_URL": db_url, "REDIS_URL": redis_url})
-        settings = replace(base, pipeline=replace(base.pipeline, poll_interval=0.5))
+        settings = replace(
+            base,
+            pipeline=replace(base.pipeline, poll_interval=0.5),
+            execution=replace(base.execution, enabled=False),
+        )
         configure_logging("warning", "console")
         printer.line("migrating ...")
         migrate(db_url)

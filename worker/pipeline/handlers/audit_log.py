@@ -14,8 +14,12 @@ _NAMES: Final = {
     ("order", False): "order_transitioned",
     ("trade", True): "fill_recorded",
     ("trade", False): "fill_recorded",
+    ("request", True): "request_recorded",
+    ("request", False): "request_recorded",
 }
 _AMOUNTS: Final = (
+    "request_id",
+    "reason",
     "side",
     "entry_price",
     "entry_quantity",

@@ -1,0 +1,76 @@
+"""Running the worker with the engine against the fake Binance, for execution tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg.rows import dict_row
+
+from tests.pipeline_support import eventually, settings_for
+from tests.support import Owner, insert_position, seed_owner
+from worker.app import App
+from worker.exchanges.binance import BinanceClient
+from worker.execution.exchanges import ExchangeRouter
+from worker.settings import ExecutionSettings, Settings
+from worker.testing.fake_binance import FakeBinance
+
+KEY, SECRET = "test-key", "test-secret"
+
+
+def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
+    base = settings_for(db_url, redis_url)
+    fast = {"enabled": True, "reconcile_interval": 0.2, "reconcile_grace_seconds": 0.5, **execution}
+    return replace(base, execution=replace(ExecutionSettings(), **fast))
+
+
+@asynccontextmanager
+async def live_worker(settings: Settings, fake: FakeBinance) -> AsyncIterator[App]:
+    async with BinanceClient(KEY, SECRET, base_url=fake.base_url, timeout_s=2.0) as client:
+        app = App(settings, handle_signals=False, router=ExchangeRouter(paper=None, live=client))
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.run)
+            try:
+                yield app
+            finally:
+                app.stop()
+
+
+def position(db_url: str, pid: uuid.UUID) -> dict[str, Any]:
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT * FROM positions WHERE id = %s", (pid,)).fetchone()
+    assert row is not None
+    return row
+
+
+def orders(db_url: str, pid: uuid.UUID) -> list[dict[str, Any]]:
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM orders WHERE position_id = %s ORDER BY created_at, id", (pid,)
+        ).fetchall()
+
+
+async def wait_status(db_url: str, pid: uuid.UUID, *statuses: str, timeout: float = 20) -> None:
+    await eventually(lambda: position(db_url, pid)["status"] in statuses, timeout=timeout)
+
+
+async def wait_held(db_url: str, pid: uuid.UUID, held: str, timeout: float = 20) -> None:
+    await eventually(lambda: position(db_url, pid)["held_quantity"] == Decimal(held), timeout)
+
+
+def new_position(db_url: str, **columns: Any) -> tuple[Owner, uuid.UUID]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+        return owner, insert_position(conn, owner, **columns)
+
+
+def call(db_url: str, sql: str, *args: Any) -> Any:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(sql, args).fetchone()
+    return row[0] if row else None

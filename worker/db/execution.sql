@@ -1,0 +1,138 @@
+-- Queries of the execution engine (worker/execution/). Named blocks, %(name)s parameters.
+
+-- name: exec_try_lock_position
+-- One actor per position at a time, across every worker process: held on one connection
+-- for the whole drive (exchange calls included); released when the connection ends.
+SELECT pg_try_advisory_lock(hashtextextended(%(position_id)s::text, 7365))
+
+-- name: exec_unlock_position
+SELECT pg_advisory_unlock(hashtextextended(%(position_id)s::text, 7365))
+
+-- name: exec_position
+SELECT * FROM positions WHERE id = %(position_id)s
+
+-- name: exec_set_position_status
+UPDATE positions
+SET status = %(new)s,
+    failure_reason = coalesce(%(reason)s, failure_reason),
+    close_reason = coalesce(%(close_reason)s, close_reason)
+WHERE id = %(position_id)s AND status = %(old)s
+RETURNING id
+
+-- name: exec_orders_of_position
+SELECT * FROM orders WHERE position_id = %(position_id)s ORDER BY created_at, id
+
+-- name: exec_insert_order
+INSERT INTO orders (position_id, user_id, client_order_id, symbol, side, type, quantity,
+                    quote_quantity, price, stop_price, status, purpose, is_paper_trade,
+                    request_id)
+VALUES (%(position_id)s, %(user_id)s, %(client_order_id)s, %(symbol)s, %(side)s, %(type)s,
+        %(quantity)s, %(quote_quantity)s, %(price)s, %(stop_price)s, 'created', %(purpose)s,
+        %(is_paper_trade)s, %(request_id)s)
+RETURNING *
+
+-- name: exec_bump_send
+-- Committed before every send: from now on the order may exist on the exchange.
+UPDATE orders SET send_attempts = send_attempts + 1, submitted_at = coalesce(submitted_at, now())
+WHERE id = %(order_id)s
+
+-- name: exec_bump_missing
+UPDATE orders SET missing_lookups = missing_lookups + 1
+WHERE id = %(order_id)s
+RETURNING missing_lookups
+
+-- name: exec_set_order_status
+UPDATE orders SET status = %(status)s WHERE id = %(order_id)s AND status = %(old)s
+
+-- name: exec_update_order_fills
+UPDATE orders
+SET binance_order_id = coalesce(%(exchange_order_id)s, binance_order_id),
+    exchange_status = %(exchange_status)s,
+    filled_quantity = %(filled_quantity)s,
+    avg_fill_price = %(avg_fill_price)s,
+    total_value = %(total_value)s,
+    fees = %(fees)s,
+    raw_response = %(raw)s,
+    error_message = coalesce(%(error)s, error_message),
+    filled_at = CASE WHEN %(filled)s THEN coalesce(filled_at, now()) ELSE filled_at END,
+    missing_lookups = 0
+WHERE id = %(order_id)s
+
+-- name: exec_insert_trade
+INSERT INTO trades (order_id, position_id, binance_trade_id, symbol, side, price, quantity,
+                    value, fee, fee_asset, fee_quote, is_paper_trade, executed_at)
+VALUES (%(order_id)s, %(position_id)s, %(trade_id)s, %(symbol)s, %(side)s, %(price)s,
+        %(quantity)s, %(value)s, %(fee)s, %(fee_asset)s, %(fee_quote)s, %(is_paper_trade)s,
+        %(executed_at)s)
+ON CONFLICT (order_id, binance_trade_id) DO NOTHING
+
+-- name: exec_order_fill_totals
+SELECT coalesce(sum(quantity), 0) AS quantity, coalesce(sum(value), 0) AS value,
+       coalesce(sum(fee_quote), 0) AS fees
+FROM trades WHERE order_id = %(order_id)s
+
+-- name: exec_fills_of_position
+SELECT t.side, t.price, t.quantity, t.fee, t.fee_asset, t.fee_quote, t.binance_trade_id,
+       t.executed_at, o.purpose, o.binance_order_id
+FROM trades t JOIN orders o ON o.id = t.order_id
+WHERE t.position_id = %(position_id)s
+ORDER BY t.executed_at, o.created_at, t.binance_trade_id
+
+-- name: exec_update_figures
+UPDATE positions
+SET entry_price = %(entry_price)s, entry_quantity = %(entry_quantity)s,
+    entry_value = %(entry_value)s, entry_time = %(entry_time)s,
+    entry_order_id = coalesce(%(entry_order_id)s, entry_order_id),
+    exit_price = %(exit_price)s, exit_quantity = %(exit_quantity)s,
+    exit_value = %(exit_value)s, exit_time = %(exit_time)s,
+    exit_order_id = coalesce(%(exit_order_id)s, exit_order_id),
+    realized_pnl = %(realized_pnl)s, realized_pnl_percent = %(realized_pnl_percent)s,
+    fees_paid = %(fees_paid)s, held_quantity = %(held_quantity)s, entry_cost = %(entry_cost)s
+WHERE id = %(position_id)s
+
+-- name: exec_request
+SELECT * FROM position_requests WHERE id = %(request_id)s
+
+-- name: exec_finish_request
+UPDATE position_requests SET status = %(status)s, error = %(error)s,
+       order_id = coalesce(%(order_id)s, order_id)
+WHERE id = %(request_id)s AND status = 'pending'
+
+-- name: exec_pending_requests_of_position
+SELECT * FROM position_requests
+WHERE position_id = %(position_id)s AND status = 'pending'
+ORDER BY created_at
+
+-- name: exec_orders_to_reconcile
+-- Orders not final that the worker itself created (users' rows have no client id). A
+-- fresh 'created' order is left to the actor that is sending it right now.
+SELECT id, position_id FROM orders
+WHERE status IN ('created', 'submitted', 'partially_filled')
+  AND client_order_id IS NOT NULL
+  AND (status <> 'created' OR created_at < now() - make_interval(secs => %(grace)s))
+ORDER BY created_at
+LIMIT 200
+
+-- name: exec_stuck_positions
+-- Positions waiting for the worker with no order in flight (e.g. a crash right after the
+-- position was created but before its entry order was recorded).
+SELECT p.id FROM positions p
+WHERE p.status IN ('created', 'submitting', 'closing')
+  AND p.updated_at < now() - make_interval(secs => %(grace)s)
+  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+                  AND o.status IN ('created', 'submitted', 'partially_filled'))
+LIMIT 200
+
+-- name: exec_paper_watch
+-- Paper positions with protection to enforce: the simulated exchange watches its feed.
+SELECT id, symbol, side, stop_loss_price, take_profit_price, max_loss_usdt, held_quantity,
+       entry_cost, entry_value, entry_quantity
+FROM positions
+WHERE is_paper_trade AND status IN ('open', 'monitoring') AND held_quantity > 0
+  AND (stop_loss_price IS NOT NULL OR take_profit_price IS NOT NULL
+       OR max_loss_usdt IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = positions.id
+                  AND r.kind = 'exit' AND r.status = 'pending')
+
+-- name: exec_request_exit
+SELECT request_position_exit(%(position_id)s, NULL, %(reason)s)

@@ -1,0 +1,449 @@
+"""The execution engine: drives positions through the exchange, safely.
+
+Rules that make it crash-safe and replica-safe:
+
+* **One actor per position.** Every action on a position (entry, exit, reconcile) runs
+  while holding that position's session advisory lock, exchange calls included; a crashed
+  process's lock dies with its connection.
+* **Intent before send.** An order row with its deterministic client order id is committed
+  before the order is sent, and ``send_attempts`` is bumped (committed) right before each
+  send. An order with ``send_attempts > 0`` may exist on the exchange: it is looked up by
+  client order id first, and re-sent only after it was missing for
+  ``missing_lookups_before_resend`` lookups in a row.
+* **Outcome unknown is not failure.** Timeouts, 5xx, -1006/-1007 leave the order as it is;
+  the reconciler looks it up later. Only a definitive rejection marks it failed.
+* **The database decides.** Fills are recorded with the position's figures refolded from all
+  of its fills; the triggers turn every change into events for the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from worker.accounting import Market
+from worker.db.queries import q
+from worker.errors import WorkerError
+from worker.exchanges.base import (
+    Exchange,
+    ExchangeError,
+    ExchangeFill,
+    OrderRejected,
+    OrderRequest,
+    OrderState,
+    UnknownOrder,
+)
+from worker.exchanges.filters import check_order, round_quantity
+from worker.execution.exchanges import ExchangeRouter, NotConfigured
+from worker.execution.recorder import (
+    Row,
+    record,
+    record_rejection,
+    set_position_status,
+)
+from worker.execution.rules import (
+    client_order_id,
+    entry_problem,
+    entry_side,
+    exit_side,
+)
+
+FINAL_ORDER = ("filled", "cancelled", "failed")
+PROTECTIVE = ("stop_loss", "take_profit")
+
+
+class PositionBusy(WorkerError):
+    """Another actor holds the position right now; the caller retries later."""
+
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+class Engine:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        router: ExchangeRouter,
+        *,
+        resend_after: int,
+        log: Any,
+    ) -> None:
+        self.pool, self.router, self.resend_after, self.log = pool, router, resend_after, log
+
+    # -- locking and loading -------------------------------------------------------------
+    @asynccontextmanager
+    async def locked(self, position_id: str, *, wait: bool = False) -> AsyncIterator[Conn]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("exec_try_lock_position"), {"position_id": position_id})
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                raise PositionBusy(f"position {position_id} is being handled elsewhere")
+            try:
+                yield conn
+            finally:
+                await conn.execute(q("exec_unlock_position"), {"position_id": position_id})
+
+    async def _row(self, conn: Conn, name: str, **params: Any) -> Row | None:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(q(name), params)
+        row: Row | None = await cur.fetchone()
+        return row
+
+    async def _rows(self, conn: Conn, name: str, **params: Any) -> list[Row]:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(q(name), params)
+        rows: list[Row] = await cur.fetchall()
+        return rows
+
+    async def _position(self, conn: Conn, position_id: str) -> Row:
+        row = await self._row(conn, "exec_position", position_id=position_id)
+        if row is None:
+            raise WorkerError(f"position {position_id} does not exist")
+        return row
+
+    # -- entry -----------------------------------------------------------------------------
+    async def enter(self, position_id: str) -> None:
+        """A new position: validate, record the entry order, send it, record the outcome."""
+        async with self.locked(position_id) as conn:
+            position = await self._position(conn, position_id)
+            if position["status"] == "created":
+                await self._start_entry(conn, position)
+            await self.drive_open_orders(conn, position)
+
+    async def _start_entry(self, conn: Conn, position: Row) -> None:
+        problem, quantity = await self._entry_check(position)
+        if problem is not None:
+            async with conn.transaction():
+                await set_position_status(conn, position, "failed", reason=problem)
+            self.log.warning("entry_refused", position_id=str(position["id"]), reason=problem)
+            return
+        async with conn.transaction():
+            await self._new_order(
+                conn,
+                position,
+                "entry",
+                entry_side(position["side"]),
+                "limit" if position["limit_price"] else "market",
+                quantity,
+                quote=position["requested_quote"],
+                price=position["limit_price"],
+            )
+            await set_position_status(conn, position, "submitting")
+
+    async def _entry_check(self, position: Row) -> tuple[str | None, Decimal]:
+        try:
+            exchange = self.router.for_position(position)
+            rules = await exchange.symbol_rules(position["symbol"])
+            price = position["limit_price"] or await exchange.price(position["symbol"])
+        except NotConfigured as exc:
+            return str(exc), Decimal(0)
+        except OrderRejected as exc:
+            return f"{position['symbol']}: {exc}", Decimal(0)
+        quote = position["requested_quote"]
+        problem = entry_problem(
+            position["side"],
+            price,
+            quantity=position["requested_quantity"],
+            quote=quote,
+            stop_loss=position["stop_loss_price"],
+            take_profit=position["take_profit_price"],
+        )
+        if problem is not None:
+            return problem, Decimal(0)
+        qty = round_quantity(rules, position["requested_quantity"] or quote / price)
+        try:
+            check_order(rules, qty, price, quote_quantity=quote)
+        except OrderRejected as exc:
+            return str(exc), Decimal(0)
+        return None, qty
+
+    async def _new_order(
+        self,
+        conn: Conn,
+        position: Row,
+        purpose: str,
+        side: str,
+        kind: str,
+        quantity: Decimal,
+        *,
+        quote: Decimal | None = None,
+        price: Decimal | None = None,
+        stop: Decimal | None = None,
+        request_id: Any = None,
+    ) -> Row:
+        cur = await conn.execute(
+            "SELECT count(*) FROM orders WHERE position_id = %s AND purpose = %s",
+            (position["id"], purpose),
+        )
+        row = await cur.fetchone()
+        n = (int(row[0]) if row else 0) + 1
+        params = {
+            "position_id": position["id"],
+            "user_id": position["user_id"],
+            "client_order_id": client_order_id(position["id"], purpose, n),
+            "symbol": position["symbol"],
+            "side": side,
+            "type": kind,
+            "quantity": quantity,
+            "quote_quantity": quote,
+            "price": price,
+            "stop_price": stop,
+            "purpose": purpose,
+            "is_paper_trade": bool(position["is_paper_trade"]),
+            "request_id": request_id,
+        }
+        order = await self._row(conn, "exec_insert_order", **params)
+        assert order is not None
+        return order
+
+    # -- driving orders ---------------------------------------------------------------------
+    async def drive_open_orders(self, conn: Conn, position: Row) -> None:
+        if position["status"] in ("closed", "failed"):
+            # nothing may stay resting after a close (e.g. a stop's sibling, if the worker
+            # stopped between recording the fill and cancelling it)
+            await self.cancel_protection(conn, position)
+            return
+        for order in await self._rows(conn, "exec_orders_of_position", position_id=position["id"]):
+            if order["status"] not in FINAL_ORDER and order["client_order_id"]:
+                await self.drive(conn, position, order)
+
+    async def drive(self, conn: Conn, position: Row, order: Row) -> None:
+        """Bring one order up to date with the exchange (sending it if it never was)."""
+        exchange = self.router.for_position(position)
+        try:
+            state = await self._current_state(conn, exchange, order)
+            if state is None and order["status"] == "created":
+                state = await self._send(conn, position, order, exchange)
+        except OrderRejected as exc:
+            async with conn.transaction():
+                await record_rejection(conn, position, order, exc.code, exc.msg)
+                await self._finish_request(conn, order, "rejected", str(exc))
+            self.log.warning("order_rejected", order_id=str(order["id"]), error=str(exc))
+            return
+        except ExchangeError as exc:  # outcome unknown, rate limited: look again later
+            self.log.warning(
+                "order_outcome_unknown",
+                order_id=str(order["id"]),
+                client_order_id=order["client_order_id"],
+                error=str(exc),
+            )
+            return
+        if state is not None:
+            await self._record(conn, exchange, position, order, state)
+
+    async def _current_state(self, conn: Conn, exchange: Exchange, order: Row) -> OrderState | None:
+        """The exchange's view of an order that may exist; None when it should be sent now."""
+        if order["status"] == "created" and order["send_attempts"] == 0:
+            return None
+        state = await exchange.get_order(order["symbol"], order["client_order_id"])
+        if state is not None:
+            return state
+        row = await self._row(conn, "exec_bump_missing", order_id=order["id"])
+        misses = int(row["missing_lookups"]) if row else 0
+        if order["status"] == "created" and misses >= self.resend_after:
+            return None  # never arrived: safe to send with the same client id
+        raise _LookLater(f"order {order['client_order_id']} not visible yet ({misses} lookups)")
+
+    async def _send(self, conn: Conn, position: Row, order: Row, exchange: Exchange) -> OrderState:
+        await conn.execute(q("exec_bump_send"), {"order_id": order["id"]})
+        request = OrderRequest(
+            symbol=order["symbol"],
+            side=order["side"],
+            type=order["type"],
+            client_order_id=order["client_order_id"],
+            quantity=None if order["quote_quantity"] else order["quantity"],
+            quote_quantity=order["quote_quantity"],
+            price=order["price"],
+            stop_price=order["stop_price"],
+        )
+        self.log.info(
+            "order_sending",
+            order_id=str(order["id"]),
+            position_id=str(position["id"]),
+            client_order_id=order["client_order_id"],
+            purpose=order["purpose"],
+            side=order["side"],
+            quantity=str(order["quantity"]),
+        )
+        return await exchange.place_order(request)
+
+    async def _record(
+        self, conn: Conn, exchange: Exchange, position: Row, order: Row, state: OrderState
+    ) -> None:
+        fills = list(state.fills)
+        if not fills and state.executed_qty > 0 and state.exchange_order_id:
+            fills = await exchange.get_fills(order["symbol"], state.exchange_order_id)
+        rules = await exchange.symbol_rules(order["symbol"])
+        market = Market(rules.base_asset, rules.quote_asset)
+        third = await self._third_prices(exchange, fills, market)
+        async with conn.transaction():
+            outcome = await record(conn, position, order, state, fills, market, third)
+            if outcome.order_status in FINAL_ORDER:
+                error = None if state.executed_qty > 0 else f"order {state.status.lower()}"
+                await self._finish_request(conn, order, "done", error)
+        await self._after(conn, position, order, outcome.order_status, outcome.position_status)
+
+    async def _third_prices(
+        self, exchange: Exchange, fills: list[ExchangeFill], market: Market
+    ) -> dict[str, Decimal]:
+        prices: dict[str, Decimal] = {}
+        for fill in fills:
+            asset = fill.commission_asset.upper()
+            if market.role_of(asset) == "other" and asset not in prices and fill.commission:
+                prices[asset] = await exchange.price(f"{asset}{market.quote_asset}")
+        return prices
+
+    async def _finish_request(self, conn: Conn, order: Row, status: str, error: str | None) -> None:
+        if order.get("request_id"):
+            await conn.execute(
+                q("exec_finish_request"),
+                {
+                    "request_id": order["request_id"],
+                    "status": status,
+                    "error": error,
+                    "order_id": order["id"],
+                },
+            )
+
+    async def _after(
+        self, conn: Conn, position: Row, order: Row, order_status: str, position_status: str | None
+    ) -> None:
+        """Follow-ups once an order settled: protect a new position, drop protection that
+        is no longer needed (nothing left resting after a close)."""
+        if order_status not in FINAL_ORDER:
+            return
+        if position["status"] in ("closed", "failed"):
+            await self.cancel_protection(conn, position)
+        elif position_status == "open" and order["purpose"] == "entry":
+            await self.protect(conn, position)
+        elif order["purpose"] in ("scale_in", "scale_out") and position["status"] != "closing":
+            await self.cancel_protection(conn, position)
+            await self.protect(conn, position)
+
+    # -- protection (exchange-side stop-loss / take-profit; paper: see watcher) -----------
+    async def protect(self, conn: Conn, position: Row) -> None:
+        if position["is_paper_trade"]:
+            return  # the paper exchange watches its price feed (worker/execution/watcher.py)
+        position.update(await self._position(conn, str(position["id"])))
+        exchange = self.router.for_position(position)
+        rules = await exchange.symbol_rules(position["symbol"])
+        qty = round_quantity(rules, position["held_quantity"] or Decimal(0))
+        if qty <= 0:
+            return
+        for purpose, stop in (
+            ("stop_loss", position["stop_loss_price"]),
+            ("take_profit", position["take_profit_price"]),
+        ):
+            if stop is None:
+                continue
+            async with conn.transaction():
+                order = await self._new_order(
+                    conn, position, purpose, exit_side(position["side"]), purpose, qty, stop=stop
+                )
+            await self.drive(conn, position, order)
+
+    async def cancel_protection(self, conn: Conn, position: Row) -> None:
+        """Cancel resting stop-loss / take-profit orders; record one that filled meanwhile."""
+        exchange = self.router.for_position(position)
+        for order in await self._rows(conn, "exec_orders_of_position", position_id=position["id"]):
+            if order["purpose"] not in PROTECTIVE or order["status"] in FINAL_ORDER:
+                continue
+            try:
+                state = await exchange.cancel_order(order["symbol"], order["client_order_id"])
+            except UnknownOrder:
+                found = await exchange.get_order(order["symbol"], order["client_order_id"])
+                if found is None:
+                    async with conn.transaction():
+                        from worker.execution.recorder import set_order_status
+
+                        await set_order_status(conn, order, "cancelled")
+                    continue
+                state = found
+            await self._record(conn, exchange, position, order, state)
+
+    # -- requests (exit, scale-in) ------------------------------------------------------------
+    async def handle_request(self, position_id: str, request_id: str) -> None:
+        async with self.locked(position_id) as conn:
+            request = await self._row(conn, "exec_request", request_id=request_id)
+            if request is not None and request["status"] == "pending":
+                order = await self._start_request(conn, request)
+                if order is None:
+                    return
+            position = await self._position(conn, position_id)
+            await self.drive_open_orders(conn, position)
+
+    async def _start_request(self, conn: Conn, request: Row) -> Row | None:
+        position = await self._position(conn, str(request["position_id"]))
+        if request["kind"] == "exit":
+            await self.cancel_protection(conn, position)
+            position = await self._position(conn, str(request["position_id"]))
+        problem, quantity, purpose = await self._request_plan(position, request)
+        async with conn.transaction():
+            if problem is not None:
+                await conn.execute(
+                    q("exec_finish_request"),
+                    {
+                        "request_id": request["id"],
+                        "status": "rejected",
+                        "error": problem,
+                        "order_id": None,
+                    },
+                )
+                self.log.warning("request_rejected", request_id=str(request["id"]), error=problem)
+                return None
+            side = (
+                exit_side(position["side"])
+                if request["kind"] == "exit"
+                else entry_side(position["side"])
+            )
+            order = await self._new_order(
+                conn,
+                position,
+                purpose,
+                side,
+                "market",
+                quantity,
+                quote=request["quote_quantity"],
+                request_id=request["id"],
+            )
+            if purpose == "exit":
+                await set_position_status(conn, position, "closing", close_reason=request["reason"])
+        return order
+
+    async def _request_plan(self, position: Row, request: Row) -> tuple[str | None, Decimal, str]:
+        if position["status"] not in ("open", "monitoring"):
+            return f"position is {position['status']}", Decimal(0), ""
+        exchange = self.router.for_position(position)
+        rules = await exchange.symbol_rules(position["symbol"])
+        held = position["held_quantity"] or Decimal(0)
+        if request["kind"] == "scale_in":
+            price = await exchange.price(position["symbol"])
+            qty = round_quantity(rules, request["quantity"] or request["quote_quantity"] / price)
+            return self._filters(rules, qty, price), qty, "scale_in"
+        wanted = held if request["quantity"] is None else min(request["quantity"], held)
+        qty = round_quantity(rules, wanted)
+        purpose = (
+            "exit"
+            if request["quantity"] is None or qty >= round_quantity(rules, held)
+            else "scale_out"
+        )
+        price = await exchange.price(position["symbol"])
+        return self._filters(rules, qty, price), qty, purpose
+
+    @staticmethod
+    def _filters(rules: Any, qty: Decimal, price: Decimal) -> str | None:
+        try:
+            check_order(rules, qty, price)
+        except OrderRejected as exc:
+            return str(exc)
+        return None
+
+
+class _LookLater(ExchangeError):
+    """The order is not visible on the exchange yet: look again on the next pass."""

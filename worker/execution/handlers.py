@@ -1,0 +1,46 @@
+"""The engine's entry points in the event pipeline.
+
+A handler that finds the position busy (another actor holds it) waits for it a little;
+if it stays busy the pipeline retries the event with backoff like any failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from worker.events import Event
+from worker.execution.engine import Engine, PositionBusy
+from worker.pipeline.handlers import Registry
+
+BUSY_WAIT_SECONDS = 15.0
+
+
+def position_created(event: Event) -> bool:
+    return event.kind == "position" and event.old_status is None
+
+
+def request_recorded(event: Event) -> bool:
+    return event.kind == "request"
+
+
+async def _patiently(action: Any, *args: Any) -> None:
+    with anyio.fail_after(BUSY_WAIT_SECONDS):
+        while True:
+            try:
+                await action(*args)
+                return
+            except PositionBusy:
+                await anyio.sleep(0.05)
+
+
+def add_execution_handlers(registry: Registry, engine: Engine) -> None:
+    async def enter(event: Event) -> None:
+        await _patiently(engine.enter, event.position_id)
+
+    async def request(event: Event) -> None:
+        await _patiently(engine.handle_request, event.position_id, str(event.data["request_id"]))
+
+    registry.add("execution_entry", position_created, enter)
+    registry.add("execution_request", request_recorded, request)

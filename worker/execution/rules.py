@@ -1,0 +1,156 @@
+"""Execution decisions as plain functions: client ids, order statuses, what a fill does to a
+position, protective stops, entry validation. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from decimal import Decimal
+from typing import Final, Literal
+
+from worker.lifecycle import ORDER_TRANSITIONS, POSITION_TRANSITIONS
+
+Purpose = Literal["entry", "exit", "scale_in", "scale_out", "stop_loss", "take_profit"]
+_CODES: Final = {
+    "entry": "e",
+    "exit": "x",
+    "scale_in": "i",
+    "scale_out": "o",
+    "stop_loss": "s",
+    "take_profit": "t",
+}
+FINAL_EXCHANGE = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
+
+
+def client_order_id(position_id: uuid.UUID | str, purpose: str, n: int) -> str:
+    """Deterministic per intent: ``pw-<24 hex of the position>-<purpose code><n>``.
+
+    Binance allows ``^[a-zA-Z0-9-_]{1,36}$``; the same intent always gets the same id, so a
+    retry after a crash can look the order up before ever sending it again.
+    """
+    hex_id = uuid.UUID(str(position_id)).hex[:24]
+    return f"pw-{hex_id}-{_CODES[purpose]}{n}"
+
+
+def order_status_for(exchange_status: str, executed: Decimal) -> str:
+    """Our order status for the exchange's status word."""
+    if exchange_status == "FILLED":
+        return "filled"
+    if exchange_status in ("CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "PENDING_CANCEL"):
+        return "cancelled"
+    if exchange_status == "REJECTED":
+        return "failed" if executed == 0 else "cancelled"
+    if exchange_status == "PARTIALLY_FILLED" or executed > 0:
+        return "partially_filled"
+    return "submitted"
+
+
+def path(transitions: dict[str, frozenset[str]], current: str, target: str) -> list[str]:
+    """The shortest chain of legal moves from ``current`` to ``target`` (excluding current);
+    empty when already there or when ``target`` cannot be reached."""
+    if current == target:
+        return []
+    previous: dict[str, str] = {current: current}
+    queue = deque([current])
+    while queue:
+        state = queue.popleft()
+        for nxt in sorted(transitions.get(state, frozenset())):
+            if nxt not in previous:
+                previous[nxt] = state
+                queue.append(nxt)
+    if target not in previous:
+        return []
+    chain = [target]
+    while previous[chain[-1]] != current:
+        chain.append(previous[chain[-1]])
+    return chain[::-1]
+
+
+def order_path(current: str, target: str) -> list[str]:
+    return path(ORDER_TRANSITIONS, current, target)
+
+
+def position_path(current: str, target: str) -> list[str]:
+    return path(POSITION_TRANSITIONS, current, target)
+
+
+def position_target(
+    position_status: str, purpose: str, order_status: str, executed: Decimal, flat: bool
+) -> str | None:
+    """Where a position goes once one of its orders reached ``order_status``, or None."""
+    final = order_status in ("filled", "cancelled", "failed")
+    if not final:
+        return None
+    if purpose == "entry" and position_status == "submitting":
+        return "open" if executed > 0 else "failed"
+    if purpose == "exit" and position_status == "closing":
+        return "closed" if flat else "open"
+    if purpose in ("stop_loss", "take_profit") and executed > 0 and flat:
+        return "closed" if position_status in ("open", "monitoring", "closing") else None
+    return None
+
+
+def effective_stop(
+    side: str,
+    stop_loss: Decimal | None,
+    max_loss: Decimal | None,
+    avg_cost: Decimal,
+    held: Decimal,
+) -> Decimal | None:
+    """The tighter of the stop-loss price and the price at which the loss reaches
+    ``max_loss_usdt`` (avg_cost is break-even per unit, incl. entry fees)."""
+    candidates = [stop_loss] if stop_loss is not None else []
+    if max_loss is not None and held > 0:
+        per_unit = max_loss / held
+        candidates.append(avg_cost - per_unit if side == "long" else avg_cost + per_unit)
+    candidates = [c for c in candidates if c is not None and c > 0]
+    if not candidates:
+        return None
+    return max(candidates) if side == "long" else min(candidates)
+
+
+def protection_trigger(
+    side: str, price: Decimal, stop: Decimal | None, take_profit: Decimal | None
+) -> str | None:
+    """``stop_loss`` / ``take_profit`` when ``price`` crossed one of them, else None."""
+    if side == "long":
+        if stop is not None and price <= stop:
+            return "stop_loss"
+        if take_profit is not None and price >= take_profit:
+            return "take_profit"
+        return None
+    if stop is not None and price >= stop:
+        return "stop_loss"
+    if take_profit is not None and price <= take_profit:
+        return "take_profit"
+    return None
+
+
+def entry_problem(
+    side: str,
+    price: Decimal,
+    *,
+    quantity: Decimal | None,
+    quote: Decimal | None,
+    stop_loss: Decimal | None,
+    take_profit: Decimal | None,
+) -> str | None:
+    """Why an entry must be refused before it reaches the exchange, or None."""
+    if (quantity is None) == (quote is None):
+        return "give exactly one of requested_quantity or requested_quote"
+    below, above = ("stop-loss", "take-profit") if side == "long" else ("take-profit", "stop-loss")
+    low = stop_loss if side == "long" else take_profit
+    high = take_profit if side == "long" else stop_loss
+    if low is not None and low >= price:
+        return f"{below} {low} is not below the current price {price} for a {side}"
+    if high is not None and high <= price:
+        return f"{above} {high} is not above the current price {price} for a {side}"
+    return None
+
+
+def exit_side(position_side: str) -> str:
+    return "sell" if position_side == "long" else "buy"
+
+
+def entry_side(position_side: str) -> str:
+    return "buy" if position_side == "long" else "sell"
