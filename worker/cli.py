@@ -30,6 +30,7 @@ examples:
   position-worker run                     the daemon (Procfile: worker)
   position-worker check                   health probe for supervisors
   position-worker status                  what an operator looks at first
+  position-worker tail notifications      follow a stream as entries arrive
   position-worker replay --all-dead       re-queue parked events
 """
 
@@ -68,11 +69,27 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from worker.ops.status import collect_status, render_status, status_json
+    from worker.ops.status import collect_status, render_status, status_json, watch_status
 
+    if args.watch:
+        watch_status(settings, args.interval, args.json, sys.stdout)
+        return 0
     report = collect_status(settings)
     print(status_json(report) if args.json else render_status(report))
     return 0
+
+
+def _cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.ops.tail import run_tail
+
+    return run_tail(
+        settings,
+        args.stream,
+        from_id=args.from_id,
+        from_start=args.from_start,
+        count=args.count,
+        force_json=args.json,
+    )
 
 
 def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -109,7 +126,8 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from worker.ops.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    run_demo(keep=args.keep)
+    return 0
 
 
 Command = Callable[[Settings, argparse.Namespace], int]
@@ -154,10 +172,45 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "status",
         _cmd_status,
-        "positions by state, orders in flight, outbox lag, dead events, stream lengths",
-        "position-worker status\n  position-worker status --json | jq .outbox",
+        "positions by state, orders in flight, outbox lag, dead events, streams and their "
+        "consumer groups (pending entries, dead-letter streams)",
+        "position-worker status\n  position-worker status --json | jq .outbox\n"
+        "  position-worker status --watch --interval 5",
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh until Ctrl-C: in place on a terminal, reports one after the other "
+        "elsewhere (one JSON line each with --json)",
+    )
+    status.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes"
+    )
+    tail = _add(
+        sub,
+        "tail",
+        _cmd_tail,
+        "follow a stream and print its entries as they arrive: one coloured line each on a "
+        "terminal, JSON lines otherwise",
+        "position-worker tail                      # positions:events, new entries only\n"
+        "  position-worker tail notifications --from-start\n"
+        "  position-worker tail events --json | jq -r .fields.type\n"
+        "  position-worker tail positions:events --from 1718000000000-0 --count 20",
+    )
+    tail.add_argument(
+        "stream",
+        nargs="?",
+        metavar="STREAM",
+        help="events (default), notifications, ai-monitoring, or a full stream key",
+    )
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument(
+        "--from", dest="from_id", metavar="ID", help="start at this entry id (default: now)"
+    )
+    start.add_argument("--from-start", action="store_true", help="start at the first entry")
+    tail.add_argument("--count", type=int, metavar="N", help="stop after N entries")
+    tail.add_argument("--json", action="store_true", help="JSON lines, even on a terminal")
     replay = _add(
         sub,
         "replay",

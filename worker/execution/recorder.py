@@ -89,6 +89,8 @@ async def record(
 ) -> Outcome:
     """Record ``state`` of ``order``; the caller holds the position lock and a transaction."""
     target = order_status_for(state.status, state.executed_qty)
+    if order["status"] == "created" and target != "failed":
+        await set_order_status(conn, order, "submitted")  # accepted, then its fills
     for fill in fills:
         await _insert_trade(conn, position, order, fill, market, third_prices)
     await _update_order_totals(conn, order, state, target)  # before: events carry the totals

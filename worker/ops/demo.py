@@ -19,6 +19,10 @@ import redis.asyncio as aioredis
 
 from worker.app import App
 from worker.db.migrate import migrate
+from worker.exchanges.paper import PaperExchange, wall_clock_ms
+from worker.exchanges.paper_book import PaperConfig
+from worker.exchanges.prices import SyntheticPrices
+from worker.execution.exchanges import ExchangeRouter
 from worker.logs import configure_logging
 from worker.ops.demo_script import DemoSession
 from worker.settings import Settings, load_settings
@@ -28,10 +32,12 @@ COLOURS = {"info": "32", "warning": "33", "error": "31", "critical": "1;31"}
 
 
 @contextlib.contextmanager
-def demo_servers(keep: bool, say: Callable[[str], None]) -> Iterator[tuple[str, str]]:
-    """URLs from the environment, else embedded servers in a temporary directory."""
-    pg = None if os.environ.get("DATABASE_URL") else EmbeddedPostgres()
-    rd = None if os.environ.get("REDIS_URL") else EmbeddedRedis()
+def demo_servers(
+    keep: bool, say: Callable[[str], None], db_url: str | None, redis_url: str | None
+) -> Iterator[tuple[str, str]]:
+    """The given URLs, else embedded servers in a temporary directory."""
+    pg = None if db_url else EmbeddedPostgres()
+    rd = None if redis_url else EmbeddedRedis()
     try:
         if pg:
             say("starting embedded PostgreSQL ...")
@@ -39,10 +45,7 @@ def demo_servers(keep: bool, say: Callable[[str], None]) -> Iterator[tuple[str, 
         if rd:
             say("starting embedded Redis-compatible server (Valkey) ...")
             rd.start()
-        yield (
-            os.environ.get("DATABASE_URL") or (pg.url if pg else ""),
-            os.environ.get("REDIS_URL") or (rd.url if rd else ""),
-        )
+        yield (db_url or (pg.url if pg else ""), redis_url or (rd.url if rd else ""))
     finally:
         if not keep:
             for server in (pg, rd):
@@ -60,6 +63,9 @@ class Printer:
 
     def line(self, text: str) -> None:
         print(text, file=self.out, flush=True)
+
+    def say(self, text: str) -> None:
+        self.line(self.paint(f"> {text}", "1"))
 
     def entry(self, stream: str, fields: dict[str, str]) -> None:
         short = stream.split(":")[-1]
@@ -108,8 +114,8 @@ async def follow_streams(settings: Settings, printer: Printer) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[App]:
-    app = App(settings, handle_signals=False)
+async def running_worker(settings: Settings, paper: PaperExchange) -> AsyncIterator[App]:
+    app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper, live=None))
     async with anyio.create_task_group() as tg:
         await tg.start(app.run)
         try:
@@ -119,33 +125,45 @@ async def running_worker(settings: Settings) -> AsyncIterator[App]:
 
 
 async def play(settings: Settings, printer: Printer) -> list[dict[str, Any]]:
-    async with running_worker(settings), anyio.create_task_group() as tg:
+    feed = SyntheticPrices(seed=settings.paper.seed)  # moved only by the session's script
+    paper = PaperExchange(
+        feed, clock=wall_clock_ms, config=PaperConfig(partial_fills=2),
+        id_prefix=f"D{wall_clock_ms()}-",
+    )  # fmt: skip
+    async with running_worker(settings, paper), anyio.create_task_group() as tg:
         tg.start_soon(follow_streams, settings, printer)
-        session = DemoSession(settings.database.url, printer.line)
+        session = DemoSession(settings.database.url, paper, feed, printer.say)
         summary = await session.run()
+        await anyio.sleep(0.3)  # let the last stream entries reach the screen
         tg.cancel_scope.cancel()
     return summary
 
 
-def run_demo(keep: bool, out: TextIO = sys.stdout) -> int:
+def run_demo(
+    keep: bool,
+    out: TextIO = sys.stdout,
+    db_url: str | None = None,
+    redis_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """Play the session; returns the final position rows (the summary)."""
     printer = Printer(out)
-    with demo_servers(keep, printer.line) as (db_url, redis_url):
-        base = load_settings(environ={"DATABASE_URL": db_url, "REDIS_URL": redis_url})
+    db_url = db_url or os.environ.get("DATABASE_URL")
+    redis_url = redis_url or os.environ.get("REDIS_URL")
+    with demo_servers(keep, printer.line, db_url, redis_url) as (db, rd):
+        base = load_settings(environ={"DATABASE_URL": db, "REDIS_URL": rd})
         settings = replace(
             base,
             pipeline=replace(base.pipeline, poll_interval=0.5),
-            execution=replace(base.execution, enabled=False),
+            execution=replace(base.execution, reconcile_interval=0.2),
         )
-        configure_logging("warning", "console")
+        configure_logging("error", "console")  # the session narrates; errors still show
         printer.line("migrating ...")
-        migrate(db_url)
-        printer.line("worker running; playing the session (stream entries as consumers see them):")
+        migrate(db)
+        printer.line("worker running on the paper exchange; stream entries as consumers see them:")
         summary = anyio.run(play, settings, printer)
         printer.line("")
         printer.line(DemoSession.render_summary(summary))
         if keep:
-            printer.line(
-                f"\nservers left running:\n  DATABASE_URL={db_url}\n  REDIS_URL={redis_url}"
-            )
-            printer.line(f"  psql {db_url}")
-    return 0
+            printer.line("\nservers left running (try the SQL functions in psql):")
+            printer.line(f"  DATABASE_URL={db}\n  REDIS_URL={rd}\n  psql {db}")
+    return summary

@@ -1,4 +1,13 @@
-"""The demo's session: what a user (and, until execution lands, the exchange side) does."""
+"""The demo's session: a user trading on the paper exchange, prices scripted by the demo.
+
+Every figure is hand-computable (fee 0.1 % in USDT, no slippage):
+
+* long BTCUSDT 0.5 @ 100, scale-in 0.5 @ 110, partial exit 0.4 @ 120, exit 0.6 @ 90:
+  REFERENCE §1's worked example, realized -3.207 USDT (-3.0512 %), fees 0.207;
+* short ETHUSDT 2 @ 3000 with take-profit 2700, price falls to 2690: +608.62 (10.1335 %);
+* long SOLUSDT 10 @ 150 with stop-loss 140, price falls to 138: -122.88 (-8.1838 %);
+* long BNBUSDT 1: the exchange rejects the entry (insufficient balance): failed.
+"""
 
 from __future__ import annotations
 
@@ -11,89 +20,123 @@ import anyio
 import psycopg
 from psycopg.rows import dict_row
 
-SEED = """
-INSERT INTO auth.users (id, email) VALUES (%(user)s, 'demo@example.com');
-INSERT INTO traders (id, user_id, name) VALUES (%(trader)s, %(user)s, 'demo trader');
-INSERT INTO signals (id, user_id, trader_id, symbol, status)
-  VALUES (%(signal)s, %(user)s, %(trader)s, 'BTCUSDT', 'active');
-"""
+from worker.exchanges.paper import PaperExchange
+from worker.exchanges.prices import SyntheticPrices
+
+SEED = (
+    "INSERT INTO auth.users (id, email) VALUES (%(user)s, 'demo@example.com')",
+    "INSERT INTO traders (id, user_id, name) VALUES (%(trader)s, %(user)s, 'demo trader')",
+    "INSERT INTO signals (id, user_id, trader_id, symbol, status)"
+    " VALUES (%(signal)s, %(user)s, %(trader)s, 'BTCUSDT', 'active')",
+)
+D = Decimal
 
 
 class DemoSession:
-    def __init__(self, db_url: str, say: Callable[[str], None]) -> None:
-        self.db_url, self.say = db_url, say
+    def __init__(
+        self, db_url: str, paper: PaperExchange, feed: SyntheticPrices, say: Callable[[str], None]
+    ) -> None:
+        self.db_url, self.paper, self.feed, self.say = db_url, paper, feed, say
         self.ids = {"user": uuid.uuid4(), "trader": uuid.uuid4(), "signal": uuid.uuid4()}
+        self.conn: Any = None
 
     async def run(self) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True) as conn:
-            for statement in SEED.strip().split(";\n"):
-                await conn.execute(statement.strip().rstrip(";").encode(), self.ids)
-            long_id = await self._open(conn, "long", Decimal("0.5"), Decimal("105"))
-            short_id = await self._open(conn, "short", Decimal("2"), Decimal("3000"), "ETHUSDT")
-            await self._wait_status(conn, long_id, "monitoring")
-            await self._close(conn, long_id, Decimal("120"), Decimal("5.91"))
-            await self._fail(conn, short_id)
-            await anyio.sleep(0.5)  # let the last entries reach the screen
+            self.conn = conn
+            for statement in SEED:
+                await conn.execute(statement, self.ids)
+            with anyio.fail_after(45):
+                await self._worked_example()
+                await self._short_take_profit()
+                await self._long_stop_loss()
+                await self._rejected_entry()
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute("SELECT * FROM positions ORDER BY created_at")
             return await cur.fetchall()
 
-    async def _open(
-        self, conn: Any, side: str, qty: Decimal, price: Decimal, symbol: str = "BTCUSDT"
-    ) -> uuid.UUID:
+    async def _worked_example(self) -> None:
+        self.price("BTCUSDT", "100")
+        pid = await self.open("long", "BTCUSDT", "0.5")
+        await self.wait(pid, status="monitoring")
+        self.price("BTCUSDT", "110")
+        self.say("user scales in: +0.5 BTC")
+        await self.sql("SELECT request_position_scale_in(%s, 0.5)", pid)
+        await self.wait(pid, held="1")
+        self.price("BTCUSDT", "120")
+        self.say("user takes partial profit: sells 0.4 BTC")
+        await self.sql("SELECT request_position_exit(%s, 0.4)", pid)
+        await self.wait(pid, held="0.6")
+        self.price("BTCUSDT", "90")
+        self.say("user closes the rest")
+        await self.sql("SELECT request_position_exit(%s)", pid)
+        await self.wait(pid, status="closed")
+
+    async def _short_take_profit(self) -> None:
+        self.price("ETHUSDT", "3000")
+        pid = await self.open("short", "ETHUSDT", "2", take_profit="2700")
+        await self.wait(pid, status="monitoring")
+        self.price("ETHUSDT", "2690")
+        await self.wait(pid, status="closed")
+
+    async def _long_stop_loss(self) -> None:
+        self.price("SOLUSDT", "150")
+        pid = await self.open("long", "SOLUSDT", "10", stop_loss="140")
+        await self.wait(pid, status="monitoring")
+        self.price("SOLUSDT", "138")
+        await self.wait(pid, status="closed")
+
+    async def _rejected_entry(self) -> None:
+        self.price("BNBUSDT", "600")
+        self.paper.reject_next("BNBUSDT")
+        pid = await self.open("long", "BNBUSDT", "1")
+        await self.wait(pid, status="failed")
+
+    def price(self, symbol: str, price: str) -> None:
+        self.say(f"market: {symbol} {price}")
+        self.feed.set(symbol, D(price))
+
+    async def open(
+        self, side: str, symbol: str, qty: str, *, stop_loss: str | None = None,
+        take_profit: str | None = None,
+    ) -> uuid.UUID:  # fmt: skip
         pid = uuid.uuid4()
-        self.say(f"user opens a {side} {qty} {symbol} position")
-        await conn.execute(
+        extra = "".join(f", {k} {v}" for k, v in (("stop-loss", stop_loss),
+                        ("take-profit", take_profit)) if v)  # fmt: skip
+        self.say(f"user opens a {side} {qty} {symbol} paper position{extra}")
+        await self.conn.execute(
             "INSERT INTO positions (id, user_id, trader_id, signal_id, symbol, side, status,"
-            " requested_quantity) VALUES (%s, %s, %s, %s, %s, %s, 'created', %s)",
-            (pid, self.ids["user"], self.ids["trader"], self.ids["signal"], symbol, side, qty),
-        )
-        await conn.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (pid,))
-        await conn.execute(
-            "UPDATE positions SET status = 'open', entry_price = %s, entry_quantity = %s,"
-            " entry_value = %s, held_quantity = %s, entry_time = now() WHERE id = %s",
-            (price, qty, price * qty, qty, pid),
-        )
+            " requested_quantity, stop_loss_price, take_profit_price, is_paper_trade)"
+            " VALUES (%s, %s, %s, %s, %s, %s, 'created', %s, %s, %s, true)",
+            (pid, self.ids["user"], self.ids["trader"], self.ids["signal"], symbol, side,
+             D(qty), stop_loss and D(stop_loss), take_profit and D(take_profit)),
+        )  # fmt: skip
         return pid
 
-    async def _wait_status(self, conn: Any, pid: uuid.UUID, status: str) -> None:
-        with anyio.fail_after(15):
-            while True:
-                cur = await conn.execute("SELECT status FROM positions WHERE id = %s", (pid,))
-                row = await cur.fetchone()
-                if row and row[0] == status:
-                    return
-                await anyio.sleep(0.05)
+    async def sql(self, statement: str, *args: Any) -> None:
+        await self.conn.execute(statement, args)
 
-    async def _close(self, conn: Any, pid: uuid.UUID, price: Decimal, pnl: Decimal) -> None:
-        self.say("the exit order fills")
-        await conn.execute("UPDATE positions SET status = 'closing' WHERE id = %s", (pid,))
-        await conn.execute(
-            "UPDATE positions SET status = 'closed', exit_price = %s, exit_quantity ="
-            " entry_quantity, exit_value = %s * entry_quantity, realized_pnl = %s,"
-            " exit_time = now(), held_quantity = 0 WHERE id = %s",
-            (price, price, pnl, pid),
-        )
-
-    async def _fail(self, conn: Any, pid: uuid.UUID) -> None:
-        self.say("the short's exit is rejected while closing; the position goes back to open")
-        await conn.execute("UPDATE positions SET status = 'closing' WHERE id = %s", (pid,))
-        await conn.execute(
-            "UPDATE positions SET status = 'open', failure_reason = 'exit rejected: -2010"
-            " insufficient balance' WHERE id = %s",
-            (pid,),
-        )
+    async def wait(self, pid: uuid.UUID, *, status: str | None = None, held: str | None = None):  # type: ignore[no-untyped-def]
+        while True:
+            cur = await self.conn.execute(
+                "SELECT status, held_quantity FROM positions WHERE id = %s", (pid,)
+            )
+            now_status, now_held = await cur.fetchone()
+            if (status is None or now_status == status) and (held is None or now_held == D(held)):
+                return
+            await anyio.sleep(0.05)
 
     @staticmethod
     def render_summary(rows: list[dict[str, Any]]) -> str:
-        head = f"{'position':<10}{'symbol':<9}{'side':<6}{'status':<12}{'entry':>12}{'exit':>12}"
-        head += f"{'qty':>10}{'PnL':>12}"
-        lines = ["Summary", head]
+        head = (f"{'position':<10}{'symbol':<9}{'side':<6}{'status':<8}{'entry':>9}{'exit':>9}"
+                f"{'qty':>6}{'fees':>9}{'PnL':>10}{'PnL %':>9}  note")  # fmt: skip
+        lines = ["Summary (USDT)", head, "-" * len(head)]
         for r in rows:
+            note = r["close_reason"] or r["failure_reason"] or ""
             lines.append(
-                f"{str(r['id'])[:8]:<10}{r['symbol']:<9}{r['side']:<6}{r['status']:<12}"
-                f"{_d(r['entry_price']):>12}{_d(r['exit_price']):>12}"
-                f"{_d(r['entry_quantity']):>10}{_d(r['realized_pnl']):>12}"
+                f"{str(r['id'])[:8]:<10}{r['symbol']:<9}{r['side']:<6}{r['status']:<8}"
+                f"{_d(r['entry_price']):>9}{_d(r['exit_price']):>9}{_d(r['entry_quantity']):>6}"
+                f"{_d(r['fees_paid']):>9}{_d(r['realized_pnl']):>10}"
+                f"{_d(r['realized_pnl_percent']):>9}  {note}"
             )
         return "\n".join(lines)
 

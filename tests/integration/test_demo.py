@@ -1,0 +1,33 @@
+"""The demo plays its session and its summary matches hand-computed figures."""
+
+from __future__ import annotations
+
+import io
+from decimal import Decimal
+
+from worker.ops.demo import run_demo
+
+D = Decimal
+
+
+def test_demo_summary_matches_hand_computed_figures(db_url: str, redis_url: str) -> None:
+    out = io.StringIO()
+    rows = {r["symbol"]: r for r in run_demo(False, out, db_url=db_url, redis_url=redis_url)}
+    btc, eth, sol, bnb = rows["BTCUSDT"], rows["ETHUSDT"], rows["SOLUSDT"], rows["BNBUSDT"]
+    # REFERENCE §1 worked example: buy 0.5@100, buy 0.5@110, sell 0.4@120, sell 0.6@90
+    assert (btc["status"], btc["entry_price"], btc["exit_price"]) == ("closed", D(105), D(102))
+    assert (btc["realized_pnl"], btc["realized_pnl_percent"]) == (D("-3.207"), D("-3.0512"))
+    assert btc["fees_paid"] == D("0.207")
+    # short 2 @ 3000 (fee 6), take-profit: buy back 2 @ 2690 (fee 5.38)
+    assert (eth["status"], eth["close_reason"]) == ("closed", "take_profit")
+    assert (eth["realized_pnl"], eth["realized_pnl_percent"]) == (D("608.62"), D("10.1335"))
+    # long 10 @ 150 (fee 1.5), stop-loss at 140 fires when the price is 138 (fee 1.38)
+    assert (sol["status"], sol["close_reason"]) == ("closed", "stop_loss")
+    assert (sol["realized_pnl"], sol["realized_pnl_percent"]) == (D("-122.88"), D("-8.1838"))
+    assert bnb["status"] == "failed" and "-2010" in bnb["failure_reason"]
+    text = out.getvalue()
+    assert "Summary (USDT)" in text
+    assert "[notifications] critical" not in text
+    for shown in ("position.closed", "trade.recorded", "request.exit", "monitoring.start",
+                  "-3.0512", "608.62", "-122.88"):  # fmt: skip
+        assert shown in text

@@ -1,0 +1,314 @@
+"""The paper exchange: the :class:`~worker.exchanges.base.Exchange` port, in memory.
+
+For ``is_paper_trade`` positions. Prices come from a :class:`~worker.exchanges.base.PriceFeed`
+(:mod:`worker.exchanges.prices`), times from an injected clock (epoch ms): a run is
+deterministic for a given feed and clock. Behaves like Binance spot (and the tests' fake
+Binance) where they overlap; the pure rules live in :mod:`worker.exchanges.paper_book`:
+
+* **Market** orders fill at once at the feed's price made ``slippage_bps`` worse, as taker;
+  what :meth:`PaperExchange.set_liquidity` leaves unfilled EXPIRES. By ``quote_quantity``:
+  the quantity the quote buys at the fill price, floored to stepSize.
+* **Limit** orders that cross on arrival fill as taker at the market price (never beyond the
+  limit); the others rest (NEW) and fill at their limit, as maker, once a price crosses them.
+* **stop_loss / take_profit** rest until the price reaches ``stop_price`` (a sell stop-loss
+  as it falls, a sell take-profit as it rises; buys the mirror), then fill as a market order,
+  or as a limit with ``price``. One that would fire at once is rejected (-2010), as on Binance.
+* Matching runs on :meth:`PaperExchange.on_price_tick` (a price pushed in),
+  :meth:`PaperExchange.poll` (the feed's price for every symbol with open orders), and at
+  every port call on a symbol, which reads the feed first: a worker that looks at an order
+  sees it filled if the market crossed it. A move that reverses between two looks is missed.
+* Quantities are floored to stepSize and prices rounded to tickSize, then checked by
+  :func:`~worker.exchanges.filters.check_order` (FilterViolation). Unknown symbol:
+  ``OrderRejected(-1121)``. A client order id is unique among *open* orders (DuplicateOrder,
+  -2010); a final order's id may be re-used. :meth:`PaperExchange.reject_next` scripts a
+  rejection. ``get_order`` answers without fills (see ``get_fills``), None for an id never
+  seen; ``cancel_order`` of a final or unknown order: ``UnknownOrder(-2011)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final, cast
+
+from worker.exchanges.base import (
+    DuplicateOrder,
+    ExchangeFill,
+    OrderRejected,
+    OrderRequest,
+    OrderState,
+    PriceFeed,
+    UnknownOrder,
+)
+from worker.exchanges.filters import SymbolRules, round_quantity
+from worker.exchanges.paper_book import (
+    DEFAULT_RULES,
+    FeeAsset,
+    PaperConfig,
+    PaperOrder,
+    commission,
+    limit_crossed,
+    new_order,
+    slipped,
+    split,
+    stop_triggered,
+)
+from worker.exchanges.prices import BinancePublicPrices, SyntheticPrices, unknown_symbol
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
+
+__all__ = ["DEFAULT_RULES", "PaperConfig", "PaperExchange", "from_settings"]
+
+ClockMs = Callable[[], int]
+INSUFFICIENT_BALANCE: Final = "Account has insufficient balance for requested action."
+
+
+def wall_clock_ms() -> int:
+    """Epoch milliseconds: the clock :func:`from_settings` injects when given none."""
+    return time.time_ns() // 1_000_000
+
+
+class PaperExchange:
+    """A simulated spot exchange over ``feed`` (see the module notes for the matching rules).
+
+    ``clock`` returns epoch ms (order and fill times); ``config`` sets fees, fee asset,
+    slippage and partial fills; ``rules`` lists the tradable symbols and their filters;
+    ``id_prefix`` starts every exchange order id and trade id (give each run its own if
+    its ids must not collide with an earlier run's).
+    """
+
+    def __init__(
+        self,
+        feed: PriceFeed,
+        *,
+        clock: ClockMs,
+        config: PaperConfig | None = None,
+        rules: Iterable[SymbolRules] = DEFAULT_RULES,
+        id_prefix: str = "",
+    ) -> None:
+        self._feed, self._clock = feed, clock
+        self.config = config or PaperConfig()
+        self._rules = {r.symbol: r for r in rules}
+        self._prefix = id_prefix
+        self._orders: dict[str, PaperOrder] = {}  # by exchange order id, oldest first
+        self._latest: dict[tuple[str, str], PaperOrder] = {}  # by (symbol, client order id)
+        self._rejections: dict[str | None, deque[OrderRejected]] = {}
+        self._liquidity: dict[str, Decimal] = {}
+        self._order_seq = 0
+        self._trade_ids = (f"{id_prefix}{n}" for n in itertools.count(1))
+
+    def __repr__(self) -> str:
+        return f"PaperExchange(feed={self._feed!r}, config={self.config!r})"
+
+    @property
+    def feed(self) -> PriceFeed:
+        return self._feed
+
+    # -- scripting (tests and the demo) ----------------------------------------------------------
+
+    def reject_next(
+        self, symbol: str | None = None, code: int = -2010, msg: str = INSUFFICIENT_BALANCE
+    ) -> None:
+        """The next order on ``symbol`` (any symbol when None) is refused with ``code``/``msg``:
+        ``OrderRejected``, nothing recorded. Several calls queue several rejections."""
+        self._rejections.setdefault(symbol, deque()).append(OrderRejected(code, msg))
+
+    def set_liquidity(self, symbol: str, quantity: Decimal | None) -> None:
+        """At most ``quantity`` of ``symbol`` fills per order per price event (None: no cap).
+
+        A market order then fills partly and EXPIRES; a limit order stays PARTIALLY_FILLED."""
+        if quantity is None:
+            self._liquidity.pop(symbol, None)
+        else:
+            self._liquidity[symbol] = quantity
+
+    def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+        """Orders still resting (NEW or PARTIALLY_FILLED), oldest first."""
+        return [
+            o.state() for o in self._orders.values() if o.is_open and symbol in (None, o.symbol)
+        ]
+
+    # -- the Exchange port -----------------------------------------------------------------------
+
+    async def place_order(self, req: OrderRequest) -> OrderState:
+        """Validate, then fill what can fill now. The answer carries this call's fills."""
+        rules = await self.symbol_rules(req.symbol)
+        market = await self.price(req.symbol)  # resting orders first see the market
+        bnb_price = await self._bnb_price(rules)
+        # no await from here on: the id check and the registration are one atomic step
+        self._scripted_rejection(req.symbol)
+        self._check_client_id(req.client_order_id)
+        order_id, now = f"{self._prefix}{self._order_seq + 1}", self._clock()
+        order = new_order(rules, req, market, self.config, exchange_order_id=order_id, now_ms=now)
+        self._order_seq += 1
+        self._orders[order.exchange_order_id] = order
+        self._latest[(req.symbol, req.client_order_id)] = order
+        return order.state(self._match(order, rules, market, bnb_price, placing=True))
+
+    async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:
+        await self._sync(symbol)
+        order = self._latest.get((symbol, client_order_id))
+        return order.state() if order is not None else None
+
+    async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
+        await self._sync(symbol)
+        order = self._latest.get((symbol, client_order_id))
+        if order is None or not order.is_open:
+            raise UnknownOrder(-2011, "Unknown order sent.")
+        order.status, order.update_ms = "CANCELED", self._clock()
+        return order.state()
+
+    async def get_fills(self, symbol: str, exchange_order_id: str) -> list[ExchangeFill]:
+        await self._sync(symbol)
+        order = self._orders.get(exchange_order_id)
+        return list(order.fills) if order is not None and order.symbol == symbol else []
+
+    async def symbol_rules(self, symbol: str) -> SymbolRules:
+        try:
+            return self._rules[symbol]
+        except KeyError:
+            raise unknown_symbol(symbol) from None
+
+    async def price(self, symbol: str) -> Decimal:
+        """The feed's price; open orders of a tradable ``symbol`` are matched against it."""
+        price = await self._feed.price(symbol)
+        if symbol in self._rules:
+            await self.on_price_tick(symbol, price)
+        return price
+
+    async def aclose(self) -> None:
+        """Close the feed if it holds a connection (Binance public prices)."""
+        if isinstance(self._feed, BinancePublicPrices):
+            await self._feed.aclose()
+
+    # -- matching --------------------------------------------------------------------------------
+
+    async def on_price_tick(self, symbol: str, price: Decimal) -> list[ExchangeFill]:
+        """``symbol`` trades at ``price``: fill the open orders it triggers or crosses."""
+        rules = await self.symbol_rules(symbol)
+        if not any(o.symbol == symbol and o.is_open for o in self._orders.values()):
+            return []
+        bnb_price = await self._bnb_price(rules)
+        orders = [o for o in self._orders.values() if o.symbol == symbol and o.is_open]
+        return [f for o in orders for f in self._match(o, rules, price, bnb_price, placing=False)]
+
+    async def poll(self) -> list[ExchangeFill]:
+        """Read the feed for every symbol with open orders and match them; the new fills."""
+        symbols = dict.fromkeys(o.symbol for o in self._orders.values() if o.is_open)
+        fills: list[ExchangeFill] = []
+        for symbol in symbols:
+            fills += await self.on_price_tick(symbol, await self._feed.price(symbol))
+        return fills
+
+    def _match(
+        self,
+        order: PaperOrder,
+        rules: SymbolRules,
+        market: Decimal,
+        bnb_price: Decimal | None,
+        *,
+        placing: bool,
+    ) -> list[ExchangeFill]:
+        if not order.triggered:
+            if not stop_triggered(order.req.type, order.side, order.stop_price, market):
+                return []
+            order.triggered = placing = True  # a stop that fires takes the market, like an arrival
+        taker_price = slipped(rules, order.side, market, self.config.slippage_bps)
+        if order.price is None:  # market, or a triggered stop without a limit
+            fills = self._execute(order, rules, taker_price, bnb_price, maker=False)
+            if order.remaining > 0:
+                order.status = "EXPIRED"
+            return fills
+        if not limit_crossed(order.side, order.price, market):
+            return []
+        if placing:  # takes the book, never beyond its limit
+            better = min if order.side == "buy" else max
+            return self._execute(
+                order, rules, better(order.price, taker_price), bnb_price, maker=False
+            )
+        return self._execute(order, rules, order.price, bnb_price, maker=True)
+
+    def _execute(
+        self,
+        order: PaperOrder,
+        rules: SymbolRules,
+        price: Decimal,
+        bnb_price: Decimal | None,
+        *,
+        maker: bool,
+    ) -> list[ExchangeFill]:
+        """Fill what the liquidity cap allows at ``price``, in ``partial_fills`` parts."""
+        cap = self._liquidity.get(order.symbol)
+        quantity = (
+            order.remaining if cap is None else min(order.remaining, round_quantity(rules, cap))
+        )
+        now = self._clock()
+        fills = []
+        for part in split(rules, quantity, self.config.partial_fills):
+            fee, asset = commission(
+                self.config, rules, order.side, price * part, part, maker=maker, bnb_price=bnb_price
+            )
+            fills.append(ExchangeFill(next(self._trade_ids), price, part, fee, asset, now))
+        order.record(fills, now)
+        return fills
+
+    # -- placing ---------------------------------------------------------------------------------
+
+    def _scripted_rejection(self, symbol: str) -> None:
+        for key in (symbol, None):
+            queue = self._rejections.get(key)
+            if queue:
+                raise queue.popleft()
+
+    def _check_client_id(self, client_order_id: str) -> None:
+        """Binance's rule: a client order id is unique among *open* orders only."""
+        if any(
+            o.is_open and o.req.client_order_id == client_order_id for o in self._orders.values()
+        ):
+            raise DuplicateOrder("Duplicate order sent.", -2010)
+
+    async def _sync(self, symbol: str) -> None:
+        """Match ``symbol``'s open orders at the feed's price now; -1121 if not tradable."""
+        await self.symbol_rules(symbol)
+        await self.price(symbol)
+
+    async def _bnb_price(self, rules: SymbolRules) -> Decimal | None:
+        """The BNB price in the symbol's quote, when fees are paid in BNB (else None)."""
+        if self.config.fee_asset != "BNB" or rules.base_asset == "BNB":
+            return None
+        pair = f"BNB{rules.quote_asset}"
+        try:
+            return await self._feed.price(pair)
+        except OrderRejected:
+            raise OrderRejected(None, f"paper: fees in BNB need a {pair} price") from None
+
+
+def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> PaperExchange:
+    """The paper exchange ``[paper]`` describes: a clock-driven synthetic feed or Binance's
+    public prices, the configured fees, fee asset, slippage and partial fills. Ids start with
+    the build time, so a restarted worker never re-issues an earlier run's trade ids."""
+    paper = settings.paper
+    feed: PriceFeed
+    if paper.feed == "binance":
+        feed = BinancePublicPrices(
+            base_url=settings.binance.base_url, timeout_s=settings.binance.timeout_seconds
+        )
+    else:
+        feed = SyntheticPrices(
+            seed=paper.seed,
+            ticks={r.symbol: r.tick_size for r in DEFAULT_RULES},
+            clock=clock,
+            tick_ms=max(1, round(paper.tick_seconds * 1000)),
+        )
+    config = PaperConfig(
+        taker_fee=paper.taker_fee,
+        maker_fee=paper.maker_fee,
+        fee_asset=cast(FeeAsset, paper.fee_asset),
+        slippage_bps=paper.slippage_bps,
+        partial_fills=paper.partial_fills,
+    )
+    return PaperExchange(feed, clock=clock, config=config, id_prefix=f"P{clock()}-")

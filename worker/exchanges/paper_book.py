@@ -1,0 +1,251 @@
+"""The paper exchange's values and pure matching rules: configuration, orders, fills, fees.
+
+No I/O and no clock here: :mod:`worker.exchanges.paper` feeds prices and times in.
+Statuses, quantities and the ``raw`` answer follow Binance's names and shapes, so the
+engine records a paper order exactly as it records a Binance one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from typing import Any, Final, Literal, cast, get_args
+
+from worker.exchanges.base import (
+    ExchangeFill,
+    OrderRejected,
+    OrderRequest,
+    OrderState,
+    OrderType,
+    Side,
+)
+from worker.exchanges.filters import (
+    SymbolRules,
+    check_order,
+    format_decimal,
+    round_price,
+    round_quantity,
+)
+
+FeeAsset = Literal["quote", "base", "BNB"]
+
+ZERO: Final = Decimal(0)
+COMMISSION_STEP: Final = Decimal("0.00000001")  # Binance reports commissions to 8 places
+_BPS: Final = Decimal(10_000)
+_OPEN: Final = frozenset({"NEW", "PARTIALLY_FILLED"})
+
+
+def _usdt_rules(symbol: str, base: str, step: str) -> SymbolRules:
+    qty = Decimal(step)
+    return SymbolRules(symbol, base, "USDT", Decimal("0.01"), qty, qty, Decimal(9000), Decimal(5))
+
+
+DEFAULT_RULES: Final = (  # the paper symbols, with the fake Binance's filters
+    _usdt_rules("BTCUSDT", "BTC", "0.00001"),
+    _usdt_rules("ETHUSDT", "ETH", "0.0001"),
+    _usdt_rules("BNBUSDT", "BNB", "0.001"),
+    _usdt_rules("SOLUSDT", "SOL", "0.001"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PaperConfig:
+    """How the paper exchange fills and charges.
+
+    * ``taker_fee`` / ``maker_fee``: fraction of the fill's value (0.001 = 0.1 %). Market
+      orders, triggered stops and limits that cross on arrival pay taker; a resting limit hit
+      later pays maker.
+    * ``fee_asset``: ``"quote"`` (USDT); ``"base"``, Binance's rule: the *received* asset,
+      i.e. the base asset on a buy and the quote asset on a sell (so selling exactly what is
+      held always fits); ``"BNB"``: the fee's value in BNB at the ``BNB<quote>`` price of the
+      same feed (the BNB discount path). Commissions are rounded to 8 places.
+    * ``slippage_bps``: market fills are this many basis points worse than the feed's price
+      (up for a buy, down for a sell), rounded to the tick away from the taker.
+    * ``partial_fills``: each execution is split into up to this many fills (step-aligned,
+      the last takes the remainder), each with its own trade id.
+    """
+
+    taker_fee: Decimal = Decimal("0.001")
+    maker_fee: Decimal = Decimal("0.001")
+    fee_asset: FeeAsset = "quote"
+    slippage_bps: Decimal = ZERO
+    partial_fills: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("taker_fee", "maker_fee", "slippage_bps"):
+            value = getattr(self, name)
+            if not isinstance(value, Decimal) or not ZERO <= value < (_BPS if "bps" in name else 1):
+                raise ValueError(f"paper {name} must be a Decimal in [0, 1) (bps: < 10000)")
+        if self.fee_asset not in get_args(FeeAsset):
+            raise ValueError(f"paper fee_asset must be quote, base or BNB, not {self.fee_asset!r}")
+        if self.partial_fills < 1:
+            raise ValueError("paper partial_fills must be >= 1")
+
+
+@dataclass(slots=True)
+class PaperOrder:
+    """One order as the paper exchange holds it: the request, rounded, and its fills."""
+
+    req: OrderRequest
+    exchange_order_id: str
+    quantity: Decimal  # floored to stepSize (market by quote: what the quote buys)
+    price: Decimal | None  # limit price, on the tick grid
+    stop_price: Decimal | None
+    time_ms: int
+    status: str = "NEW"
+    triggered: bool = False
+    update_ms: int = 0
+    fills: list[ExchangeFill] = field(default_factory=list)
+
+    @property
+    def symbol(self) -> str:
+        return self.req.symbol
+
+    @property
+    def side(self) -> Side:
+        return self.req.side
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in _OPEN
+
+    @property
+    def executed(self) -> Decimal:
+        return sum((f.qty for f in self.fills), ZERO)
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.quantity - self.executed
+
+    def record(self, fills: list[ExchangeFill], now_ms: int) -> None:
+        """Add an execution's fills: FILLED when nothing remains, else PARTIALLY_FILLED."""
+        self.fills += fills
+        self.update_ms = now_ms
+        if self.remaining == 0:
+            self.status = "FILLED"
+        elif self.executed > 0:
+            self.status = "PARTIALLY_FILLED"
+
+    def state(self, fills: list[ExchangeFill] | None = None) -> OrderState:
+        """The order now; ``fills`` are those to report with it (a placement's own fills)."""
+        shown = tuple(fills or ())
+        quote = sum((f.price * f.qty for f in self.fills), ZERO)
+        return OrderState(
+            client_order_id=self.req.client_order_id,
+            exchange_order_id=self.exchange_order_id,
+            status=self.status,
+            executed_qty=self.executed,
+            cumulative_quote=quote,
+            fills=shown,
+            raw=self._raw(quote, shown),
+        )
+
+    def _raw(self, quote: Decimal, fills: tuple[ExchangeFill, ...]) -> dict[str, Any]:
+        """A Binance-shaped answer (JSON-ready strings), marked ``"paper": true``."""
+        kind = self.req.type.upper() + ("_LIMIT" if self.stop_price and self.price else "")
+        return {
+            "symbol": self.symbol,
+            "orderId": self.exchange_order_id,
+            "clientOrderId": self.req.client_order_id,
+            "transactTime": self.update_ms or self.time_ms,
+            "side": self.side.upper(),
+            "type": kind,
+            "status": self.status,
+            "origQty": format_decimal(self.quantity),
+            "executedQty": format_decimal(self.executed),
+            "cummulativeQuoteQty": format_decimal(quote),
+            "price": format_decimal(self.price or ZERO),
+            "stopPrice": format_decimal(self.stop_price or ZERO),
+            "fills": [_fill_json(f) for f in fills],
+            "paper": True,
+        }
+
+
+def _fill_json(fill: ExchangeFill) -> dict[str, Any]:
+    return {
+        "price": format_decimal(fill.price),
+        "qty": format_decimal(fill.qty),
+        "commission": format_decimal(fill.commission),
+        "commissionAsset": fill.commission_asset,
+        "tradeId": fill.trade_id,
+    }
+
+
+def new_order(
+    rules: SymbolRules, req: OrderRequest, market: Decimal, config: PaperConfig, *,
+    exchange_order_id: str, now_ms: int,
+) -> PaperOrder:  # fmt: skip
+    """``req`` as an order on the symbol's grid (quantity floored to stepSize, prices rounded
+    to tickSize), or FilterViolation / OrderRejected(-2010) for a stop that would fire now.
+
+    A market order by ``quote_quantity`` gets the quantity the quote buys at the fill price.
+    """
+    price = round_price(rules, req.price) if req.price is not None else None
+    stop = round_price(rules, req.stop_price) if req.stop_price is not None else None
+    if req.quote_quantity is not None:
+        check_order(rules, None, None, quote_quantity=req.quote_quantity)
+        fill_price = slipped(rules, req.side, market, config.slippage_bps)
+        quantity = round_quantity(rules, req.quote_quantity / fill_price)
+        check_order(rules, quantity, None)
+    else:
+        quantity = round_quantity(rules, cast(Decimal, req.quantity))
+        reference = next(p for p in (price, stop, market) if p is not None)
+        check_order(rules, quantity, reference)
+    if stop is not None and price is not None:
+        check_order(rules, None, stop)
+    if stop is not None and stop_triggered(req.type, req.side, stop, market):
+        raise OrderRejected(-2010, "Stop price would trigger immediately.")
+    return PaperOrder(req, exchange_order_id, quantity, price, stop, now_ms, triggered=stop is None)
+
+
+# -- rules ---------------------------------------------------------------------------------------
+
+
+def stop_triggered(kind: OrderType, side: Side, stop: Decimal | None, price: Decimal) -> bool:
+    """A sell stop-loss fires when the price falls to ``stop``, a buy one when it rises to it;
+    a take-profit the reverse. An order without a stop counts as fired."""
+    if stop is None:
+        return True
+    falling = (side == "sell") == (kind == "stop_loss")
+    return price <= stop if falling else price >= stop
+
+
+def limit_crossed(side: Side, limit: Decimal, price: Decimal) -> bool:
+    """A buy limit fills at or below its price, a sell limit at or above."""
+    return price <= limit if side == "buy" else price >= limit
+
+
+def slipped(rules: SymbolRules, side: Side, price: Decimal, slippage_bps: Decimal) -> Decimal:
+    """The taker's fill price: ``slippage_bps`` worse than ``price``, on the tick grid."""
+    if side == "buy":
+        return round_price(rules, price * (1 + slippage_bps / _BPS), ROUND_UP)
+    return round_price(rules, price * (1 - slippage_bps / _BPS), ROUND_DOWN)
+
+
+def split(rules: SymbolRules, quantity: Decimal, parts: int) -> list[Decimal]:
+    """``quantity`` in up to ``parts`` step-aligned pieces, the last taking the remainder."""
+    piece = round_quantity(rules, quantity / parts)
+    pieces = [piece] * (parts - 1) + [quantity - piece * (parts - 1)]
+    return [p for p in pieces if p > 0]
+
+
+def commission(
+    config: PaperConfig,
+    rules: SymbolRules,
+    side: Side,
+    value: Decimal,
+    quantity: Decimal,
+    *,
+    maker: bool,
+    bnb_price: Decimal | None,
+) -> tuple[Decimal, str]:
+    """The fee of one fill worth ``value`` quote for ``quantity`` base, and its asset."""
+    rate = config.maker_fee if maker else config.taker_fee
+    in_base = config.fee_asset == "base" and side == "buy"
+    if in_base or (config.fee_asset == "BNB" and rules.base_asset == "BNB"):
+        amount, asset = quantity * rate, rules.base_asset
+    elif config.fee_asset == "BNB" and bnb_price is not None:
+        amount, asset = value * rate / bnb_price, "BNB"
+    else:
+        amount, asset = value * rate, rules.quote_asset
+    return amount.quantize(COMMISSION_STEP), asset
