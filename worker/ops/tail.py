@@ -75,8 +75,8 @@ def id_before(entry_id: str) -> str:
     try:
         ms, seq = int(ms_text), int(seq_text or 0)
     except ValueError:
-        raise TailError(f"--from: {entry_id!r} is not a stream id (like 1718000000000-0)") from None
-    if ms < 0 or seq < 0 or seq > MAX_SEQ:
+        ms = seq = -1
+    if ms < 0 or not 0 <= seq <= MAX_SEQ:
         raise TailError(f"--from: {entry_id!r} is not a stream id (like 1718000000000-0)")
     if seq > 0:
         return f"{ms}-{seq - 1}"
@@ -185,7 +185,9 @@ def _printable(value: str) -> str:
 
 
 def _quoted(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False) if " " in value or '"' in value else value
+    if " " not in value and '"' not in value:
+        return value
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def run_tail(
