@@ -9,9 +9,11 @@ half-alive daemon. SIGTERM/SIGINT: stop claiming, finish the batch in hand withi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
 
 from worker.db.outbox import Outbox, translated_errors
 from worker.db.queries import q
@@ -39,6 +42,7 @@ from worker.pipeline.listener import KEEPALIVES, Listener
 from worker.pipeline.streams import StreamPublisher
 from worker.settings import Settings
 
+HEARTBEAT_PREFIX = "pw:worker:"
 ExtraHandlers = Callable[[Registry, AsyncConnectionPool[Any]], None]
 
 
@@ -177,6 +181,7 @@ class App:
             await tg.start(self.listener.run)
             tg.start_soon(self._dispatch_then_stop, tg.cancel_scope)
             tg.start_soon(self._sample_lag, pool)
+            tg.start_soon(self._heartbeat, client)
             if self.watcher is not None:
                 tg.start_soon(self.watcher.run)
             self.log.info(
@@ -211,6 +216,24 @@ class App:
             async for signum in signals:
                 self.log.info("signal_received", signal=signal.Signals(signum).name)
                 self.stop()
+
+    async def _heartbeat(self, client: aioredis.Redis) -> None:
+        """``pw:worker:<name>`` in Redis, for ``status``: who runs, since when, last
+        reconnect. It expires three intervals after the worker stops refreshing it."""
+        key, started = f"{HEARTBEAT_PREFIX}{self.name}", time.time()
+        interval = self.settings.pipeline.poll_interval
+        while True:
+            reconnect = self.listener.last_reconnect if self.listener else None
+            fields = {
+                "started_at": str(started),
+                "seen_at": str(time.time()),
+                "last_reconnect": "" if reconnect is None else str(reconnect),
+                "processed": str(self.dispatcher.processed if self.dispatcher else 0),
+            }
+            with contextlib.suppress(RedisError):
+                await client.hset(key, mapping=fields)  # type: ignore[arg-type]
+                await client.expire(key, max(5, int(3 * interval)))
+            await anyio.sleep(interval)
 
     async def _sample_lag(self, pool: AsyncConnectionPool[Any]) -> None:
         while True:

@@ -421,3 +421,27 @@ def test_status_on_a_database_without_the_schema_says_what_to_do(
         2,
         "position-worker: the database has no schema yet: run position-worker migrate",
     )
+
+
+@pytest.mark.anyio
+async def test_status_lists_running_workers_and_their_last_reconnect(
+    db_url: str, redis_url: str
+) -> None:
+    from worker.settings import load_settings
+
+    settings = load_settings(environ={"DATABASE_URL": db_url, "REDIS_URL": redis_url})
+    app = App(settings_for(db_url, redis_url), handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        [worker] = await eventually(lambda: collect_status(settings)["workers"], 10)
+        assert worker["name"] == app.name and worker["last_reconnect"] is None
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query ILIKE 'LISTEN%%'"
+            )
+        reconnected = await eventually(
+            lambda: [w for w in collect_status(settings)["workers"] if w["last_reconnect"]], 15
+        )
+        app.stop()
+    assert reconnected[0]["name"] == app.name

@@ -35,7 +35,36 @@ def collect_status(settings: Settings, dead_limit: int = 20) -> dict[str, Any]:
     except psycopg.errors.UndefinedTable as exc:
         raise WorkerError("the database has no schema yet: run position-worker migrate") from exc
     report["streams"] = _stream_info(settings)
+    report["workers"] = _workers(settings)
     return report
+
+
+def _workers(settings: Settings) -> list[dict[str, Any]]:
+    """Live workers from their Redis heartbeats (``pw:worker:<name>``), with last reconnect."""
+    client = redis.Redis.from_url(settings.redis.url, socket_timeout=5, decode_responses=True)
+    workers: list[dict[str, Any]] = []
+    try:
+        for key in sorted(client.scan_iter(match="pw:worker:*", count=100)):
+            beat: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
+            workers.append(
+                {
+                    "name": key.removeprefix("pw:worker:"),
+                    "started_at": _iso(beat.get("started_at")),
+                    "last_reconnect": _iso(beat.get("last_reconnect")),
+                    "processed": int(beat.get("processed") or 0),
+                }
+            )
+    except redis.RedisError:
+        return []
+    finally:
+        client.close()
+    return workers
+
+
+def _iso(epoch: str | None) -> str | None:
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
 
 
 def _database_status(settings: Settings, dead_limit: int) -> dict[str, Any]:
@@ -138,6 +167,14 @@ def render_status(report: dict[str, Any]) -> str:
         if stream["dead_letter"]:
             dead = stream["dead_letter"]
             lines.append(f"  dead-letter stream {dead['stream']}: {dead['length']} entries")
+    workers = report.get("workers", [])
+    lines.append(f"workers: {len(workers)} running" if workers else "workers: none seen")
+    for w in workers:
+        reconnect = w["last_reconnect"] or "never"
+        lines.append(
+            f"  {w['name']}: since {w['started_at']}, {w['processed']} events,"
+            f" last reconnect {reconnect}"
+        )
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ silent forever); any failure reconnects with capped exponential backoff and jitt
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -71,7 +72,7 @@ class Listener:
                 failures += 1
                 delay = retry_delay(failures, 0.1, self.reconnect_max, self._rng)
                 self.metrics.reconnects.labels("listener").inc()
-                self.last_reconnect = anyio.current_time()
+                self.last_reconnect = time.time()
                 self.log.warning(
                     "listener_reconnecting",
                     error=str(exc).strip(),
