@@ -22,17 +22,20 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    texts = [v for v in event_dict.values() if isinstance(v, str)]
+    suspicious = _MAYBE_SECRET.search("\x00".join(texts)) is not None  # one scan per line
     for key, value in event_dict.items():
         if key in SECRET_KEYS or key.lower() in SECRET_KEYS:
             event_dict[key] = "***"
-        elif isinstance(value, str) and _MAYBE_SECRET.search(value):
+        elif suspicious and isinstance(value, str):
             event_dict[key] = mask_secrets(value)
     return event_dict
 
 
-# Cheap pre-check: only strings that could hold a URL password or key=value secret are
-# run through the full regexes (this runs for every value of every log line).
-_MAYBE_SECRET = re.compile(r"://|[=:]")
+# Cheap pre-check: only strings that could hold a URL password or a key=value secret are run
+# through the full regexes (this runs for every value of every audit line; timestamps and
+# ids, which hold ':' and '-', must not pay for it).
+_MAYBE_SECRET = re.compile(r"://|passw|secret|key|token|signature", re.IGNORECASE)
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
