@@ -31,3 +31,37 @@ def test_demo_summary_matches_hand_computed_figures(db_url: str, redis_url: str)
     for shown in ("position.closed", "trade.recorded", "request.exit", "monitoring.start",
                   "-3.0512", "608.62", "-122.88"):  # fmt: skip
         assert shown in text
+
+
+def _server_pids() -> set[int]:
+    import subprocess
+
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:]
+            if ("pw-pg-" in line or "valkey-server" in line) and "defunct" not in line}  # fmt: skip
+
+
+def test_ctrl_c_during_the_demo_exits_130_and_leaves_no_server_behind() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_helpers_sync import wait_until
+
+    before = _server_pids()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "demo"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's Ctrl-C
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for line in proc.stdout:  # interrupt once the session is under way
+        if "user opens" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output
+    wait_until(lambda: _server_pids() <= before, timeout=15)

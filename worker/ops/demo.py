@@ -48,9 +48,12 @@ def demo_servers(
         yield (db_url or (pg.url if pg else ""), redis_url or (rd.url if rd else ""))
     finally:
         if not keep:
-            for server in (pg, rd):
-                if server is not None:
-                    server.cleanup()
+            try:  # the second cleanup runs even if a Ctrl-C interrupts the first
+                if pg is not None:
+                    pg.cleanup()
+            finally:
+                if rd is not None:
+                    rd.cleanup()
 
 
 class Printer:

@@ -9,6 +9,7 @@ temporary directory, and can be stopped, restarted and killed (fault-injection t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -92,13 +93,22 @@ class EmbeddedPostgres:
         self._run(str(self._bin / "pg_ctl"), "-D", str(self.data), *args)
 
     def _run(self, *cmd: str) -> None:
-        result = subprocess.run(
-            cmd, user=self._run_as, capture_output=True, text=True, timeout=120, check=False
-        )
-        if result.returncode != 0:
+        # Its own session: a Ctrl-C in the terminal reaches us, not the server's processes;
+        # if we are interrupted, the whole group (initdb's single-user postgres too) goes.
+        proc = subprocess.Popen(
+            cmd, user=self._run_as, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            _, err = proc.communicate(timeout=120)
+        except BaseException:
+            _kill_group(proc.pid)
+            proc.communicate()
+            raise
+        if proc.returncode != 0:
             log = self.base / "postgres.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{Path(cmd[0]).name} failed: {result.stderr}{tail}")
+            raise RuntimeError(f"{Path(cmd[0]).name} failed: {err}{tail}")
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``mode``: smart, fast or immediate)."""
@@ -111,10 +121,23 @@ class EmbeddedPostgres:
                      "-o", self._server_options())  # fmt: skip
 
     def cleanup(self) -> None:
+        """Stop the server whatever state it is in (never raises), then delete its data."""
         try:
             self.stop("immediate")
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            self._kill_postmaster()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+
+    def _kill_postmaster(self) -> None:
+        pid_file = self.data / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class EmbeddedRedis:
@@ -124,6 +147,7 @@ class EmbeddedRedis:
         self.dir = Path(tempfile.mkdtemp(prefix="pw-redis-"))
         self.port = free_port()
         self.process: subprocess.Popen[str] | None = None
+        self._pump: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -137,6 +161,7 @@ class EmbeddedRedis:
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "notice"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
         )  # fmt: skip
         assert self.process.stdout is not None
         self._pump = _wait_for_line(self.process.stdout, "Ready to accept connections", timeout)
@@ -147,8 +172,13 @@ class EmbeddedRedis:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-        self._pump.join(10)
+            try:
+                self.process.wait(timeout=30)
+            except BaseException:  # interrupted or stuck: do not leave it running
+                self.process.kill()
+                raise
+        if self._pump is not None:
+            self._pump.join(10)
         if self.process.stdout is not None:
             self.process.stdout.close()
         self.process = None
@@ -158,8 +188,12 @@ class EmbeddedRedis:
         self.start()
 
     def cleanup(self) -> None:
+        """Stop the server (never raises), then delete its directory."""
         try:
             self.stop()
+        except (OSError, subprocess.SubprocessError):
+            if self.process is not None:
+                self.process.kill()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
