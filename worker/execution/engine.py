@@ -350,10 +350,17 @@ class Engine:
 
     async def cancel_protection(self, conn: Conn, position: Row) -> None:
         """Cancel resting stop-loss / take-profit orders; record one that filled meanwhile."""
+        resting = [
+            order
+            for order in await self._rows(
+                conn, "exec_orders_of_position", position_id=position["id"]
+            )
+            if order["purpose"] in PROTECTIVE and order["status"] not in FINAL_ORDER
+        ]
+        if not resting:
+            return
         exchange = self.router.for_position(position)
-        for order in await self._rows(conn, "exec_orders_of_position", position_id=position["id"]):
-            if order["purpose"] not in PROTECTIVE or order["status"] in FINAL_ORDER:
-                continue
+        for order in resting:
             try:
                 state = await exchange.cancel_order(order["symbol"], order["client_order_id"])
             except UnknownOrder:

@@ -1,0 +1,151 @@
+"""Engine paths beyond the happy one: partial fills, fee assets, shorts, max loss."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+
+import anyio
+import pytest
+
+from tests.execution_support import (
+    KEY,
+    SECRET,
+    call,
+    exec_settings,
+    live_worker,
+    new_position,
+    orders,
+    position,
+    wait_status,
+)
+from tests.pipeline_support import eventually
+from worker.app import App
+from worker.exchanges.paper import PaperExchange
+from worker.exchanges.prices import FixedPrices
+from worker.execution.exchanges import ExchangeRouter
+from worker.settings import Settings
+from worker.testing.fake_binance import FakeBinance
+
+pytestmark = pytest.mark.anyio
+D = Decimal
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBinance]:
+    with FakeBinance(api_key=KEY, api_secret=SECRET) as server:
+        server.set_price("BTCUSDT", "100")
+        server.set_commission("0.001", "quote")
+        yield server
+
+
+async def test_entry_that_partly_fills_then_expires_opens_with_what_filled(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    fake.set_liquidity("BTCUSDT", "0.3")  # the market order for 0.5 fills 0.3, then EXPIRED
+    _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False)
+    async with live_worker(exec_settings(db_url, redis_url), fake):
+        await wait_status(db_url, pid, "monitoring")
+    opened = position(db_url, pid)
+    assert (opened["entry_quantity"], opened["held_quantity"]) == (D("0.3"), D("0.3"))
+    [entry] = orders(db_url, pid)
+    assert (entry["status"], entry["filled_quantity"], entry["exchange_status"]) == (
+        "cancelled",
+        D("0.3"),
+        "EXPIRED",
+    )
+
+
+async def test_fees_in_bnb_are_valued_at_fill_time_and_counted_once(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    fake.set_commission("0.001", "BNB")  # BNBUSDT 500: 0.05 USDT fee = 0.0001 BNB
+    _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False)
+    async with live_worker(exec_settings(db_url, redis_url), fake):
+        await wait_status(db_url, pid, "monitoring")
+        fake.set_price("BNBUSDT", "400")  # revaluing later must not change recorded fees
+        fake.set_price("BTCUSDT", "120")
+        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await wait_status(db_url, pid, "closed")
+    closed = position(db_url, pid)
+    # entry fee 0.05 USDT (0.0001 BNB @ 500), exit fee 0.06 USDT (0.00015 BNB @ 400)
+    assert closed["fees_paid"] == D("0.11")
+    assert closed["realized_pnl"] == D("9.89")
+    assert closed["held_quantity"] == 0
+
+
+async def test_fee_in_the_received_base_asset_shrinks_the_holding_and_the_exit_sells_it(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    fake.set_commission("0.001", "received")  # buy 0.5 BTC -> 0.0005 BTC fee
+    _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False)
+    async with live_worker(exec_settings(db_url, redis_url), fake):
+        await wait_status(db_url, pid, "monitoring")
+        assert position(db_url, pid)["held_quantity"] == D("0.4995")
+        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await wait_status(db_url, pid, "closed")
+    exit_order = orders(db_url, pid)[-1]
+    assert (exit_order["purpose"], exit_order["quantity"]) == ("exit", D("0.4995"))
+    assert position(db_url, pid)["held_quantity"] == 0
+
+
+async def test_live_position_without_binance_keys_fails_cleanly(
+    db_url: str, redis_url: str
+) -> None:
+    paper = PaperExchange(FixedPrices({"BTCUSDT": D("100")}), clock=lambda: 1_760_000_000_000)
+    _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False)
+    async with paper_worker(exec_settings(db_url, redis_url), paper):
+        await wait_status(db_url, pid, "failed")
+        await eventually(
+            lambda: (
+                call(db_url, "SELECT count(*) FROM position_events WHERE processed_at IS NULL") == 0
+            ),
+            10,
+        )
+    assert "BINANCE_API_KEY" in position(db_url, pid)["failure_reason"]
+    assert call(db_url, "SELECT count(*) FROM position_events WHERE dead_at IS NOT NULL") == 0
+
+
+async def test_a_short_sells_first_and_buys_back(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    _, pid = new_position(db_url, quantity=D("0.5"), side="short", is_paper_trade=False)
+    async with live_worker(exec_settings(db_url, redis_url), fake):
+        await wait_status(db_url, pid, "monitoring")
+        fake.set_price("BTCUSDT", "90")
+        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await wait_status(db_url, pid, "closed")
+    assert [o["side"] for o in orders(db_url, pid)] == ["sell", "buy"]
+    # sold 0.5 @ 100 (fee 0.05), bought back @ 90 (fee 0.045): 5 - 0.095
+    assert position(db_url, pid)["realized_pnl"] == D("4.905")
+
+
+@asynccontextmanager
+async def paper_worker(settings: Settings, paper: PaperExchange) -> AsyncIterator[App]:
+    app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper, live=None))
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        try:
+            yield app
+        finally:
+            app.stop()
+
+
+async def test_paper_max_loss_closes_the_position_when_the_loss_reaches_the_limit(
+    db_url: str, redis_url: str
+) -> None:
+    prices = FixedPrices({"BTCUSDT": D("100"), "BNBUSDT": D("500")})
+    paper = PaperExchange(prices, clock=lambda: 1_760_000_000_000)
+    _, pid = new_position(
+        db_url, quantity=D("1"), max_loss_usdt=D("5"), is_paper_trade=True
+    )  # max loss 5 USDT on 1 BTC bought at 100: stop at 95
+    async with paper_worker(exec_settings(db_url, redis_url), paper):
+        await wait_status(db_url, pid, "monitoring")
+        prices.set("BTCUSDT", D("96"))
+        with anyio.move_on_after(1):  # 96 is above the max-loss stop: nothing may happen
+            await wait_status(db_url, pid, "closing", "closed")
+        assert position(db_url, pid)["status"] == "monitoring"
+        prices.set("BTCUSDT", D("94"))
+        await wait_status(db_url, pid, "closed")
+    assert position(db_url, pid)["close_reason"] == "max_loss"
