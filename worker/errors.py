@@ -24,6 +24,15 @@ class IllegalTransition(WorkerError):
         super().__init__(f"illegal {entity} transition: {old} -> {new}{suffix}")
 
 
+class RetryLater(WorkerError):
+    """Not the event's fault (an exchange ban, an outage): handle it again after ``delay``
+    seconds, without counting an attempt toward parking it as dead."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        self.delay = delay
+        super().__init__(reason)
+
+
 class DatabaseUnavailable(WorkerError):
     """PostgreSQL cannot be reached or dropped the connection."""
 

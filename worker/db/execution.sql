@@ -103,6 +103,17 @@ SELECT * FROM position_requests
 WHERE position_id = %(position_id)s AND status = 'pending'
 ORDER BY created_at
 
+-- name: exec_order_of_request
+SELECT id FROM orders WHERE request_id = %(request_id)s LIMIT 1
+
+-- name: exec_pending_requests
+-- Requests no order has been made for yet (their event may be waiting out a ban, or dead).
+SELECT position_id, id FROM position_requests r
+WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(grace)s)
+  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.request_id = r.id)
+ORDER BY created_at
+LIMIT 200
+
 -- name: exec_orders_to_reconcile
 -- Orders not final that the worker itself created (users' rows have no client id). A
 -- fresh 'created' order is left to the actor that is sending it right now.

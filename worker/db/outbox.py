@@ -77,6 +77,10 @@ class Outbox:
             return FailResult(attempts=0, dead=False)
         return FailResult(attempts=int(row[0]), dead=bool(row[1]))
 
+    async def defer(self, event_id: int, delay: float, reason: str) -> None:
+        params = {"id": event_id, "delay": delay, "error": reason[:2000], "owner": self.owner}
+        await self._execute("defer_event", params)
+
     async def mark_dead(self, event_id: int, error: str) -> None:
         await self._execute("mark_dead", {"id": event_id, "error": error[:2000]})
 

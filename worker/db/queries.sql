@@ -60,6 +60,13 @@ SET attempts = attempts + 1,
 WHERE id = %(id)s AND lease_owner = %(owner)s AND processed_at IS NULL
 RETURNING attempts, dead_at IS NOT NULL AS dead
 
+-- name: defer_event
+-- Try again later without counting an attempt (RetryLater: an exchange ban, an outage).
+UPDATE position_events
+SET lease_until = NULL, last_error = %(error)s,
+    available_at = now() + make_interval(secs => %(delay)s)
+WHERE id = %(id)s AND lease_owner = %(owner)s AND processed_at IS NULL
+
 -- name: mark_dead
 -- An event that can never be handled (unknown kind, malformed data): park it at once.
 UPDATE position_events

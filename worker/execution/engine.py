@@ -378,7 +378,8 @@ class Engine:
     async def handle_request(self, position_id: str, request_id: str) -> None:
         async with self.locked(position_id) as conn:
             request = await self._row(conn, "exec_request", request_id=request_id)
-            if request is not None and request["status"] == "pending":
+            started = await self._row(conn, "exec_order_of_request", request_id=request_id)
+            if request is not None and request["status"] == "pending" and started is None:
                 order = await self._start_request(conn, request)
                 if order is None:
                     return

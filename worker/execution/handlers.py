@@ -10,7 +10,9 @@ from typing import Any
 
 import anyio
 
+from worker.errors import RetryLater
 from worker.events import Event
+from worker.exchanges.base import ExchangeError, RateLimited
 from worker.execution.engine import Engine, PositionBusy
 from worker.pipeline.handlers import Registry
 
@@ -25,14 +27,24 @@ def request_recorded(event: Event) -> bool:
     return event.kind == "request"
 
 
+EXCHANGE_RETRY_SECONDS = 2.0
+
+
 async def _patiently(action: Any, *args: Any) -> None:
-    with anyio.fail_after(BUSY_WAIT_SECONDS):
-        while True:
-            try:
-                await action(*args)
-                return
-            except PositionBusy:
-                await anyio.sleep(0.05)
+    """Wait a little for a busy position; exchange trouble (a ban, an unknown outcome, an
+    outage) defers the event without counting it as a failure."""
+    try:
+        with anyio.fail_after(BUSY_WAIT_SECONDS):
+            while True:
+                try:
+                    await action(*args)
+                    return
+                except PositionBusy:
+                    await anyio.sleep(0.05)
+    except RateLimited as exc:
+        raise RetryLater(max(exc.retry_after_s, 1.0), f"exchange rate limit: {exc}") from exc
+    except ExchangeError as exc:
+        raise RetryLater(EXCHANGE_RETRY_SECONDS, f"exchange unavailable: {exc}") from exc
 
 
 def add_execution_handlers(registry: Registry, engine: Engine) -> None:

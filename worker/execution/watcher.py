@@ -65,6 +65,13 @@ class Watcher:
             await self._guarded(self._drive, position_id)
         for position_id in await self._ids("exec_stuck_positions", grace=grace):
             await self._guarded(self.engine.enter, position_id)
+        for position_id, request_id in await self._pairs("exec_pending_requests", grace=grace):
+            await self._guarded(self.engine.handle_request, position_id, request_id)
+
+    async def _pairs(self, name: str, **params: Any) -> list[tuple[str, str]]:
+        async with translated_errors(), self.pool.connection() as conn:
+            cur = await conn.execute(q(name), params)
+            return [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
 
     async def _drive(self, position_id: str) -> None:
         async with self.engine.locked(position_id) as conn:
@@ -74,14 +81,21 @@ class Watcher:
             if position is not None:
                 await self.engine.drive_open_orders(conn, position)
 
-    async def _guarded(self, action: Any, position_id: str) -> None:
+    async def _guarded(self, action: Any, position_id: str, *args: Any) -> None:
+        """One position's trouble is logged and skipped; it never stops the watcher."""
         try:
             async with translated_errors():
-                await action(position_id)
+                await action(position_id, *args)
         except PositionBusy:
             pass  # somebody is on it right now
+        except DatabaseUnavailable:
+            raise
         except ExchangeError as exc:
             self.log.warning("reconcile_exchange_error", position_id=position_id, error=str(exc))
+        except Exception as exc:
+            self.log.error(
+                "reconcile_failed", position_id=position_id, error=f"{type(exc).__name__}: {exc}"
+            )
 
     async def paper_protection_once(self) -> None:
         if self.paper is None:
@@ -91,7 +105,15 @@ class Watcher:
             await cur.execute(q("exec_paper_watch"))
             rows = await cur.fetchall()
         for row in rows:
-            reason = await self._paper_trigger(row)
+            try:
+                reason = await self._paper_trigger(row)
+            except Exception as exc:  # one bad row must not stop the others
+                self.log.error(
+                    "protection_check_failed",
+                    position_id=str(row["id"]),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
             if reason is not None:
                 await self._request_exit(str(row["id"]), reason)
 

@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from worker.db.outbox import Outbox
-from worker.errors import DatabaseUnavailable, StreamUnavailable
+from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable
 from worker.events import (
     Event,
     MalformedEvent,
@@ -190,6 +190,16 @@ class Dispatcher:
                 await handler.handle(event)
             except DatabaseUnavailable:
                 raise
+            except RetryLater as exc:
+                self.log.warning(
+                    "event_deferred",
+                    event_id=event.event_id,
+                    handler=handler.name,
+                    reason=str(exc),
+                    retry_in_seconds=round(exc.delay, 3),
+                )
+                await self.outbox.defer(event.event_id, exc.delay, f"{handler.name}: {exc}")
+                return False
             except Exception as exc:
                 await self._failed(event, handler.name, exc)
                 return False
