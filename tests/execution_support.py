@@ -9,7 +9,6 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-import anyio
 import psycopg
 from psycopg.rows import dict_row
 
@@ -34,12 +33,8 @@ def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
 async def live_worker(settings: Settings, fake: FakeBinance) -> AsyncIterator[App]:
     async with BinanceClient(KEY, SECRET, base_url=fake.base_url, timeout_s=2.0) as client:
         app = App(settings, handle_signals=False, router=ExchangeRouter(paper=None, live=client))
-        async with anyio.create_task_group() as tg:
-            await tg.start(app.run)
-            try:
-                yield app
-            finally:
-                app.stop()
+        async with app.serving():
+            yield app
 
 
 def position(db_url: str, pid: uuid.UUID) -> dict[str, Any]:

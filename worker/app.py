@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -195,6 +195,17 @@ class App:
         assert self.dispatcher is not None
         await self.dispatcher.run()
         scope.cancel()  # the dispatcher only returns when asked to stop
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[App]:
+        """Run the worker in the background for the duration of the block (the demo, tests);
+        leaving the block stops it gracefully."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.run)
+            try:
+                yield self
+            finally:
+                self.stop()
 
     def stop(self) -> None:
         """Graceful stop: no new claims; the batch in hand finishes within the grace period."""

@@ -124,12 +124,8 @@ async def test_a_short_sells_first_and_buys_back(
 @asynccontextmanager
 async def paper_worker(settings: Settings, paper: PaperExchange) -> AsyncIterator[App]:
     app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper, live=None))
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.run)
-        try:
-            yield app
-        finally:
-            app.stop()
+    async with app.serving():
+        yield app
 
 
 async def test_paper_max_loss_closes_the_position_when_the_loss_reaches_the_limit(

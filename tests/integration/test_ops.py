@@ -53,12 +53,8 @@ EVENTS = "positions:events"
 @asynccontextmanager
 async def running(settings: Settings, extra: ExtraHandlers | None = None) -> AsyncIterator[App]:
     app = App(settings, extra_handlers=extra, handle_signals=False)
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.run)
-        try:
-            yield app
-        finally:
-            app.stop()
+    async with app.serving():
+        yield app
 
 
 def failing_for(position_ids: set[str]) -> ExtraHandlers:

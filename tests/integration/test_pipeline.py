@@ -34,12 +34,8 @@ pytestmark = pytest.mark.anyio
 @asynccontextmanager
 async def running(settings: Settings, extra: ExtraHandlers | None = None) -> AsyncIterator[App]:
     app = App(settings, extra_handlers=extra, handle_signals=False)
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.run)
-        try:
-            yield app
-        finally:
-            app.stop()
+    async with app.serving():
+        yield app
 
 
 def pending_count(db_url: str) -> int:

@@ -119,12 +119,8 @@ async def follow_streams(settings: Settings, printer: Printer) -> None:
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings, paper: PaperExchange) -> AsyncIterator[App]:
     app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper, live=None))
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.run)
-        try:
-            yield app
-        finally:
-            app.stop()
+    async with app.serving():
+        yield app
 
 
 async def play(settings: Settings, printer: Printer) -> list[dict[str, Any]]:
