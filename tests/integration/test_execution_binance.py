@@ -19,11 +19,13 @@ from tests.execution_support import (
     wait_held,
     wait_status,
 )
+from tests.pipeline_support import eventually
 from worker.testing.fake_binance import FakeBinance, Fault
 
 pytestmark = pytest.mark.anyio
 D = Decimal
 ORDER = "/api/v3/order"
+FINAL = ("filled", "cancelled", "failed")
 
 
 @pytest.fixture
@@ -161,6 +163,8 @@ async def test_stop_loss_fires_on_the_exchange_and_nothing_is_left_resting(
         fake.set_price("BTCUSDT", "85")
         await wait_status(db_url, pid, "closed")
         await _wait_resting(fake, 0)
+        # the sibling's cancellation is recorded after the exchange confirms it
+        await eventually(lambda: all(o["status"] in FINAL for o in orders(db_url, pid)), 10)
     closed = position(db_url, pid)
     assert closed["close_reason"] == "stop_loss"
     statuses = {o["purpose"]: o["status"] for o in orders(db_url, pid)}
@@ -169,8 +173,6 @@ async def test_stop_loss_fires_on_the_exchange_and_nothing_is_left_resting(
 
 
 async def _wait_resting(fake: FakeBinance, n: int) -> None:
-    from tests.pipeline_support import eventually
-
     await eventually(lambda: len([o for o in fake.orders() if o["status"] == "NEW"]) == n, 10)
 
 
