@@ -87,7 +87,7 @@ class Watcher:
             async with translated_errors():
                 await action(position_id, *args)
         except PositionBusy:
-            pass  # somebody is on it right now
+            return  # somebody is on it right now; the next pass looks again
         except DatabaseUnavailable:
             raise
         except ExchangeError as exc:
