@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from worker.db.migrate import migrate
+from worker.testing.fake_binance import FakeBinance
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
 
 _counter = itertools.count()
@@ -138,3 +139,15 @@ def _restarter(server: EmbeddedPostgres | EmbeddedRedis | None, env: str) -> Cal
         subprocess.run(command, shell=True, check=True, timeout=120)
 
     return restart
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBinance]:
+    """The fake Binance on loopback: BTCUSDT at 100, 0.1 % commission in USDT."""
+    from tests.execution_support import KEY, SECRET
+
+    with FakeBinance(api_key=KEY, api_secret=SECRET) as server:
+        server.set_price("BTCUSDT", "100")
+        server.set_commission("0.001", "quote")
+        yield server
+        server.release_hung()  # a test that hung a request must not keep a thread waiting

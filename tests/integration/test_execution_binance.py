@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
 from tests.execution_support import (
-    KEY,
-    SECRET,
     call,
     exec_settings,
     live_worker,
@@ -26,14 +23,6 @@ pytestmark = pytest.mark.anyio
 D = Decimal
 ORDER = "/api/v3/order"
 FINAL = ("filled", "cancelled", "failed")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBinance]:
-    with FakeBinance(api_key=KEY, api_secret=SECRET) as server:
-        server.set_price("BTCUSDT", "100")
-        server.set_commission("0.001", "quote")
-        yield server
 
 
 def posts(fake: FakeBinance, cid: str) -> int:

@@ -3,7 +3,6 @@ the database converges to the exchange, with exactly one exchange order per inte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,15 +26,6 @@ from worker.testing.processes import WorkerProcess
 pytestmark = pytest.mark.anyio
 D = Decimal
 ORDER = "/api/v3/order"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBinance]:
-    with FakeBinance(api_key=KEY, api_secret=SECRET) as server:
-        server.set_price("BTCUSDT", "100")
-        server.set_commission("0.001", "quote")
-        yield server
-        server.release_hung()
 
 
 def live_env(db_url: str, redis_url: str, fake: FakeBinance) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
@@ -10,8 +10,6 @@ import anyio
 import pytest
 
 from tests.execution_support import (
-    KEY,
-    SECRET,
     call,
     exec_settings,
     live_worker,
@@ -30,14 +28,6 @@ from worker.testing.fake_binance import FakeBinance
 
 pytestmark = pytest.mark.anyio
 D = Decimal
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeBinance]:
-    with FakeBinance(api_key=KEY, api_secret=SECRET) as server:
-        server.set_price("BTCUSDT", "100")
-        server.set_commission("0.001", "quote")
-        yield server
 
 
 async def test_entry_that_partly_fills_then_expires_opens_with_what_filled(
