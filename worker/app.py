@@ -64,18 +64,21 @@ def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:
 
 
 def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
-    """Connections for the outbox's own bookkeeping (claims, leases, processed marks).
+    """Connections for the outbox's own bookkeeping (claims and their settlement).
 
     They commit with synchronous_commit=off: a mark lost in a database crash only means the
     event is handled again (the stream publish is idempotent, handlers must be), and WAL
-    order keeps any surviving mark behind the change it records. Never used for state
-    changes or orders.
+    order keeps any surviving mark behind the change it records. A claim's transaction left
+    idle longer than ``pipeline.lease_seconds`` (a hung worker) is ended by PostgreSQL, which
+    releases its events to the other workers. Never used for state changes or orders.
     """
+    idle_ms = max(1, int(settings.pipeline.lease_seconds * 1000))
+    options = f"-c synchronous_commit=off -c idle_in_transaction_session_timeout={idle_ms}"
     return AsyncConnectionPool(
         settings.database.url,
         min_size=1,
         max_size=settings.pipeline.concurrency + 1,
-        kwargs={"autocommit": True, "options": "-c synchronous_commit=off", **KEEPALIVES},
+        kwargs={"autocommit": True, "options": options, **KEEPALIVES},
         check=AsyncConnectionPool.check_connection,
         timeout=settings.database.connect_timeout,
         open=False,
@@ -152,7 +155,7 @@ class App:
                 pool, router, resend_after=s.execution.missing_lookups_before_resend, log=self.log
             )
             self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
-        outbox = Outbox(outbox_pool, self.name, s.pipeline.lease_seconds)
+        outbox = Outbox(outbox_pool, s.pipeline.lease_seconds)
         publisher = StreamPublisher(client, s.streams.maxlen, s.streams.dedupe_ttl_seconds)
         self.dispatcher = Dispatcher(
             outbox,

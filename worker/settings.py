@@ -59,7 +59,7 @@ class StreamSettings:
 class PipelineSettings:
     batch_size: int = 500  # events claimed per round trip
     concurrency: int = 2  # batches in flight at once per process (overlaps DB and Redis)
-    lease_seconds: float = 30.0  # a claim not finished by then is taken over
+    lease_seconds: float = 30.0  # a claim idle this long (hung worker) is ended by PostgreSQL
     poll_interval: float = 2.0  # drain even without a wake-up, every this many seconds
     probe_after: float = 15.0  # probe a listener that has been quiet this long
     max_attempts: int = 5  # handler failures before an event is parked as dead
@@ -254,7 +254,14 @@ def _coerce_bool(key: str, value: Any) -> bool:
     raise SettingsError(f"config: {key} must be true or false, got {value!r}")
 
 
-_AT_LEAST_ONE: Final = ("batch_size", "concurrency", "max_attempts", "pool_max_size", "maxlen")
+_AT_LEAST_ONE: Final = (
+    "batch_size",
+    "concurrency",
+    "max_attempts",
+    "pool_max_size",
+    "maxlen",
+    "lease_seconds",
+)
 
 
 def _coerce_number(key: str, value: Any, kind: type, label: str) -> Any:

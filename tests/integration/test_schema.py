@@ -591,15 +591,15 @@ def test_audit_trail_is_append_only_for_users_and_service_role(
 def test_owner_can_update_delivery_columns(conn: Conn, one_event: int) -> None:
     cur = conn.execute(
         "UPDATE position_events SET processed_at = now(), attempts = attempts + 1, "
-        "lease_owner = 'w1' WHERE id = %s",
+        "last_error = 'e1' WHERE id = %s",
         (one_event,),
     )
     assert cur.rowcount == 1
     row = conn.execute(
-        "SELECT attempts, lease_owner, processed_at IS NOT NULL FROM position_events WHERE id = %s",
+        "SELECT attempts, last_error, processed_at IS NOT NULL FROM position_events WHERE id = %s",
         (one_event,),
     ).fetchone()
-    assert row == (1, "w1", True)
+    assert row == (1, "e1", True)
 
 
 # Concurrency ----------------------------------------------------------------------------------

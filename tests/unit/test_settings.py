@@ -144,7 +144,7 @@ def test_section_key_variables_override_the_file(tmp_path: Path) -> None:
         ),
         (
             {"POSITION_WORKER__PIPELINE__LEASE_SECONDS": "-1.5"},
-            "config: pipeline.lease_seconds must be a number >= 0, got '-1.5'",
+            "config: pipeline.lease_seconds must be a number >= 1, got '-1.5'",
         ),
         (
             {"POSITION_WORKER__METRICS__PORT": "80.5"},

@@ -6,9 +6,10 @@ pipeline above never sees psycopg's exceptions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -30,69 +31,115 @@ async def translated_errors() -> AsyncIterator[None]:
     """Turn connection-level driver errors into DatabaseUnavailable."""
     try:
         yield
-    except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+    except (
+        psycopg.OperationalError,
+        psycopg.errors.AdminShutdown,
+        psycopg.errors.IdleInTransactionSessionTimeout,  # a claim held past the lease
+    ) as exc:
         raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
     except PoolTimeout as exc:
         raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
 
 
-class Outbox:
-    """Claims and settles events for one worker (``owner`` names it in leases)."""
+@dataclass(slots=True)
+class Batch:
+    """Events claimed by one open transaction; settle them through it.
 
-    def __init__(self, pool: AsyncConnectionPool[Any], owner: str, lease_seconds: float) -> None:
-        self.pool, self.owner, self.lease_seconds = pool, owner, lease_seconds
+    ``rows`` holds the events that may be handled now, in id order. Claimed events that
+    must wait for an earlier event of their position stay locked, untouched, until the
+    transaction ends: ``held_back`` counts them and ``retry_soon`` says whether one waits
+    for another claim (worth a prompt retry) rather than for a retry delay.
+    """
 
-    async def claim(self, limit: int) -> list[dict[str, Any]]:
-        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-            await conn.execute(q("claim_lock"))
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(
-                q("claim_events"),
-                {"limit": limit, "lease_seconds": self.lease_seconds, "owner": self.owner},
-            )
-            rows: list[dict[str, Any]] = await cur.fetchall()
-        rows.sort(key=lambda r: int(r["id"]))
-        return rows
+    conn: psycopg.AsyncConnection[Any]
+    rows: list[dict[str, Any]]
+    claimed: int
+    held_back: int
+    retry_soon: bool
+    touch_every: float  # seconds; keeps the transaction from looking idle (lease_seconds / 3)
+    _done: list[int] = field(default_factory=list)
+    _touched: float = field(default_factory=time.monotonic)
 
-    async def mark_processed(self, ids: Sequence[int]) -> None:
-        if ids:
-            await self._execute("mark_processed", {"ids": list(ids), "owner": self.owner})
+    async def handled(self, event_id: int) -> None:
+        """Record one handled event; written with the next statement, or now if it is due."""
+        self._done.append(event_id)
+        if time.monotonic() - self._touched > self.touch_every:
+            await self.flush()
 
-    async def release(self, ids: Sequence[int]) -> None:
-        if ids:
-            await self._execute("release", {"ids": list(ids), "owner": self.owner})
+    async def flush(self) -> None:
+        """Mark the handled events processed (one statement; they commit with the claim)."""
+        if self._done:
+            await self._execute("mark_processed", {"ids": self._done})
+            self._done = []
+
+    async def _execute(self, name: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Any]:
+        self._touched = time.monotonic()
+        return await self.conn.execute(q(name), params)
 
     async def mark_failed(
         self, event_id: int, error: str, delay: float, max_attempts: int
     ) -> FailResult:
-        params = {
-            "id": event_id,
-            "error": error[:2000],
-            "delay": delay,
-            "max_attempts": max_attempts,
-            "owner": self.owner,
-        }
-        row = await self._fetchone("mark_failed", params)
-        if row is None:  # lease lost meanwhile: someone else has it now
+        params = {"id": event_id, "error": error[:2000], "delay": delay}
+        cur = await self._execute("mark_failed", {**params, "max_attempts": max_attempts})
+        row = await cur.fetchone()
+        if row is None:  # cannot happen while we hold the lock; be explicit anyway
             return FailResult(attempts=0, dead=False)
         return FailResult(attempts=int(row[0]), dead=bool(row[1]))
 
     async def defer(self, event_id: int, delay: float, reason: str) -> None:
-        params = {"id": event_id, "delay": delay, "error": reason[:2000], "owner": self.owner}
+        params = {"id": event_id, "delay": delay, "error": reason[:2000]}
         await self._execute("defer_event", params)
 
     async def mark_dead(self, event_id: int, error: str) -> None:
         await self._execute("mark_dead", {"id": event_id, "error": error[:2000]})
 
-    async def _execute(self, name: str, params: dict[str, Any]) -> None:
-        async with translated_errors(), self.pool.connection() as conn:
-            await conn.execute(q(name), params)
 
-    async def _fetchone(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        async with translated_errors(), self.pool.connection() as conn:
-            cur = await conn.execute(q(name), params)
-            row: tuple[Any, ...] | None = await cur.fetchone()
-            return row
+def in_position_order(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, bool]:
+    """Keep the claimed events whose predecessor is handled, dead, or kept before them.
+
+    Returns (events to handle, how many were held back, whether one of those waits for an
+    event held by another claim rather than for a retry delay).
+    """
+    kept: list[dict[str, Any]] = []
+    kept_ids: set[int] = set()
+    blocked: set[Any] = set()
+    retry_soon = False
+    for row in rows:
+        position, prev = row["position_id"], row["prev_id"]
+        if position in blocked:
+            continue
+        if prev is None or not row["prev_pending"] or prev in kept_ids:
+            kept.append(row)
+            kept_ids.add(int(row["id"]))
+        else:
+            blocked.add(position)
+            retry_soon = retry_soon or not row["prev_waiting"]
+    return kept, len(rows) - len(kept), retry_soon
+
+
+class Outbox:
+    """Claims batches of events for one worker with row locks (FOR NO KEY UPDATE SKIP LOCKED).
+
+    The claim's transaction stays open while the batch is published and handled, and every
+    settlement goes through it; it commits when the ``claim`` block ends and rolls back (the
+    events go back, untouched) when the block raises. A worker that dies releases its
+    claims with its connection; a hung one is cut off by PostgreSQL's
+    idle_in_transaction_session_timeout (``pipeline.lease_seconds``, set on the pool).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Any], lease_seconds: float) -> None:
+        self.pool, self.touch_every = pool, lease_seconds / 3
+
+    @asynccontextmanager
+    async def claim(self, limit: int) -> AsyncIterator[Batch]:
+        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("claim_events"), {"limit": limit})
+            rows: list[dict[str, Any]] = await cur.fetchall()
+            kept, held_back, retry_soon = in_position_order(rows)
+            batch = Batch(conn, kept, len(rows), held_back, retry_soon, self.touch_every)
+            yield batch
+            await batch.flush()
 
 
 async def replay(pool: AsyncConnectionPool[Any], event_id: int | None) -> list[int]:

@@ -1,87 +1,75 @@
 -- Runtime queries, one named block each (loaded by worker/db/queries.py).
 -- Parameters use psycopg's %(name)s placeholders.
 
--- name: claim_lock
--- Claims are serialized (each takes a few ms): with concurrent claimers, SKIP LOCKED alone
--- could hand the second event of a position to one worker while another is still claiming
--- the first. The lock is released at commit.
-SELECT pg_advisory_xact_lock(7365147890)
-
 -- name: claim_events
--- A batch of pending events, oldest first. An event is claimable when it is not leased by a
--- live claim and not waiting out a retry delay, and no other event of its position is
--- (events of one position are handled in order, by one worker at a time). A lease that ran
--- out (its worker died) is simply taken over. "busy" reads only the small in-flight index.
-WITH busy AS MATERIALIZED (
-  SELECT DISTINCT position_id
+-- A batch of pending events, oldest first, locked for the rest of the claim's transaction
+-- (other claimers skip them). Each comes with its predecessor (the position's event just
+-- before it) so the dispatcher can keep per-position order: an event whose predecessor is
+-- still pending and not in this batch is left alone (another worker holds it, or it waits
+-- out a retry delay). An event waiting out its retry delay is not claimable.
+WITH locked AS (
+  SELECT id, kind, position_id, order_id, user_id, symbol, old_status, new_status,
+         occurred_at, actor_role, data, attempts
   FROM position_events
   WHERE processed_at IS NULL AND dead_at IS NULL
-    AND (lease_until IS NOT NULL OR available_at IS NOT NULL)
-    AND (lease_until >= now() OR available_at > now())
-),
-claimable AS (
-  SELECT e.id
-  FROM position_events e
-  WHERE e.processed_at IS NULL AND e.dead_at IS NULL
-    AND (e.lease_until IS NULL OR e.lease_until < now())
-    AND (e.available_at IS NULL OR e.available_at <= now())
-    AND e.position_id NOT IN (SELECT position_id FROM busy)
-  ORDER BY e.id
+    AND (available_at IS NULL OR available_at <= now())
+  ORDER BY id
   LIMIT %(limit)s
-  FOR UPDATE SKIP LOCKED
+  FOR NO KEY UPDATE SKIP LOCKED
 )
-UPDATE position_events e
-SET lease_until = now() + make_interval(secs => %(lease_seconds)s),
-    lease_owner = %(owner)s
-FROM claimable c
-WHERE e.id = c.id
-RETURNING e.id, e.kind, e.position_id, e.order_id, e.user_id, e.symbol, e.old_status,
-          e.new_status, e.occurred_at, e.actor_role, e.data, e.attempts
+-- uuids and data as text: the dispatcher only needs their text (json.loads is cheaper than
+-- building UUID objects and printing them again)
+SELECT l.id, l.kind, l.position_id::text AS position_id, l.order_id::text AS order_id,
+       l.user_id::text AS user_id, l.symbol, l.old_status, l.new_status, l.occurred_at,
+       l.actor_role, l.data::text AS data, l.attempts,
+       prev.id AS prev_id, prev.pending AS prev_pending, prev.waiting AS prev_waiting
+FROM locked l
+LEFT JOIN LATERAL (
+  SELECT p.id, p.processed_at IS NULL AND p.dead_at IS NULL AS pending,
+         coalesce(p.available_at > now(), false) AS waiting
+  FROM position_events p
+  WHERE p.position_id = l.position_id AND p.id < l.id
+  ORDER BY p.id DESC
+  LIMIT 1
+) prev ON true
+ORDER BY l.id
 
 -- name: mark_processed
 UPDATE position_events
-SET processed_at = now(), lease_until = NULL, available_at = NULL
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND processed_at IS NULL
-
--- name: release
--- Give claimed events back untouched (shutdown, or a failure outside any handler).
-UPDATE position_events
-SET lease_until = NULL
-WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND processed_at IS NULL
+SET processed_at = now(), available_at = NULL
+WHERE id = ANY(%(ids)s) AND processed_at IS NULL
 
 -- name: mark_failed
 -- A handler failed: count the attempt, wait before the next one, park it after too many.
 UPDATE position_events
 SET attempts = attempts + 1,
     last_error = %(error)s,
-    lease_until = NULL,
     available_at = now() + make_interval(secs => %(delay)s),
     dead_at = CASE WHEN attempts + 1 >= %(max_attempts)s THEN now() END
-WHERE id = %(id)s AND lease_owner = %(owner)s AND processed_at IS NULL
+WHERE id = %(id)s AND processed_at IS NULL
 RETURNING attempts, dead_at IS NOT NULL AS dead
 
 -- name: defer_event
 -- Try again later without counting an attempt (RetryLater: an exchange ban, an outage).
 UPDATE position_events
-SET lease_until = NULL, last_error = %(error)s,
-    available_at = now() + make_interval(secs => %(delay)s)
-WHERE id = %(id)s AND lease_owner = %(owner)s AND processed_at IS NULL
+SET last_error = %(error)s, available_at = now() + make_interval(secs => %(delay)s)
+WHERE id = %(id)s AND processed_at IS NULL
 
 -- name: mark_dead
 -- An event that can never be handled (unknown kind, malformed data): park it at once.
 UPDATE position_events
-SET attempts = attempts + 1, last_error = %(error)s, lease_until = NULL, dead_at = now()
+SET attempts = attempts + 1, last_error = %(error)s, dead_at = now()
 WHERE id = %(id)s AND processed_at IS NULL
 
 -- name: replay_event
 UPDATE position_events
-SET dead_at = NULL, attempts = 0, available_at = NULL, lease_until = NULL, last_error = NULL
+SET dead_at = NULL, attempts = 0, available_at = NULL, last_error = NULL
 WHERE id = %(id)s AND dead_at IS NOT NULL AND processed_at IS NULL
 RETURNING id
 
 -- name: replay_all_dead
 UPDATE position_events
-SET dead_at = NULL, attempts = 0, available_at = NULL, lease_until = NULL, last_error = NULL
+SET dead_at = NULL, attempts = 0, available_at = NULL, last_error = NULL
 WHERE dead_at IS NOT NULL AND processed_at IS NULL
 RETURNING id
 

@@ -1,16 +1,18 @@
 """The dispatcher: claim a batch, publish it, run the handlers, settle it.
 
 One loop per worker process. It drains the outbox whenever the listener wakes it and at
-least every ``poll_interval`` seconds. For each batch (oldest first, in per-position order):
+least every ``poll_interval`` seconds. For each batch, claimed with row locks in one open
+transaction (oldest first, in per-position order; see :class:`worker.db.outbox.Outbox`):
 
 1. publish every event to its streams in one pipelined round trip (idempotent);
 2. run the handlers of each event in order; the first failure of a position's event stops
-   that position's later events in the batch (they go back, to keep per-position order);
-3. mark the handled events processed in one statement; failed ones get a retry delay and,
-   after ``max_attempts``, are parked as dead.
+   that position's later events in the batch (they stay pending, to keep per-position order);
+3. mark the handled events processed in one statement and commit; failed ones get a retry
+   delay and, after ``max_attempts``, are parked as dead, in the same transaction.
 
 Infrastructure failures (PostgreSQL or Redis unreachable) are not the event's fault: the
-batch is given back, the loop backs off and tries again; it never kills the process.
+claim rolls back (the events go back untouched), the loop backs off and tries again; it
+never kills the process.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from worker.db.outbox import Outbox
+from worker.db.outbox import Batch, Outbox
 from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable
 from worker.events import (
     Event,
@@ -59,6 +61,13 @@ class Dispatcher:
         self._stopping = False
         self.stopped = anyio.Event()
         self._rng = random.Random()
+        self._kind_counters: dict[str, Any] = {}
+
+    def _processed_by_kind(self, kind: str) -> Any:
+        counter = self._kind_counters.get(kind)
+        if counter is None:
+            counter = self._kind_counters[kind] = self.metrics.events_processed.labels(kind)
+        return counter
 
     def wake(self) -> None:
         self._wake.set()
@@ -112,38 +121,37 @@ class Dispatcher:
                 tg.start_soon(self._drain_one)
 
     async def _drain_one(self) -> int:
-        total = 0
+        total, pause = 0, 0.0
         while not self._stopping:
-            rows = await self.outbox.claim(self.cfg.batch_size)
-            if not rows:
-                break
-            total += await self._process(rows)
-            if len(rows) < self.cfg.batch_size:
+            async with self.outbox.claim(self.cfg.batch_size) as batch:
+                total += await self._process(batch)
+            if batch.retry_soon:  # a position's earlier event is held by another claim
+                pause = min(max(2 * pause, 0.005), self.cfg.poll_interval)
+                with anyio.move_on_after(pause):
+                    await self._wake.wait()
+                continue
+            if batch.claimed < self.cfg.batch_size:
                 break
         return total
 
-    async def _process(self, rows: list[dict[str, Any]]) -> int:
-        events = await self._parse(rows)
-        try:
-            await self._publish(events)
-        except StreamUnavailable:
-            await self.outbox.release([e.event_id for e in events])
-            raise
-        done, give_back = await self._run_handlers(events)
-        await self.outbox.mark_processed(done)
-        await self.outbox.release(give_back)
-        self.processed += len(done)
-        return len(done)
+    async def _process(self, batch: Batch) -> int:
+        events = await self._parse(batch)
+        if not events:
+            return 0
+        await self._publish(events)  # StreamUnavailable: the claim rolls back, events go back
+        handled = await self._run_handlers(batch, events)
+        self.processed += handled
+        return handled
 
-    async def _parse(self, rows: list[dict[str, Any]]) -> list[Event]:
+    async def _parse(self, batch: Batch) -> list[Event]:
         events: list[Event] = []
-        for row in rows:
+        for row in batch.rows:
             try:
                 events.append(event_from_row(row))
             except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
                 self.log.error("event_unreadable", event_id=row.get("id"), error=str(exc))
                 self.metrics.events_dead.inc()
-                await self.outbox.mark_dead(int(row["id"]), f"unreadable: {exc}")
+                await batch.mark_dead(int(row["id"]), f"unreadable: {exc}")
         return events
 
     async def _publish(self, events: Sequence[Event]) -> None:
@@ -170,21 +178,22 @@ class Dispatcher:
                 pubs.append(Publication(stream, event.event_id, event.position_id, fields))
         return pubs
 
-    async def _run_handlers(self, events: Sequence[Event]) -> tuple[list[int], list[int]]:
-        done: list[int] = []
-        give_back: list[int] = []
+    async def _run_handlers(self, batch: Batch, events: Sequence[Event]) -> int:
+        """How many were handled; after a failure the position's later events wait."""
+        handled = 0
         blocked: set[str] = set()
         for event in events:
             if event.position_id in blocked:
-                give_back.append(event.event_id)
-            elif await self._handle(event):
-                done.append(event.event_id)
-                self.metrics.events_processed.labels(event.kind).inc()
+                continue
+            if await self._handle(batch, event):
+                await batch.handled(event.event_id)
+                self._processed_by_kind(event.kind).inc()
+                handled += 1
             else:
                 blocked.add(event.position_id)
-        return done, give_back
+        return handled
 
-    async def _handle(self, event: Event) -> bool:
+    async def _handle(self, batch: Batch, event: Event) -> bool:
         for handler in self.handlers.for_event(event):
             try:
                 await handler.handle(event)
@@ -198,20 +207,20 @@ class Dispatcher:
                     reason=str(exc),
                     retry_in_seconds=round(exc.delay, 3),
                 )
-                await self.outbox.defer(event.event_id, exc.delay, f"{handler.name}: {exc}")
+                await batch.defer(event.event_id, exc.delay, f"{handler.name}: {exc}")
                 return False
             except Exception as exc:
-                await self._failed(event, handler.name, exc)
+                await self._failed(batch, event, handler.name, exc)
                 return False
         return True
 
-    async def _failed(self, event: Event, handler: str, exc: Exception) -> None:
+    async def _failed(self, batch: Batch, event: Event, handler: str, exc: Exception) -> None:
         self.metrics.handler_failures.labels(handler).inc()
         delay = retry_delay(
             event.attempts + 1, self.cfg.retry_base_seconds, self.cfg.retry_max_seconds, self._rng
         )
         error = f"{handler}: {type(exc).__name__}: {exc}"
-        result = await self.outbox.mark_failed(event.event_id, error, delay, self.cfg.max_attempts)
+        result = await batch.mark_failed(event.event_id, error, delay, self.cfg.max_attempts)
         log = self.log.error if result.dead else self.log.warning
         log(
             "event_dead" if result.dead else "handler_failed",

@@ -1,0 +1,192 @@
+"""Claims held by row locks: what another claimer may take, and when, on a real PostgreSQL.
+
+The dispatcher relies on these rules for exactly-once, per-position-order delivery across
+workers (tests/integration/test_pipeline_processes.py and tests/chaos show it end to end).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from tests.pipeline_support import eventually
+from tests.support import insert_position, seed_owner
+from worker.db.outbox import Batch, Outbox
+from worker.errors import DatabaseUnavailable
+
+pytestmark = pytest.mark.anyio
+
+
+def two_positions_with_events(db_url: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """Position A: created, submitting, open (events a1 < a2 < a3); B: created (b1)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+        a = insert_position(conn, owner)
+        b = insert_position(conn, owner)
+        for status in ("submitting", "open"):
+            conn.execute("UPDATE positions SET status = %s WHERE id = %s", (status, a))
+    return a, b
+
+
+def event_ids(db_url: str, position: uuid.UUID) -> list[int]:
+    with psycopg.connect(db_url) as conn:
+        query = "SELECT id FROM position_events WHERE position_id = %s ORDER BY id"
+        return [int(r[0]) for r in conn.execute(query, (position,))]
+
+
+def processed(db_url: str) -> set[int]:
+    with psycopg.connect(db_url) as conn:
+        query = "SELECT id FROM position_events WHERE processed_at IS NOT NULL"
+        return {int(r[0]) for r in conn.execute(query)}
+
+
+def ids(batch: Batch) -> list[int]:
+    return [int(r["id"]) for r in batch.rows]
+
+
+@pytest.fixture
+async def pool(db_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    async with AsyncConnectionPool(
+        db_url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+    ) as p:
+        yield p
+
+
+async def test_a_claim_takes_a_positions_events_in_order_and_settles_them_on_commit(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    a, b = two_positions_with_events(db_url)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(10) as batch:
+        assert ids(batch) == sorted(event_ids(db_url, a) + event_ids(db_url, b))
+        assert (batch.claimed, batch.held_back, batch.retry_soon) == (4, 0, False)
+        for event_id in ids(batch):
+            await batch.handled(event_id)
+        assert processed(db_url) == set()  # not before the claim commits
+    assert processed(db_url) == set(ids(batch))
+
+
+async def test_a_second_claimer_skips_locked_events_and_holds_back_their_successors(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    a, b = two_positions_with_events(db_url)
+    a1, a2, a3 = event_ids(db_url, a)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(1) as first:  # holds a1 only
+        assert ids(first) == [a1]
+        async with outbox.claim(10) as second:
+            # a2, a3 would overtake a1: left alone; b's event is free to go.
+            assert ids(second) == event_ids(db_url, b)
+            assert (second.claimed, second.held_back, second.retry_soon) == (3, 2, True)
+        await first.handled(a1)
+    async with outbox.claim(10) as third:
+        assert ids(third) == sorted([a2, a3, *event_ids(db_url, b)])  # b's was not marked
+        assert third.held_back == 0
+
+
+async def test_a_rolled_back_claim_gives_its_events_back_untouched(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    two_positions_with_events(db_url)
+    outbox = Outbox(pool, lease_seconds=30)
+    with pytest.raises(RuntimeError):
+        async with outbox.claim(10) as batch:
+            for event_id in ids(batch):
+                await batch.handled(event_id)
+            await batch.flush()
+            raise RuntimeError("Redis went away")
+    assert processed(db_url) == set()
+    async with outbox.claim(10) as again:
+        assert again.claimed == 4
+
+
+async def test_an_event_waiting_out_a_retry_delay_holds_back_its_position_only(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    a, b = two_positions_with_events(db_url)
+    a1 = event_ids(db_url, a)[0]
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(10) as batch:
+        result = await batch.mark_failed(a1, "boom", delay=60, max_attempts=5)
+        assert (result.attempts, result.dead) == (1, False)
+    async with outbox.claim(10) as batch:
+        assert ids(batch) == event_ids(db_url, b)
+        # held back by a retry delay, not by another claim: no prompt retry
+        assert (batch.held_back, batch.retry_soon) == (2, False)
+
+
+async def test_a_dead_event_does_not_hold_back_its_successors(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    a, _ = two_positions_with_events(db_url)
+    a1, a2, a3 = event_ids(db_url, a)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(1) as batch:
+        await batch.mark_dead(a1, "unreadable")
+    async with outbox.claim(10) as batch:
+        assert [i for i in ids(batch) if i in (a1, a2, a3)] == [a2, a3]
+
+
+async def test_a_claimer_whose_connection_dies_releases_its_events_at_once(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    two_positions_with_events(db_url)
+    outbox = Outbox(pool, lease_seconds=30)
+    doomed = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    async with doomed.transaction():
+        cur = await doomed.execute(
+            "SELECT id FROM position_events ORDER BY id FOR NO KEY UPDATE SKIP LOCKED"
+        )
+        assert len(await cur.fetchall()) == 4
+        async with outbox.claim(10) as batch:
+            assert batch.claimed == 0
+        pid = doomed.info.backend_pid
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        await eventually(lambda: backend_gone(db_url, pid), timeout=10)
+        async with outbox.claim(10) as batch:
+            assert batch.claimed == 4
+            assert batch.held_back == 0
+        with pytest.raises(psycopg.OperationalError):
+            await doomed.execute("SELECT 1")
+
+
+def backend_gone(db_url: str, pid: int) -> bool:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+        return row.fetchone() == (0,)
+
+
+def claimable_by_another(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        query = "SELECT id FROM position_events FOR NO KEY UPDATE SKIP LOCKED"
+        return len(conn.execute(query).fetchall())
+
+
+async def test_a_hung_claim_is_ended_by_postgresql_after_the_lease(db_url: str) -> None:
+    """lease_seconds becomes idle_in_transaction_session_timeout on the outbox connections."""
+    two_positions_with_events(db_url)
+    hung_pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        db_url,
+        min_size=1,
+        max_size=1,
+        kwargs={"autocommit": True, "options": "-c idle_in_transaction_session_timeout=1000"},
+        open=False,
+    )
+    async with hung_pool:
+        with pytest.raises(DatabaseUnavailable):
+            async with Outbox(hung_pool, lease_seconds=1).claim(10) as batch:
+                assert batch.claimed == 4
+                started = time.monotonic()
+                assert claimable_by_another(db_url) == 0
+                # a handler that never returns, as far as PostgreSQL can tell
+                assert await eventually(lambda: claimable_by_another(db_url), timeout=10) == 4
+                assert time.monotonic() - started > 0.9
+                await batch.mark_dead(int(batch.rows[0]["id"]), "too late")
+    assert processed(db_url) == set()
