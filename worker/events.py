@@ -16,6 +16,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
+import orjson
+
 KINDS: Final = frozenset({"position", "order", "trade", "request"})
 NOTIFY_KEYS: Final = frozenset({"position_id", "old_status", "new_status", "user_id", "symbol"})
 Severity = Literal["info", "warning", "error", "critical"]
@@ -39,6 +41,10 @@ class Event:
     actor_role: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
     attempts: int = 0
+    occurred_iso: str = field(init=False, repr=False, compare=False)  # rendered once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "occurred_iso", self.occurred_at.isoformat())
 
     @property
     def type(self) -> str:
@@ -70,6 +76,11 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
     if kind not in KINDS:
         raise MalformedEvent(f"event {row.get('id')}: unknown event kind {kind!r}")
     data = row.get("data") or {}
+    if isinstance(data, str):  # the claim reads it as text
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedEvent(f"event {row.get('id')}: data is not JSON: {exc}") from None
     if not isinstance(data, Mapping):
         raise MalformedEvent(f"event {row.get('id')}: data is not an object")
     return Event(
@@ -117,7 +128,7 @@ def stream_fields(event: Event) -> dict[str, str]:
         "symbol": event.symbol,
         "old_status": event.old_status or "",
         "new_status": event.new_status or "",
-        "occurred_at": event.occurred_at.isoformat(),
+        "occurred_at": event.occurred_iso,
         "actor_role": event.actor_role,
     }
     if event.order_id:
@@ -156,7 +167,7 @@ def notification_for(event: Event) -> dict[str, str] | None:
         "severity": severity,
         "title": title,
         "message": message.format_map(_Missing(values)),
-        "occurred_at": event.occurred_at.isoformat(),
+        "occurred_at": event.occurred_iso,
     }
 
 
@@ -186,7 +197,7 @@ def ai_monitoring_request_for(event: Event) -> dict[str, str] | None:
         "position_id": event.position_id,
         "user_id": event.user_id,
         "symbol": event.symbol,
-        "occurred_at": event.occurred_at.isoformat(),
+        "occurred_at": event.occurred_iso,
     }
     for key in ("side", "entry_price", "entry_quantity", "held_quantity", "is_paper_trade"):
         if event.data.get(key) is not None:
