@@ -9,6 +9,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg.rows import dict_row
 
@@ -30,8 +31,12 @@ def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
 
 
 @asynccontextmanager
-async def live_worker(settings: Settings, fake: FakeBinance) -> AsyncIterator[App]:
-    async with BinanceClient(KEY, SECRET, base_url=fake.base_url, timeout_s=2.0) as client:
+async def live_worker(
+    settings: Settings, fake: FakeBinance, **client_options: Any
+) -> AsyncIterator[App]:
+    """A worker trading on ``fake``; ``client_options`` go to its BinanceClient."""
+    options = {"timeout_s": 2.0, **client_options}
+    async with BinanceClient(KEY, SECRET, base_url=fake.base_url, **options) as client:
         app = App(settings, handle_signals=False, router=ExchangeRouter(paper=None, live=client))
         async with app.serving():
             yield app
@@ -69,3 +74,10 @@ def call(db_url: str, sql: str, *args: Any) -> Any:
     with psycopg.connect(db_url, autocommit=True) as conn:
         row = conn.execute(sql, args).fetchone()
     return row[0] if row else None
+
+
+async def call_off_loop(db_url: str, sql: str, *args: Any) -> Any:
+    """:func:`call` in a thread, for SQL that may wait for a row lock the in-process worker
+    holds (``request_position_exit`` locks the position): waiting on the event loop's own
+    thread would stop the worker from ever committing, and both would wait forever."""
+    return await anyio.to_thread.run_sync(lambda: call(db_url, sql, *args))

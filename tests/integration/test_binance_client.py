@@ -23,6 +23,7 @@ from worker.exchanges.base import (
 )
 from worker.exchanges.binance import BinanceClient, BinancePublicPrices, RateLimitGate
 from worker.testing.fake_binance import FakeBinance, Fault, FaultKind
+from worker.testing.fake_binance.orders import ApiError
 
 D = Decimal
 KEY = "k3y-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -223,6 +224,122 @@ async def test_stop_limit_order_triggers_then_fills_at_its_limit(
     fake.set_price("BTCUSDT", "44950")
     state = await client.get_order("BTCUSDT", "sll-1")
     assert state is not None and state.status == "FILLED" and state.average_price == D("44900")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("fills", "pages"), [(7, 3), (6, 3), (2, 1)])
+async def test_get_fills_pages_through_every_trade_of_the_order(
+    fake: FakeBinance, clock: ManualClock, fills: int, pages: int
+) -> None:
+    """orderId + fromId, the next page from the last id + 1, until a page is short (an
+    exact multiple of the page size costs one empty page)."""
+    fake.set_partial_fills(fills, price_step="0.5")
+    async with BinanceClient(
+        KEY, SECRET, base_url=fake.base_url, clock=clock, trades_page_size=3
+    ) as paged:
+        state = await paged.place_order(market("many-1", qty=f"0.0{fills}"))
+        await paged.place_order(market("other-1", qty="0.02"))  # trades of another order
+        listed = await paged.get_fills("BTCUSDT", state.exchange_order_id)
+    assert listed == list(state.fills)
+    assert len({f.trade_id for f in listed}) == fills
+    assert sum(f.qty for f in listed) == state.executed_qty == D(f"0.0{fills}")
+    calls = fake.requests_to("GET", "/api/v3/myTrades")
+    assert len(calls) == pages
+    assert all(c.params["orderId"] == state.exchange_order_id for c in calls)
+    assert all(c.params["limit"] == "3" for c in calls)
+    first = int(state.fills[0].trade_id)
+    assert [c.params["fromId"] for c in calls] == [
+        "0",
+        *(str(first + 3 * i) for i in range(1, pages)),
+    ]
+
+
+@pytest.mark.anyio
+async def test_get_fills_of_more_than_1000_trades_at_binance_page_size(
+    fake: FakeBinance, client: BinanceClient
+) -> None:
+    """Without fromId Binance answers the *most recent* 1000: the oldest fill would be lost."""
+    fake.set_partial_fills(1001)
+    state = await client.place_order(market("big-1", qty="0.01001"))
+    listed = await client.get_fills("BTCUSDT", state.exchange_order_id)
+    assert [f.trade_id for f in listed] == [f.trade_id for f in state.fills]
+    assert len(listed) == 1001 and sum(f.qty for f in listed) == D("0.01001")
+    calls = fake.requests_to("GET", "/api/v3/myTrades")
+    assert [(c.params["fromId"], c.params["limit"]) for c in calls] == [
+        ("0", "1000"),
+        (str(int(state.fills[1000].trade_id)), "1000"),
+    ]
+
+
+def test_fake_my_trades_pages_like_binance(fake: FakeBinance) -> None:
+    """Without fromId the *most recent* trades (oldest first), the default limit is 500,
+    a larger limit than 1000 is served as 1000, a limit below 1 is refused."""
+    fake.set_partial_fills(1001)
+    fake.set_commission("0", "quote")
+    order, trades = fake.book.place(  # the matching engine alone: no HTTP needed
+        {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.01001"}
+    )
+    ids = [t.id for t in trades]
+    assert len(ids) == 1001 and ids == sorted(ids)
+
+    def page(**params: str) -> list[int]:
+        p = {"symbol": "BTCUSDT", "orderId": str(order.order_id), **params}
+        return [t["id"] for t in fake.book.my_trades(p)]
+
+    assert page() == ids[-500:]
+    assert page(limit="2") == ids[-2:]
+    assert page(limit="5000") == ids[-1000:]
+    assert page(fromId="0", limit="3") == ids[:3]
+    assert page(fromId=str(ids[3]), limit="2") == ids[3:5]
+    assert page(fromId=str(ids[-1] + 1)) == []
+    with pytest.raises(ApiError) as err:
+        page(limit="0")
+    assert err.value.code == -1130
+
+
+@pytest.mark.anyio
+async def test_trades_can_lag_the_order(fake: FakeBinance, client: BinanceClient) -> None:
+    fake.set_trades_lag(2)
+    state = await client.place_order(market("lag-1", qty="0.02"))
+    assert state.status == "FILLED" and len(state.fills) == 1
+    assert await client.get_fills("BTCUSDT", state.exchange_order_id) == []
+    assert await client.get_fills("BTCUSDT", state.exchange_order_id) == []
+    assert await client.get_fills("BTCUSDT", state.exchange_order_id) == list(state.fills)
+
+
+def test_trades_page_size_is_binance_range() -> None:
+    for bad in (0, 1001):
+        with pytest.raises(ValueError, match="trades_page_size"):
+            BinanceClient("k", "s", trades_page_size=bad)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("after", ["0.004", "0"])
+async def test_self_trade_prevention_expires_in_match(
+    fake: FakeBinance, client: BinanceClient, after: str
+) -> None:
+    fake.expire_in_match("BTCUSDT", after=after)
+    state = await client.place_order(market("stp-1", qty="0.01"))
+    assert state.status == "EXPIRED_IN_MATCH" and state.is_final
+    assert state.executed_qty == sum(f.qty for f in state.fills) == D(after)
+    again = await client.place_order(market("stp-2", qty="0.01"))  # armed once only
+    assert again.status == "FILLED"
+
+
+@pytest.mark.anyio
+async def test_cancel_race_can_target_one_order(fake: FakeBinance, client: BinanceClient) -> None:
+    stop = OrderRequest("BTCUSDT", "sell", "stop_loss", "sl-9", D("0.01"), stop_price=D("45000"))
+    take = OrderRequest("BTCUSDT", "sell", "take_profit", "tp-9", D("0.01"), stop_price=D("60000"))
+    await client.place_order(stop)
+    await client.place_order(take)
+    fake.faults.push(Fault.cancel_race("tp-9"))
+    assert (await client.cancel_order("BTCUSDT", "sl-9")).status == "CANCELED"
+    with pytest.raises(UnknownOrder):
+        await client.cancel_order("BTCUSDT", "tp-9")
+    state = await client.get_order("BTCUSDT", "tp-9")
+    assert state is not None and state.status == "FILLED"
+    assert state.average_price == D("60000")  # a stop touched this instant fills at its stop
+    assert len(fake.faults) == 0
 
 
 @pytest.mark.anyio

@@ -96,7 +96,7 @@ def test_anon_cannot_call_the_functions(conn: Conn) -> None:
     assert code == "42501"  # permission denied
 
 
-@pytest.mark.parametrize("status", ["created", "submitting", "closing", "closed", "failed"])
+@pytest.mark.parametrize("status", ["created", "closing", "closed", "failed"])
 def test_exit_of_a_position_that_is_not_open_is_refused(conn: Conn, status: str) -> None:
     owner = seed_owner(conn)
     if status == "failed":
@@ -109,6 +109,17 @@ def test_exit_of_a_position_that_is_not_open_is_refused(conn: Conn, status: str)
     code, message = refused(conn, "SELECT request_position_exit(%s)", pid)
     assert code == "PW012"
     assert f"is {status}" in message
+
+
+def test_only_a_full_exit_may_be_requested_while_the_entry_is_working(conn: Conn) -> None:
+    pid = open_position(conn, seed_owner(conn), status="submitting")
+    code, message = refused(conn, "SELECT request_position_exit(%s, 0.5)", pid)
+    assert code == "PW012"
+    assert "only a full exit" in message
+    conn.execute("SELECT request_position_exit(%s)", (pid,))
+    assert conn.execute(
+        "SELECT kind, quantity, status FROM position_requests WHERE position_id = %s", (pid,)
+    ).fetchall() == [("exit", None, "pending")]
 
 
 @pytest.mark.parametrize(

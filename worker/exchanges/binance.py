@@ -59,6 +59,7 @@ __all__ = [
 DEFAULT_BASE_URL: Final = "https://api.binance.com"
 TESTNET_BASE_URL: Final = "https://testnet.binance.vision"
 MAX_RECV_WINDOW_MS: Final = 60_000
+MAX_TRADES_PAGE: Final = 1_000  # myTrades serves at most this many trades per request
 _ORDER_TYPES: Final = {
     "market": "MARKET",
     "limit": "LIMIT",
@@ -116,9 +117,13 @@ class BinanceClient:
         gate: RateLimitGate | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         rules_ttl_s: float = 3_600.0,
+        trades_page_size: int = MAX_TRADES_PAGE,
     ) -> None:
         if not 0 < recv_window_ms <= MAX_RECV_WINDOW_MS:
             raise ValueError(f"recv_window_ms must be in 1..{MAX_RECV_WINDOW_MS}")
+        if not 0 < trades_page_size <= MAX_TRADES_PAGE:
+            raise ValueError(f"trades_page_size must be in 1..{MAX_TRADES_PAGE}")
+        self._trades_page_size = trades_page_size
         self._key, self._secret = Secret(api_key), Secret(api_secret)
         self._clock = clock
         self._recv_window_ms = recv_window_ms
@@ -159,10 +164,24 @@ class BinanceClient:
         return _parsed(order_state, await self._signed("DELETE", "/api/v3/order", params))
 
     async def get_fills(self, symbol: str, exchange_order_id: str) -> list[ExchangeFill]:
-        params = {"symbol": symbol, "orderId": exchange_order_id, "limit": "1000"}
-        trades = await self._signed("GET", "/api/v3/myTrades", params)
-        fills = [_parsed(trade_fill, t) for t in trades]
-        return sorted(fills, key=lambda f: (f.time_ms, int(f.trade_id)))
+        """Every trade of the order, page by page: ``symbol`` + ``orderId`` + ``fromId``
+        (trades with id >= fromId, oldest first; without fromId Binance would answer the
+        *most recent* ones), the next page from the last id + 1, until a short page."""
+        found: dict[str, ExchangeFill] = {}
+        from_id = 0
+        while True:
+            params = {
+                "symbol": symbol,
+                "orderId": exchange_order_id,
+                "fromId": str(from_id),
+                "limit": str(self._trades_page_size),
+            }
+            page = _parsed(_trade_page, await self._signed("GET", "/api/v3/myTrades", params))
+            found.update((f.trade_id, f) for f in page)
+            if len(page) < self._trades_page_size:
+                break
+            from_id = max(int(f.trade_id) for f in page) + 1
+        return sorted(found.values(), key=lambda f: (f.time_ms, int(f.trade_id)))
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
         cached = self._rules.get(symbol)
@@ -295,6 +314,12 @@ def order_state(data: Mapping[str, Any]) -> OrderState:
         fills=fills,
         raw=dict(data),
     )
+
+
+def _trade_page(body: Any) -> list[ExchangeFill]:
+    if not isinstance(body, list):
+        raise TypeError(f"myTrades answered {type(body).__name__}, not a list")
+    return [trade_fill(t) for t in body]
 
 
 def trade_fill(trade: Mapping[str, Any]) -> ExchangeFill:

@@ -45,6 +45,7 @@ from worker.execution.recorder import (
     Row,
     record,
     record_rejection,
+    set_order_status,
     set_position_status,
 )
 from worker.execution.rules import (
@@ -277,8 +278,13 @@ class Engine:
         self, conn: Conn, exchange: Exchange, position: Row, order: Row, state: OrderState
     ) -> None:
         fills = list(state.fills)
-        if not fills and state.executed_qty > 0 and state.exchange_order_id:
+        if _listed(fills) < state.executed_qty and state.exchange_order_id:
             fills = await exchange.get_fills(order["symbol"], state.exchange_order_id)
+        if _listed(fills) < state.executed_qty:  # the trade list lags the order: never
+            raise _LookLater(  # settle an order on fewer fills than it executed
+                f"order {order['client_order_id']}: {_listed(fills)} of "
+                f"{state.executed_qty} executed is listed in its trades so far"
+            )
         rules = await exchange.symbol_rules(order["symbol"])
         market = Market(rules.base_asset, rules.quote_asset)
         third = await self._third_prices(exchange, fills, market)
@@ -331,6 +337,11 @@ class Engine:
         if position["is_paper_trade"]:
             return  # the paper exchange watches its price feed (worker/execution/watcher.py)
         position.update(await self._position(conn, str(position["id"])))
+        pending = await self._rows(
+            conn, "exec_pending_requests_of_position", position_id=position["id"]
+        )
+        if any(r["kind"] == "exit" for r in pending):
+            return  # an exit is on its way: protection would only be cancelled again
         exchange = self.router.for_position(position)
         rules = await exchange.symbol_rules(position["symbol"])
         qty = round_quantity(rules, position["held_quantity"] or Decimal(0))
@@ -350,29 +361,57 @@ class Engine:
 
     async def cancel_protection(self, conn: Conn, position: Row) -> None:
         """Cancel resting stop-loss / take-profit orders; record one that filled meanwhile."""
-        resting = [
-            order
-            for order in await self._rows(
-                conn, "exec_orders_of_position", position_id=position["id"]
-            )
-            if order["purpose"] in PROTECTIVE and order["status"] not in FINAL_ORDER
-        ]
-        if not resting:
-            return
-        exchange = self.router.for_position(position)
-        for order in resting:
-            try:
-                state = await exchange.cancel_order(order["symbol"], order["client_order_id"])
-            except UnknownOrder:
-                found = await exchange.get_order(order["symbol"], order["client_order_id"])
-                if found is None:
-                    async with conn.transaction():
-                        from worker.execution.recorder import set_order_status
+        await self._cancel_working(conn, position, PROTECTIVE)
 
-                        await set_order_status(conn, order, "cancelled")
-                    continue
-                state = found
-            await self._record(conn, exchange, position, order, state)
+    async def cancel_entry(self, conn: Conn, position: Row) -> None:
+        """Cancel an entry still working (a resting limit order); what it filled is kept, so
+        the position opens with that (or fails when nothing filled)."""
+        await self._cancel_working(conn, position, ("entry",))
+
+    async def _cancel_working(self, conn: Conn, position: Row, purposes: tuple[str, ...]) -> None:
+        """Cancel the position's orders of ``purposes`` that are not final, one at a time and
+        re-read each time (recording one can settle another: a filled stop cancels its
+        sibling). A cancel answered "unknown order" may have raced a fill: the order is
+        looked up and what the exchange says is recorded, never the cancel assumed."""
+        tried: set[Any] = set()
+        while True:
+            rows = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
+            order = next(
+                (
+                    o
+                    for o in rows
+                    if o["purpose"] in purposes
+                    and o["status"] not in FINAL_ORDER
+                    and o["id"] not in tried
+                ),
+                None,
+            )
+            if order is None:
+                return
+            tried.add(order["id"])
+            exchange = self.router.for_position(position)
+            state = await self._cancelled_state(conn, exchange, position, order)
+            if state is not None:
+                await self._record(conn, exchange, position, order, state)
+
+    async def _cancelled_state(
+        self, conn: Conn, exchange: Exchange, position: Row, order: Row
+    ) -> OrderState | None:
+        """The order's state once cancelled, or None when it is settled without one."""
+        try:
+            return await exchange.cancel_order(order["symbol"], order["client_order_id"])
+        except UnknownOrder:
+            found = await exchange.get_order(order["symbol"], order["client_order_id"])
+        if found is not None:
+            return found
+        if order["purpose"] == "entry" and order["send_attempts"] > 0:
+            raise _LookLater(f"entry {order['client_order_id']} may still arrive: cancel it later")
+        async with conn.transaction():  # never reached the exchange: cancelled here
+            await set_order_status(conn, order, "cancelled")
+            if order["purpose"] == "entry" and position["status"] == "submitting":
+                reason = "entry cancelled before it was sent"
+                await set_position_status(conn, position, "failed", reason=reason)
+        return None
 
     # -- requests (exit, scale-in) ------------------------------------------------------------
     async def handle_request(self, position_id: str, request_id: str) -> None:
@@ -389,20 +428,19 @@ class Engine:
     async def _start_request(self, conn: Conn, request: Row) -> Row | None:
         position = await self._position(conn, str(request["position_id"]))
         if request["kind"] == "exit":
+            if position["status"] == "submitting":  # abandon the entry, sell what it bought
+                await self.cancel_entry(conn, position)
             await self.cancel_protection(conn, position)
             position = await self._position(conn, str(request["position_id"]))
+            if position["status"] == "failed":
+                error = "the entry ended with nothing filled: nothing to exit"
+                async with conn.transaction():
+                    await self._finish_request_row(conn, request, "done", error)
+                return None
         problem, quantity, purpose = await self._request_plan(position, request)
         async with conn.transaction():
             if problem is not None:
-                await conn.execute(
-                    q("exec_finish_request"),
-                    {
-                        "request_id": request["id"],
-                        "status": "rejected",
-                        "error": problem,
-                        "order_id": None,
-                    },
-                )
+                await self._finish_request_row(conn, request, "rejected", problem)
                 self.log.warning("request_rejected", request_id=str(request["id"]), error=problem)
                 return None
             side = (
@@ -423,6 +461,12 @@ class Engine:
             if purpose == "exit":
                 await set_position_status(conn, position, "closing", close_reason=request["reason"])
         return order
+
+    async def _finish_request_row(
+        self, conn: Conn, request: Row, status: str, error: str | None
+    ) -> None:
+        params = {"request_id": request["id"], "status": status, "error": error, "order_id": None}
+        await conn.execute(q("exec_finish_request"), params)
 
     async def _request_plan(self, position: Row, request: Row) -> tuple[str | None, Decimal, str]:
         if position["status"] not in ("open", "monitoring"):
@@ -454,4 +498,8 @@ class Engine:
 
 
 class _LookLater(ExchangeError):
-    """The order is not visible on the exchange yet: look again on the next pass."""
+    """The exchange does not show all of the order yet: look again on the next pass."""
+
+
+def _listed(fills: list[ExchangeFill]) -> Decimal:
+    return sum((f.qty for f in fills), Decimal(0))

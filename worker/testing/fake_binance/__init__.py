@@ -17,9 +17,12 @@ Usable from sync and async tests alike (it runs in its own thread). It checks th
 (-2015) and the HMAC signature (-1022) and the timestamp against its own clock (-1021), keeps
 orders with Binance's duplicate-id rule (``newClientOrderId`` unique only among *open*
 orders), applies symbol filters (-1013), fills market orders at the set price (optionally in
-several partial fills, or partly then EXPIRED with :meth:`set_liquidity`), rests limit,
-stop-loss and take-profit orders until :meth:`set_price` crosses them, and charges commission
-in the received asset, quote, base or BNB. Every request is recorded in :attr:`requests`.
+several partial fills, or partly then EXPIRED with :meth:`set_liquidity`, or EXPIRED_IN_MATCH
+by self-trade prevention with :meth:`expire_in_match`), rests limit, stop-loss and take-profit
+orders until :meth:`set_price` crosses them, and charges commission in the received asset,
+quote, base or BNB. ``myTrades`` pages like Binance's (``limit``, ``fromId``; the most recent
+trades without ``fromId``) and can lag the orders (:meth:`set_trades_lag`). Every request is
+recorded in :attr:`requests`.
 """
 
 from worker.testing.fake_binance.faults import Fault, FaultKind, FaultQueue

@@ -23,6 +23,7 @@ from worker.testing.fake_binance.orders import (
 )
 
 CommissionMode = Literal["received", "quote", "base", "BNB"]
+MAX_TRADES_LIMIT = 1000  # myTrades: larger limits are served as 1000
 
 
 def _triggered(side: str, kind: str, stop: Decimal, price: Decimal) -> bool:
@@ -58,6 +59,9 @@ class Book:
         self.commission_rate = Decimal("0.001")
         self.commission_mode: CommissionMode = "received"
         self.balances: dict[str, Decimal] | None = None
+        self.trades_lag = 0  # new trades stay out of myTrades for this many of its answers
+        self.unsettled: dict[int, int] = {}  # trade id -> myTrades answers still to miss it
+        self.in_match: dict[str, Decimal] = {}  # symbol -> fill this much, then STP expires
         self._order_ids = itertools.count(1001)
         self._trade_ids = itertools.count(5001)
 
@@ -85,13 +89,32 @@ class Book:
         return order
 
     def my_trades(self, p: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Binance's paging: at most ``limit`` (default 500, at most 1000) trades, oldest
+        first; with ``fromId`` those with id >= fromId, without it the most recent ones."""
         self.spec(p.get("symbol"))
-        rows = [t for t in self.trades if t.symbol == p["symbol"]]
+        limit = min(_int_param(p, "limit", 500), MAX_TRADES_LIMIT)
+        if limit < 1:
+            raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        rows = sorted(
+            (t for t in self.trades if t.symbol == p["symbol"] and t.id not in self.unsettled),
+            key=lambda t: t.id,
+        )
         if "orderId" in p:
             rows = [t for t in rows if str(t.order_id) == p["orderId"]]
         if "fromId" in p:
-            rows = [t for t in rows if t.id >= int(p["fromId"])]
-        return [t.my_trade_json() for t in rows[: int(p.get("limit", 500))]]
+            from_id = _int_param(p, "fromId", 0)
+            page = [t for t in rows if t.id >= from_id][:limit]
+        else:
+            page = rows[-limit:]
+        self._age_unsettled()
+        return [t.my_trade_json() for t in page]
+
+    def _age_unsettled(self) -> None:
+        """Each myTrades answer brings lagging trades one answer closer to being listed."""
+        for trade_id in list(self.unsettled):
+            self.unsettled[trade_id] -= 1
+            if self.unsettled[trade_id] <= 0:
+                del self.unsettled[trade_id]
 
     # -- placing -------------------------------------------------------------------------------
 
@@ -182,28 +205,49 @@ class Book:
                 return []
             order.triggered = True
         if order.price is None:  # market (or triggered stop-market): fill now, expire the rest
-            trades = self._execute(order, price, maker=False)
-            if order.remaining > 0:
-                order.status = "EXPIRED"
-            return trades
+            return self._take(order, price)
         if not _crosses(order.side, order.price, price):
             return []
         if placing:  # crosses the book at once: taker, at the market's (better) price
-            return self._execute(order, price, maker=False)
+            return self._take(order, price)
         return self._execute(order, order.price, maker=True)  # resting order hit at its limit
 
+    def _take(self, order: Order, price: Decimal) -> list[Trade]:
+        """Taker execution. Armed self-trade prevention (:attr:`in_match`) fills that much,
+        then the order meets the account's own resting order and expires EXPIRED_IN_MATCH;
+        a market order that runs out of liquidity ends EXPIRED."""
+        stp_after = self.in_match.pop(order.symbol, None)
+        trades = self._execute(order, price, maker=False, cap=stp_after)
+        if stp_after is not None and order.remaining > 0:
+            order.status = "EXPIRED_IN_MATCH"
+        elif order.price is None and order.remaining > 0:
+            order.status = "EXPIRED"
+        return trades
+
     def fill_now(self, order: Order) -> list[Trade]:
-        """Fill an open order completely at its limit (or the market) price: a cancel race."""
-        price = order.price or self.prices[order.symbol]
+        """Fill an open order completely, as if the market touched it this instant: a cancel
+        race. At its limit price; a stop-market not yet triggered at its stop price; else
+        at the market price."""
+        price = order.price
+        if price is None and order.stop_price is not None and not order.triggered:
+            price = order.stop_price
         order.triggered = True
-        return self._execute(order, price, maker=order.price is not None, unlimited=True)
+        return self._execute(
+            order, price or self.prices[order.symbol], maker=order.price is not None, unlimited=True
+        )
 
     def _execute(
-        self, order: Order, price: Decimal, *, maker: bool, unlimited: bool = False
+        self,
+        order: Order,
+        price: Decimal,
+        *,
+        maker: bool,
+        unlimited: bool = False,
+        cap: Decimal | None = None,
     ) -> list[Trade]:
         spec = self.specs[order.symbol]
-        cap = None if unlimited else self.liquidity.get(order.symbol)
-        qty = order.remaining if cap is None else min(order.remaining, cap)
+        liquidity = None if unlimited else self.liquidity.get(order.symbol)
+        qty = min(c for c in (order.remaining, liquidity, cap) if c is not None)
         trades = []
         for i, part in enumerate(_split(qty, self.partial_fills, spec.step)):
             step = self.fill_price_step * i
@@ -237,6 +281,8 @@ class Book:
         order.cum_quote += price * qty
         order.trades.append(trade)
         self.trades.append(trade)
+        if self.trades_lag > 0:
+            self.unsettled[trade.id] = self.trades_lag
         self._settle(spec, trade)
         return trade
 
@@ -270,6 +316,13 @@ def _split(qty: Decimal, parts: int, step: Decimal) -> list[Decimal]:
     piece = (qty / parts / step).to_integral_value(ROUND_DOWN) * step
     pieces = [piece] * (parts - 1) + [qty - piece * (parts - 1)]
     return [p for p in pieces if p > 0]
+
+
+def _int_param(p: Mapping[str, str], name: str, default: int) -> int:
+    try:
+        return int(p.get(name, default))
+    except ValueError:
+        raise ApiError(400, -1100, f"Illegal characters found in parameter '{name}'.") from None
 
 
 def _require(value: Decimal | None, name: str, required: bool) -> None:

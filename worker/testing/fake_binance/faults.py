@@ -1,7 +1,8 @@
 """Scripted faults for :class:`~worker.testing.fake_binance.FakeBinance`.
 
 ``fake.faults.push(Fault.drop_after_apply())`` arms one fault for the next request that
-matches its method and path (``None`` matches any); faults fire once each, in push order.
+matches its method and path (``None`` matches any) and, when it names one, its client order
+id (``origClientOrderId`` or ``newClientOrderId``); faults fire once each, in push order.
 Kinds that *apply* the request first (the order exists on the exchange) and then misbehave
 are the dangerous ones: the client must reconcile by client order id, never re-send blindly.
 
@@ -34,6 +35,7 @@ lookup.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -101,14 +103,20 @@ class Fault:
     lookups: int = 0  # applying kinds: GET order answers -2013 this many times first
     status: int = 503  # SERVER_ERROR
     msg: str | None = None  # overrides the Binance message of error kinds
+    client_order_id: str | None = None  # only a request about this order (None: any)
 
     @property
     def applies(self) -> bool:
         """Whether the request is carried out before the fault shows."""
         return self.kind in _APPLYING
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in (None, method) and self.path in (None, path)
+    def matches(self, method: str, path: str, params: Mapping[str, str] | None = None) -> bool:
+        if self.method not in (None, method) or self.path not in (None, path):
+            return False
+        if self.client_order_id is None:
+            return True
+        p = params or {}
+        return self.client_order_id in (p.get("origClientOrderId"), p.get("newClientOrderId"))
 
     def error_reply(self) -> tuple[int | None, Any]:
         """(HTTP status or None to drop the connection, body) of an error kind."""
@@ -176,8 +184,9 @@ class Fault:
         return cls(FaultKind.FILTER_FAILURE, msg=msg)
 
     @classmethod
-    def cancel_race(cls) -> Fault:
-        return cls(FaultKind.CANCEL_RACE, "DELETE", _ORDER)
+    def cancel_race(cls, client_order_id: str | None = None) -> Fault:
+        """The next cancel (of ``client_order_id``, or any) finds the order filling."""
+        return cls(FaultKind.CANCEL_RACE, "DELETE", _ORDER, client_order_id=client_order_id)
 
     @classmethod
     def hidden(cls, lookups: int) -> Fault:
@@ -195,10 +204,10 @@ class FaultQueue:
         with self._lock:
             self._items.extend(faults)
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, params: Mapping[str, str] | None = None) -> Fault | None:
         with self._lock:
             for i, fault in enumerate(self._items):
-                if fault.matches(method, path):
+                if fault.matches(method, path, params):
                     return self._items.pop(i)
         return None
 

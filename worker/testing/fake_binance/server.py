@@ -144,6 +144,19 @@ class FakeBinance:
         with self._lock:
             self.book.commission_rate, self.book.commission_mode = Decimal(rate), asset
 
+    def expire_in_match(self, symbol: str, after: Decimal | str = "0") -> None:
+        """Self-trade prevention, once: the next order that takes liquidity on ``symbol``
+        fills ``after`` (base quantity), then meets one of the account's own resting orders
+        and ends EXPIRED_IN_MATCH with the rest unfilled."""
+        with self._lock:
+            self.book.in_match[symbol] = Decimal(after)
+
+    def set_trades_lag(self, answers: int) -> None:
+        """Trades made from now on are missing from ``myTrades`` for its next ``answers``
+        answers (Binance serves myTrades from "Memory => Database": it can lag the order)."""
+        with self._lock:
+            self.book.trades_lag = answers
+
     def set_balances(self, balances: Mapping[str, Decimal | str] | None) -> None:
         """Enforce (and move) balances; None (the default) means unlimited funds."""
         with self._lock:
@@ -188,7 +201,7 @@ class FakeBinance:
             try:
                 reply = self._gate()
                 if reply is None:
-                    fault = self.faults.take(method, path)
+                    fault = self.faults.take(method, path, params)
                     reply = self._pre_fault(fault) if fault and not fault.applies else None
                 if reply is None:
                     reply = self._route(method, path, query, body, params, headers, fault)
