@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from worker.db.outbox import Batch, Outbox
 from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable
@@ -62,6 +63,7 @@ class Dispatcher:
         self.stopped = anyio.Event()
         self._rng = random.Random()
         self._kind_counters: dict[str, Any] = {}
+        self._drainers = 0
 
     def _processed_by_kind(self, kind: str) -> Any:
         counter = self._kind_counters.get(kind)
@@ -112,27 +114,38 @@ class Dispatcher:
     async def drain(self) -> None:
         """Handle batches until the outbox has nothing claimable.
 
-        ``concurrency`` drainers run at once: while one waits for PostgreSQL another
-        publishes to Redis. Per-position order still holds: a position whose events are
-        claimed by one drainer is busy for every other claim until they are settled.
+        One drainer starts; while claims come back full (a backlog), more join, up to
+        ``concurrency``, so that while one waits for PostgreSQL another publishes to Redis.
+        At a trickle only one claim is made per wake-up. Per-position order still holds:
+        a claim leaves alone any event whose predecessor another claim holds.
         """
+        self._drainers = 0
         async with anyio.create_task_group() as tg:
-            for _ in range(self.cfg.concurrency):
-                tg.start_soon(self._drain_one)
+            self._add_drainer(tg)
 
-    async def _drain_one(self) -> int:
-        total, pause = 0, 0.0
-        while not self._stopping:
-            async with self.outbox.claim(self.cfg.batch_size) as batch:
-                total += await self._process(batch)
-            if batch.retry_soon:  # a position's earlier event is held by another claim
-                pause = min(max(2 * pause, 0.005), self.cfg.poll_interval)
-                with anyio.move_on_after(pause):
-                    await self._wake.wait()
-                continue
-            if batch.claimed < self.cfg.batch_size:
-                break
-        return total
+    def _add_drainer(self, tg: TaskGroup) -> None:
+        self._drainers += 1
+        tg.start_soon(self._drain_one, tg)
+
+    async def _drain_one(self, tg: TaskGroup) -> None:
+        pause = 0.0
+        try:
+            while not self._stopping:
+                async with self.outbox.claim(self.cfg.batch_size) as batch:
+                    full = batch.claimed >= self.cfg.batch_size
+                    if full and self._drainers < self.cfg.concurrency:
+                        self._add_drainer(tg)  # claims the next batch while this one runs
+                    await self._process(batch)
+                if batch.retry_soon:  # a position's earlier event is held by another claim
+                    pause = min(max(2 * pause, 0.005), self.cfg.poll_interval)
+                    with anyio.move_on_after(pause):
+                        await self._wake.wait()
+                    continue
+                pause = 0.0
+                if not full:
+                    break
+        finally:
+            self._drainers -= 1
 
     async def _process(self, batch: Batch) -> int:
         events = await self._parse(batch)
