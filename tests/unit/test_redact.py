@@ -7,14 +7,19 @@ import json
 import logging
 import string
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import pytest
 import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+import worker.logs
+from worker.events import Event
 from worker.logs import configure_logging, get_logger
+from worker.pipeline.handlers.audit_log import make_audit_log
 from worker.redact import mask_secrets
 
 
@@ -183,3 +188,36 @@ def test_level_filters_lines(log_output: io.StringIO) -> None:
     log.debug("hidden")
     log.info("shown")
     assert [line["event"] for line in _lines(log_output)] == ["shown"]
+
+
+def test_audit_lines_written_directly_match_structlog_and_are_masked(
+    log_output: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit handler bypasses structlog's chain for speed: same keys, same masking."""
+    log = get_logger("worker").bind(worker="w1")
+    event = Event(
+        event_id=7,
+        kind="position",
+        position_id="p-1",
+        user_id="u-1",
+        symbol="BTCUSDT",
+        occurred_at=datetime(2026, 11, 29, 12, 0, tzinfo=UTC),
+        old_status="closing",
+        new_status="failed",
+        data={"failure_reason": "proxy http://bot:hunter2@proxy:3128 refused", "side": "long"},
+    )
+    audit_log = make_audit_log(log)
+    anyio.run(audit_log, event)  # written directly
+    monkeypatch.setattr(worker.logs, "_direct", None)
+    anyio.run(audit_log, event)  # through structlog's processor chain
+    direct, via_structlog = _lines(log_output)
+    assert "hunter2" not in log_output.getvalue()
+    assert direct["failure_reason"] == "proxy http://bot:***@proxy:3128 refused"
+    assert direct.keys() == via_structlog.keys()
+    assert {k: v for k, v in direct.items() if k != "timestamp"} == {
+        k: v for k, v in via_structlog.items() if k != "timestamp"
+    }
+    assert direct["event"] == "position_transitioned"
+    assert (direct["event_id"], direct["worker"], direct["logger"]) == (7, "w1", "worker")
+    assert direct["occurred_at"] == "2026-11-29T12:00:00+00:00"
+    assert direct["timestamp"].endswith("Z")
