@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -18,10 +19,12 @@ from tests.support import Owner, insert_position, seed_owner
 from worker.app import App
 from worker.exchanges.binance import BinanceClient
 from worker.execution.exchanges import ExchangeRouter
+from worker.execution.rules import order_status_for
 from worker.settings import ExecutionSettings, Settings
 from worker.testing.fake_binance import FakeBinance
 
 KEY, SECRET = "test-key", "test-secret"
+ORDER = "/api/v3/order"
 
 
 def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
@@ -81,3 +84,41 @@ async def call_off_loop(db_url: str, sql: str, *args: Any) -> Any:
     holds (``request_position_exit`` locks the position): waiting on the event loop's own
     thread would stop the worker from ever committing, and both would wait forever."""
     return await anyio.to_thread.run_sync(lambda: call(db_url, sql, *args))
+
+
+def trades(db_url: str, pid: uuid.UUID) -> list[dict[str, Any]]:
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM trades WHERE position_id = %s ORDER BY executed_at, id", (pid,)
+        ).fetchall()
+
+
+def posts_by_client_id(fake: FakeBinance) -> Counter[str]:
+    """How many times each client order id was POSTed to the fake (whatever the answer)."""
+    return Counter(r.params.get("newClientOrderId", "") for r in fake.requests_to("POST", ORDER))
+
+
+def assert_matches_exchange(db_url: str, fake: FakeBinance, pid: uuid.UUID) -> None:
+    """The database agrees with the (fake) exchange about one live position: exactly one
+    exchange order per order row (one POST per client order id, none without a row), the
+    same status, and every exchange fill recorded exactly once."""
+    rows = orders(db_url, pid)
+    prefix = rows[0]["client_order_id"].rsplit("-", 1)[0] + "-"
+    posted = {k: n for k, n in posts_by_client_id(fake).items() if k.startswith(prefix)}
+    assert posted == {o["client_order_id"]: 1 for o in rows}, "one exchange order per intent"
+    fills = trades(db_url, pid)
+    for order in rows:
+        [snapshot] = fake.orders(order["client_order_id"])
+        want = order_status_for(snapshot["status"], Decimal(snapshot["executedQty"]))
+        assert order["status"] == want, (order["purpose"], order["status"], snapshot["status"])
+        on_exchange = sorted(
+            str(t["id"]) for t in fake.trades() if t["orderId"] == snapshot["orderId"]
+        )
+        recorded = sorted(t["binance_trade_id"] for t in fills if t["order_id"] == order["id"])
+        assert recorded == on_exchange, f"{order['purpose']}: fills recorded exactly once"
+    assert len(fills) == len({(t["order_id"], t["binance_trade_id"]) for t in fills})
+
+
+def resting(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Orders still working on the exchange, by our records."""
+    return [o for o in rows if o["status"] in ("created", "submitted", "partially_filled")]

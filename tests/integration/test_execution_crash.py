@@ -1,40 +1,80 @@
 """kill -9 of a real worker process in the middle of the execution flow, then restart:
-the database converges to the exchange, with exactly one exchange order per intent."""
+the database converges to the exchange, with exactly one exchange order per intent.
+
+The kills are deterministic: a worker started with ``POSITION_WORKER_CRASH_AT=<point>``
+SIGKILLs itself when it reaches that named step (``worker/testing/crashpoints.py``). A
+second worker, without the crash point, must then bring every position to the state and
+figures computed by hand below (BTCUSDT, 0.1 % commission in USDT):
+
+* opened: buy 0.5 @ 100, fee 0.05: entry cost 50.05;
+* closed at 120: sell 0.5, fee 0.06: realized 60 - 0.06 - 50.05 = 9.89 (19.7602 %);
+* stop-loss 90 hit at 85: sell 0.5, fee 0.0425: realized 42.5 - 0.0425 - 50.05 = -7.5925
+  (-15.1698 %);
+* scale-in 0.5 @ 110, fee 0.055: entry price 105, entry cost 105.105, held 1;
+* partial exit 0.2 @ 120, fee 0.024: realized 24 - 0.024 - 0.2 x 100.1 = 3.956 (7.9041 %),
+  held 0.3.
+"""
 
 from __future__ import annotations
 
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from tests.execution_support import (
     KEY,
+    ORDER,
     SECRET,
+    assert_matches_exchange,
     call,
     new_position,
     orders,
     position,
+    posts_by_client_id,
+    resting,
+    trades,
     wait_held,
     wait_status,
 )
-from tests.pipeline_support import worker_env
+from tests.pipeline_support import eventually, worker_env
 from tests.test_helpers_sync import wait_until
+from worker.testing.crashpoints import ENV as CRASH_AT
 from worker.testing.fake_binance import FakeBinance, Fault
 from worker.testing.processes import WorkerProcess
 
 pytestmark = pytest.mark.anyio
 D = Decimal
-ORDER = "/api/v3/order"
+PROTECTIVE = ("stop_loss", "take_profit")
+LIVE: dict[str, Any] = {
+    "quantity": D("0.5"),
+    "is_paper_trade": False,
+    "stop_loss_price": D("90"),
+    "take_profit_price": D("130"),
+}
+PAPER: dict[str, Any] = {"quantity": D("0.5"), "is_paper_trade": True}
 
 
-def live_env(db_url: str, redis_url: str, fake: FakeBinance) -> dict[str, str]:
+def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) -> dict[str, str]:
+    """Fast reconciliation, and 1 s leases so that the events a killed worker had claimed
+    are taken over quickly; Binance is the fake; paper prices are the fake's ticker too
+    (paper feed ``binance``), without slippage, so paper figures equal live ones."""
     return {
-        **worker_env(db_url, redis_url),
+        **worker_env(db_url, redis_url, **{"lease_seconds": 1.0, **pipeline}),
         "POSITION_WORKER__EXECUTION__ENABLED": "true",
         "POSITION_WORKER__EXECUTION__RECONCILE_INTERVAL": "0.2",
         "POSITION_WORKER__EXECUTION__RECONCILE_GRACE_SECONDS": "0.5",
         "POSITION_WORKER__BINANCE__BASE_URL": fake.base_url,
+        "POSITION_WORKER__PAPER__FEED": "binance",
+        "POSITION_WORKER__PAPER__SLIPPAGE_BPS": "0",
+        "POSITION_WORKER__PAPER__TAKER_FEE": "0.001",
+        "POSITION_WORKER__PAPER__FEE_ASSET": "quote",
         "BINANCE_API_KEY": KEY,
         "BINANCE_API_SECRET": SECRET,
     }
@@ -79,3 +119,324 @@ async def test_kill_9_while_an_order_is_in_flight_converges_to_one_exchange_orde
     if step == "exit":
         closed = position(db_url, pid)
         assert closed["realized_pnl"] == D("9.89")  # 0.5*(120-100) - 0.05 - 0.06
+
+
+# -- a kill at every named step, then a restart ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a flow must end: status, the figures, and the protection left resting."""
+
+    status: str
+    figures: dict[str, Any]
+    protected: Decimal | None = None  # quantity of the resting stop-loss and take-profit
+
+
+OPENED = {
+    "entry_price": D("100"),
+    "entry_quantity": D("0.5"),
+    "entry_value": D("50"),
+    "entry_cost": D("50.05"),
+    "fees_paid": D("0.05"),
+    "held_quantity": D("0.5"),
+    "realized_pnl": None,
+}
+OUTCOMES = {
+    "entry": Outcome("monitoring", OPENED, protected=D("0.5")),
+    "exit": Outcome(
+        "closed",
+        {
+            **OPENED,
+            "exit_price": D("120"),
+            "exit_quantity": D("0.5"),
+            "exit_value": D("60"),
+            "fees_paid": D("0.11"),
+            "held_quantity": D("0"),
+            "realized_pnl": D("9.89"),
+            "realized_pnl_percent": D("19.7602"),
+            "close_reason": "user",
+        },
+    ),
+    "stop": Outcome(
+        "closed",
+        {
+            **OPENED,
+            "exit_price": D("85"),
+            "exit_quantity": D("0.5"),
+            "exit_value": D("42.5"),
+            "fees_paid": D("0.0925"),
+            "held_quantity": D("0"),
+            "realized_pnl": D("-7.5925"),
+            "realized_pnl_percent": D("-15.1698"),
+            "close_reason": "stop_loss",
+        },
+    ),
+    "scale_in": Outcome(
+        "monitoring",
+        {
+            "entry_price": D("105"),
+            "entry_quantity": D("1"),
+            "entry_value": D("105"),
+            "entry_cost": D("105.105"),
+            "fees_paid": D("0.105"),
+            "held_quantity": D("1"),
+            "realized_pnl": None,
+        },
+        protected=D("1"),
+    ),
+    "scale_out": Outcome(
+        "monitoring",
+        {
+            **OPENED,
+            "exit_price": D("120"),
+            "exit_quantity": D("0.2"),
+            "exit_value": D("24"),
+            "fees_paid": D("0.074"),
+            "held_quantity": D("0.3"),
+            "realized_pnl": D("3.956"),
+            "realized_pnl_percent": D("7.9041"),
+        },
+        protected=D("0.3"),
+    ),
+}
+
+# (crash point, flow that reaches it). Flows: entry (just open), exit (open, then exit at
+# 120), stop (open, then the price falls through the stop-loss), scale_in (open, then buy
+# 0.5 more at 110), scale_out (open, then sell 0.2 at 120).
+LIVE_POINTS = [
+    ("entry.committed", "entry"),  # intent committed, nothing sent
+    ("entry.sent", "entry"),  # the exchange filled it, nothing recorded
+    ("entry.recording", "entry"),  # the recording transaction dies half-written
+    ("entry.settled", "entry"),  # position open, no stop-loss / take-profit placed yet
+    ("stop_loss.sent", "entry"),  # stop-loss resting on the exchange, not recorded
+    ("take_profit.sent", "entry"),  # take-profit resting on the exchange, not recorded
+    ("stop_loss.settled", "stop"),  # closed by the stop, take-profit still resting
+    ("exit.protection_cancelled", "exit"),  # protection gone, exit not recorded yet
+    ("exit.committed", "exit"),
+    ("exit.sent", "exit"),
+    ("exit.recording", "exit"),
+    ("scale_in.committed", "scale_in"),
+    ("scale_in.sent", "scale_in"),
+    ("scale_in.settled", "scale_in"),  # held 1, protection still sized for 0.5
+    ("scale_out.committed", "scale_out"),
+    ("scale_out.sent", "scale_out"),
+    ("scale_out.settled", "scale_out"),  # held 0.3, protection cancelled, not re-placed
+]
+PAPER_POINTS = [
+    ("entry.committed", "entry"),
+    ("entry.sent", "entry"),  # the simulated fill dies with the process
+    ("exit.committed", "exit"),
+    ("exit.sent", "exit"),
+]
+
+
+async def _act(db_url: str, fake: FakeBinance, pid: uuid.UUID, flow: str, paper: bool) -> None:
+    """Take the flow's step after the entry (the entry itself needs nothing)."""
+    if flow == "entry":
+        return
+    await _wait_protected(db_url, pid, paper)
+    if flow == "stop":
+        fake.set_price("BTCUSDT", "85")
+    elif flow == "exit":
+        fake.set_price("BTCUSDT", "120")
+        call(db_url, "SELECT request_position_exit(%s)", pid)
+    elif flow == "scale_in":
+        fake.set_price("BTCUSDT", "110")
+        call(db_url, "SELECT request_position_scale_in(%s, 0.5)", pid)
+    elif flow == "scale_out":
+        fake.set_price("BTCUSDT", "120")
+        call(db_url, "SELECT request_position_exit(%s, 0.2)", pid)
+
+
+async def _wait_protected(db_url: str, pid: uuid.UUID, paper: bool) -> None:
+    def ready() -> bool:
+        placed = sorted((o["purpose"], o["status"]) for o in resting(orders(db_url, pid)))
+        expected = [] if paper else [("stop_loss", "submitted"), ("take_profit", "submitted")]
+        return position(db_url, pid)["status"] == "monitoring" and placed == expected
+
+    await eventually(ready, timeout=20)
+
+
+def _converged(db_url: str, fake: FakeBinance, pid: uuid.UUID, want: Outcome, paper: bool) -> bool:
+    """Final status and holding reached, every order settled or (protection) resting as
+    the exchange says, nothing resting that should not."""
+    p = position(db_url, pid)
+    if p["status"] != want.status or p["held_quantity"] != want.figures["held_quantity"]:
+        return False
+    rows = orders(db_url, pid)
+    working = resting(rows)
+    if any(o["status"] == "created" or o["purpose"] not in PROTECTIVE for o in working):
+        return False
+    protection = sorted((o["purpose"], o["quantity"]) for o in working)
+    if paper or want.protected is None:  # paper: the watcher enforces stops, nothing rests
+        expected: list[tuple[str, Decimal]] = []
+    else:
+        expected = [("stop_loss", want.protected), ("take_profit", want.protected)]
+    if protection != expected:
+        return False
+    if paper:
+        return True
+    exchange_open = {o["clientOrderId"] for o in fake.orders() if o["status"] == "NEW"}
+    ours = {o["client_order_id"] for o in rows}
+    return exchange_open & ours == {o["client_order_id"] for o in working}
+
+
+async def _converge(
+    db_url: str,
+    fake: FakeBinance,
+    pids: dict[uuid.UUID, bool],
+    flow: str,
+    *workers: WorkerProcess,
+) -> None:
+    """Wait until every position (-> is paper) ended its flow; on timeout, fail with what
+    they and the workers' last log lines look like."""
+    try:
+        await eventually(lambda: _all(db_url, fake, pids, flow), timeout=20)
+    except TimeoutError:
+        pytest.fail(_describe(db_url, fake, list(pids), workers), pytrace=False)
+
+
+def _describe(
+    db_url: str, fake: FakeBinance, pids: list[uuid.UUID], workers: tuple[WorkerProcess, ...]
+) -> str:
+    lines = ["did not converge:"]
+    for pid in pids:
+        p = position(db_url, pid)
+        lines.append(f"position {pid}: {p['status']} held {p['held_quantity']}")
+        for o in orders(db_url, pid):
+            on_exchange = [f["status"] for f in fake.orders(o["client_order_id"])]
+            lines.append(
+                f"  {o['client_order_id']} {o['purpose']} {o['status']} qty {o['quantity']}"
+                f" sends {o['send_attempts']} misses {o['missing_lookups']} fake {on_exchange}"
+            )
+    for worker in workers:
+        lines += ["worker log tail:", *(line.rstrip()[:300] for line in worker.lines[-15:])]
+    return "\n".join(lines)
+
+
+def _assert_figures(db_url: str, pid: uuid.UUID, want: Outcome) -> None:
+    p = position(db_url, pid)
+    got = {key: p[key] for key in want.figures}
+    assert got == want.figures
+
+
+async def _crash_then_restart(
+    env: dict[str, str], tmp_path: Path, point: str, before_crash: Callable[[], Awaitable[None]]
+) -> WorkerProcess:
+    """Run a worker armed with ``point`` until it SIGKILLs itself there; start a clean one."""
+    first = WorkerProcess({**env, CRASH_AT: point}, tmp_path / "first.log").start()
+    try:
+        await before_crash()
+        code = first.wait(20)
+    finally:
+        first.kill()
+    assert code == -signal.SIGKILL, f"worker exited with {code}, not killed at {point}"
+    assert first.logged("crash_point_reached") == 1
+    assert any(f'"point": "{point}"' in line for line in first.lines)
+    return WorkerProcess(env, tmp_path / "second.log").start()
+
+
+@pytest.mark.parametrize(
+    ("paper", "point", "flow"),
+    [(False, *p) for p in LIVE_POINTS] + [(True, *p) for p in PAPER_POINTS],
+    ids=[f"live-{p}" for p, _ in LIVE_POINTS] + [f"paper-{p}" for p, _ in PAPER_POINTS],
+)
+async def test_kill_9_at_each_step_then_restart_converges(
+    db_url: str,
+    redis_url: str,
+    fake: FakeBinance,
+    tmp_path: Path,
+    paper: bool,
+    point: str,
+    flow: str,
+) -> None:
+    _, pid = new_position(db_url, **(PAPER if paper else LIVE))
+    want = OUTCOMES[flow]
+    env = live_env(db_url, redis_url, fake)
+    second = await _crash_then_restart(
+        env, tmp_path, point, lambda: _act(db_url, fake, pid, flow, paper)
+    )
+    try:
+        await _converge(db_url, fake, {pid: paper}, flow, second)
+    finally:
+        second.kill()
+    _assert_figures(db_url, pid, want)
+    if paper:
+        _assert_paper_fills(db_url, fake, pid, point)
+    else:
+        assert_matches_exchange(db_url, fake, pid)
+
+
+def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str) -> None:
+    """Paper orders never reach the fake; each fills exactly once in our records. The paper
+    exchange lives in the worker's memory: an order sent by the killed worker died with it,
+    so the restarted worker found it missing and sent it again (``send_attempts`` 2)."""
+    rows = orders(db_url, pid)
+    assert not set(posts_by_client_id(fake)) & {o["client_order_id"] for o in rows}
+    fills = trades(db_url, pid)
+    assert sorted(t["order_id"] for t in fills) == sorted(o["id"] for o in rows)
+    for order in rows:
+        assert order["status"] == "filled"
+        assert order["filled_quantity"] == order["quantity"]
+        crashed_here = point == f"{order['purpose']}.sent"
+        assert order["send_attempts"] == (2 if crashed_here else 1), order["purpose"]
+
+
+# -- three workers on one database, one of them killed between send and record ---------------
+
+
+async def test_three_workers_one_killed_between_send_and_record_every_position_converges(
+    db_url: str, redis_url: str, fake: FakeBinance, tmp_path: Path
+) -> None:
+    """Three worker processes drive live and paper positions at once; the one armed with
+    ``entry.sent`` dies -9 the first time it has sent an entry and not recorded it, while
+    the other two keep running. Positions come in waves of six (four live, two paper)
+    until it has died (the pipeline spreads events one at a time over the three, so the
+    first wave almost always reaches it). Every position then opens with its protection,
+    and closes on an exit requested for all of them, with one exchange order per intent."""
+    env = live_env(db_url, redis_url, fake, batch_size=1)
+    armed = WorkerProcess({**env, CRASH_AT: "entry.sent"}, tmp_path / "armed.log")
+    others = [WorkerProcess(env, tmp_path / f"worker{i}.log") for i in (1, 2)]
+    fleet = [armed, *others]
+    pids: dict[uuid.UUID, bool] = {}  # position -> is paper
+    try:
+        async with anyio.create_task_group() as tg:
+            for worker in fleet:
+                tg.start_soon(anyio.to_thread.run_sync, worker.start)
+        for _ in range(6):
+            for paper in (False, False, False, False, True, True):
+                pids[new_position(db_url, **(PAPER if paper else LIVE))[1]] = paper
+            await eventually(
+                lambda: armed.process.poll() is not None or _all(db_url, fake, pids, "entry"),
+                timeout=30,
+            )
+            if armed.process.poll() is not None:
+                break
+        assert armed.wait(5) == -signal.SIGKILL
+        assert any('"point": "entry.sent"' in line for line in armed.lines)
+        assert all(w.process.poll() is None for w in others), "the other two keep running"
+        await _converge(db_url, fake, pids, "entry", *others)
+        fake.set_price("BTCUSDT", "120")
+        for pid in pids:
+            call(db_url, "SELECT request_position_exit(%s)", pid)
+        await _converge(db_url, fake, pids, "exit", *others)
+        assert all(w.process.poll() is None for w in others)
+    finally:
+        for worker in fleet:
+            worker.kill()
+    for pid, paper in pids.items():
+        _assert_figures(db_url, pid, OUTCOMES["exit"])
+        if not paper:
+            assert_matches_exchange(db_url, fake, pid)
+            continue
+        fills = trades(db_url, pid)
+        rows = orders(db_url, pid)
+        assert sorted(t["order_id"] for t in fills) == sorted(o["id"] for o in rows)
+        assert all(o["status"] == "filled" and o["send_attempts"] in (1, 2) for o in rows)
+    assert set(posts_by_client_id(fake).values()) == {1}
+    assert not [o for o in fake.orders() if o["status"] in ("NEW", "PARTIALLY_FILLED")]
+
+
+def _all(db_url: str, fake: FakeBinance, pids: dict[uuid.UUID, bool], flow: str) -> bool:
+    return all(_converged(db_url, fake, pid, OUTCOMES[flow], paper) for pid, paper in pids.items())

@@ -147,3 +147,31 @@ WHERE is_paper_trade AND status IN ('open', 'monitoring') AND held_quantity > 0
 
 -- name: exec_request_exit
 SELECT request_position_exit(%(position_id)s, NULL, %(reason)s)
+
+-- name: exec_unprotected_positions
+-- Live positions held without a stop-loss / take-profit they ask for: no order of that kind
+-- made since the latest entry, scale or exit order (the worker stopped between changing the
+-- holding and protecting it). Nothing else in flight: no order working, no request pending;
+-- the holding settled at least `grace` ago (not the position's updated_at: recording a
+-- resting stop's lookup rewrites the figures on every pass). The engine decides again under
+-- the position's lock (rules.protection_plan).
+SELECT p.id FROM positions p
+CROSS JOIN LATERAL (
+    SELECT max(o.created_at) AS made, max(o.updated_at) AS settled FROM orders o
+    WHERE o.position_id = p.id AND o.purpose IN ('entry', 'scale_in', 'scale_out', 'exit')
+) AS changed
+WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_quantity > 0
+  AND (p.stop_loss_price IS NOT NULL OR p.take_profit_price IS NOT NULL)
+  AND changed.settled < now() - make_interval(secs => %(grace)s)
+  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+                  AND o.purpose NOT IN ('stop_loss', 'take_profit')
+                  AND o.status IN ('created', 'submitted', 'partially_filled'))
+  AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = p.id
+                  AND r.status = 'pending')
+  AND ((p.stop_loss_price IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+                        AND o.purpose = 'stop_loss' AND o.created_at > changed.made))
+    OR (p.take_profit_price IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+                        AND o.purpose = 'take_profit' AND o.created_at > changed.made)))
+LIMIT 200

@@ -14,6 +14,12 @@ Rules that make it crash-safe and replica-safe:
   the reconciler looks it up later. Only a definitive rejection marks it failed.
 * **The database decides.** Fills are recorded with the position's figures refolded from all
   of its fills; the triggers turn every change into events for the pipeline.
+* **Protection follows the holding.** Stop-loss / take-profit orders are placed after every
+  change of the holding; a crash in between is repaired by the watcher
+  (:meth:`Engine.restore_protection`).
+
+``crashpoint("<purpose>.<step>")`` calls mark each step for the kill -9 tests
+(``worker/testing/crashpoints.py``); they do nothing unless ``POSITION_WORKER_CRASH_AT`` is set.
 """
 
 from __future__ import annotations
@@ -49,14 +55,15 @@ from worker.execution.recorder import (
     set_position_status,
 )
 from worker.execution.rules import (
+    FINAL_ORDER,
+    PROTECTIVE,
     client_order_id,
     entry_problem,
     entry_side,
     exit_side,
+    protection_plan,
 )
-
-FINAL_ORDER = ("filled", "cancelled", "failed")
-PROTECTIVE = ("stop_loss", "take_profit")
+from worker.testing.crashpoints import crashpoint
 
 
 class PositionBusy(WorkerError):
@@ -221,6 +228,7 @@ class Engine:
             state = await self._current_state(conn, exchange, order)
             if state is None and order["status"] == "created":
                 state = await self._send(conn, position, order, exchange)
+                crashpoint(f"{order['purpose']}.sent")
         except OrderRejected as exc:
             async with conn.transaction():
                 await record_rejection(conn, position, order, exc.code, exc.msg)
@@ -252,6 +260,7 @@ class Engine:
         raise _LookLater(f"order {order['client_order_id']} not visible yet ({misses} lookups)")
 
     async def _send(self, conn: Conn, position: Row, order: Row, exchange: Exchange) -> OrderState:
+        crashpoint(f"{order['purpose']}.committed")
         await conn.execute(q("exec_bump_send"), {"order_id": order["id"]})
         request = OrderRequest(
             symbol=order["symbol"],
@@ -324,6 +333,7 @@ class Engine:
         is no longer needed (nothing left resting after a close)."""
         if order_status not in FINAL_ORDER:
             return
+        crashpoint(f"{order['purpose']}.settled")
         if position["status"] in ("closed", "failed"):
             await self.cancel_protection(conn, position)
         elif position_status == "open" and order["purpose"] == "entry":
@@ -334,6 +344,9 @@ class Engine:
 
     # -- protection (exchange-side stop-loss / take-profit; paper: see watcher) -----------
     async def protect(self, conn: Conn, position: Row) -> None:
+        """Place the stop-loss / take-profit the position asks for and has not been given
+        since its holding last changed: calling it again after a crash places only what is
+        missing (``rules.protection_plan``)."""
         if position["is_paper_trade"]:
             return  # the paper exchange watches its price feed (worker/execution/watcher.py)
         position.update(await self._position(conn, str(position["id"])))
@@ -347,17 +360,45 @@ class Engine:
         qty = round_quantity(rules, position["held_quantity"] or Decimal(0))
         if qty <= 0:
             return
-        for purpose, stop in (
-            ("stop_loss", position["stop_loss_price"]),
-            ("take_profit", position["take_profit_price"]),
-        ):
-            if stop is None:
-                continue
+        orders = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
+        _, missing = protection_plan(
+            orders, position["stop_loss_price"], position["take_profit_price"]
+        )
+        for purpose in missing:
+            stop = position[f"{purpose}_price"]
             async with conn.transaction():
                 order = await self._new_order(
                     conn, position, purpose, exit_side(position["side"]), purpose, qty, stop=stop
                 )
             await self.drive(conn, position, order)
+
+    async def restore_protection(self, position_id: str) -> None:
+        """A live position held without the protection it asks for: the worker stopped
+        between changing the holding (entry, scale, partial or refused exit) and placing its
+        stop-loss / take-profit. Cancel what still rests for the earlier holding, place what
+        is missing. Left alone while any other order of the position is in flight."""
+        async with self.locked(position_id) as conn:
+            position = await self._position(conn, position_id)
+            orders = await self._rows(conn, "exec_orders_of_position", position_id=position_id)
+            busy = any(
+                o["status"] not in FINAL_ORDER and o["purpose"] not in PROTECTIVE for o in orders
+            )
+            if (
+                busy
+                or position["is_paper_trade"]
+                or position["status"] not in ("open", "monitoring")
+            ):
+                return
+            stale, missing = protection_plan(
+                orders, position["stop_loss_price"], position["take_profit_price"]
+            )
+            if not missing:
+                return
+            self.log.warning(
+                "protection_restoring", position_id=position_id, stale=len(stale), missing=missing
+            )
+            await self._cancel(conn, position, [dict(o) for o in stale])
+            await self.protect(conn, position)
 
     async def cancel_protection(self, conn: Conn, position: Row) -> None:
         """Cancel resting stop-loss / take-profit orders; record one that filled meanwhile."""
@@ -368,7 +409,17 @@ class Engine:
         the position opens with that (or fails when nothing filled)."""
         await self._cancel_working(conn, position, ("entry",))
 
-    async def _cancel_working(self, conn: Conn, position: Row, purposes: tuple[str, ...]) -> None:
+    async def _cancel(self, conn: Conn, position: Row, stale: list[Row]) -> None:
+        """Cancel these protective orders (left from an earlier holding)."""
+        await self._cancel_working(conn, position, PROTECTIVE, only={o["id"] for o in stale})
+
+    async def _cancel_working(
+        self,
+        conn: Conn,
+        position: Row,
+        purposes: tuple[str, ...],
+        only: set[Any] | None = None,
+    ) -> None:
         """Cancel the position's orders of ``purposes`` that are not final, one at a time and
         re-read each time (recording one can settle another: a filled stop cancels its
         sibling). A cancel answered "unknown order" may have raced a fill: the order is
@@ -383,6 +434,7 @@ class Engine:
                     if o["purpose"] in purposes
                     and o["status"] not in FINAL_ORDER
                     and o["id"] not in tried
+                    and (only is None or o["id"] in only)
                 ),
                 None,
             )
@@ -431,6 +483,7 @@ class Engine:
             if position["status"] == "submitting":  # abandon the entry, sell what it bought
                 await self.cancel_entry(conn, position)
             await self.cancel_protection(conn, position)
+            crashpoint("exit.protection_cancelled")
             position = await self._position(conn, str(request["position_id"]))
             if position["status"] == "failed":
                 error = "the entry ended with nothing filled: nothing to exit"

@@ -27,6 +27,7 @@ from worker.accounting import (
 from worker.db.queries import q
 from worker.exchanges.base import ExchangeFill, OrderState
 from worker.execution.rules import order_path, order_status_for, position_path, position_target
+from worker.testing.crashpoints import crashpoint
 
 Row = dict[str, Any]
 
@@ -95,6 +96,7 @@ async def record(
         await _insert_trade(conn, position, order, fill, market, third_prices)
     await _update_order_totals(conn, order, state, target)  # before: events carry the totals
     await set_order_status(conn, order, target)
+    crashpoint(f"{order['purpose']}.recording")  # test hook: a kill here rolls all of it back
     figures = await refold(conn, position, market)
     flat = figures.held_quantity == 0 or _dust(figures)
     goal = position_target(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from worker.lifecycle import ORDER_TRANSITIONS, POSITION_TRANSITIONS
 
@@ -20,6 +21,9 @@ _CODES: Final = {
     "take_profit": "t",
 }
 FINAL_EXCHANGE = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
+FINAL_ORDER: Final = ("filled", "cancelled", "failed")
+PROTECTIVE: Final = ("stop_loss", "take_profit")
+HOLDING: Final = ("entry", "scale_in", "scale_out", "exit")  # orders that change the holding
 
 
 def client_order_id(position_id: uuid.UUID | str, purpose: str, n: int) -> str:
@@ -88,6 +92,29 @@ def position_target(
     if purpose in ("stop_loss", "take_profit") and executed > 0 and flat:
         return "closed" if position_status in ("open", "monitoring", "closing") else None
     return None
+
+
+def protection_plan(
+    orders: Sequence[Mapping[str, Any]], stop_loss: Decimal | None, take_profit: Decimal | None
+) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """What a live position's exchange-side protection needs, from its orders (oldest first).
+
+    Protection belongs to the holding it was placed for: the one left by the latest entry,
+    scale or exit order. Returns the protective orders still working that were placed for an
+    earlier holding (to cancel) and the purposes the position asks for (a stop-loss and/or
+    take-profit price) with no order placed since the latest holding change (to place). An
+    order placed since that the exchange refused counts as placed: it is not retried (no
+    order storm against a stop the exchange will not take).
+    """
+    last = max((i for i, o in enumerate(orders) if o["purpose"] in HOLDING), default=-1)
+    if last < 0:
+        return [], []  # nothing entered through the engine: nothing of ours to protect
+    stale = [
+        o for o in orders[:last] if o["purpose"] in PROTECTIVE and o["status"] not in FINAL_ORDER
+    ]
+    placed = {o["purpose"] for o in orders[last + 1 :]}
+    wanted = (("stop_loss", stop_loss), ("take_profit", take_profit))
+    return stale, [p for p, price in wanted if price is not None and p not in placed]
 
 
 def effective_stop(
