@@ -71,6 +71,10 @@ SELECT coalesce(sum(quantity), 0) AS quantity, coalesce(sum(value), 0) AS value,
        coalesce(sum(fee_quote), 0) AS fees
 FROM trades WHERE order_id = %(order_id)s
 
+-- name: exec_trades_of_order
+SELECT binance_trade_id, quantity FROM trades
+WHERE order_id = %(order_id)s AND binance_trade_id IS NOT NULL
+
 -- name: exec_fills_of_position
 SELECT t.side, t.price, t.quantity, t.fee, t.fee_asset, t.fee_quote, t.binance_trade_id,
        t.executed_at, o.purpose, o.binance_order_id
@@ -132,6 +136,31 @@ WHERE p.status IN ('created', 'submitting', 'closing')
   AND p.updated_at < now() - make_interval(secs => %(grace)s)
   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
                   AND o.status IN ('created', 'submitted', 'partially_filled'))
+LIMIT 200
+
+-- name: exec_unprotected_positions
+-- Binance positions held with a stop-loss / take-profit price but no live order for it and
+-- no exit pending: protection to put back (an exit that failed, a protective order the
+-- exchange or the user cancelled, a crash before it was placed). A kind whose latest order
+-- was rejected at the price set now is left to the engine's own follow-ups (it would be
+-- rejected again on every pass; see rules.protection_to_place).
+SELECT p.id FROM positions p
+WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_quantity > 0
+  AND (p.stop_loss_price IS NOT NULL OR p.take_profit_price IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = p.id
+                  AND r.kind = 'exit' AND r.status = 'pending')
+  AND EXISTS (
+    SELECT 1 FROM (VALUES ('stop_loss', p.stop_loss_price),
+                          ('take_profit', p.take_profit_price)) AS k (purpose, price)
+    WHERE k.price IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+                      AND o.purpose = k.purpose
+                      AND o.status IN ('created', 'submitted', 'partially_filled'))
+      AND NOT EXISTS (SELECT 1 FROM (SELECT o.status, o.stop_price FROM orders o
+                                     WHERE o.position_id = p.id AND o.purpose = k.purpose
+                                     ORDER BY o.created_at DESC, o.id DESC LIMIT 1) AS last
+                      WHERE last.status = 'failed' AND last.stop_price = k.price))
+ORDER BY p.id
 LIMIT 200
 
 -- name: exec_paper_watch

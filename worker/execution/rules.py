@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from worker.lifecycle import ORDER_TRANSITIONS, POSITION_TRANSITIONS
 
@@ -20,6 +21,7 @@ _CODES: Final = {
     "take_profit": "t",
 }
 FINAL_EXCHANGE = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
+LIVE_ORDER: Final = ("created", "submitted", "partially_filled")
 
 
 def client_order_id(position_id: uuid.UUID | str, purpose: str, n: int) -> str:
@@ -88,6 +90,32 @@ def position_target(
     if purpose in ("stop_loss", "take_profit") and executed > 0 and flat:
         return "closed" if position_status in ("open", "monitoring", "closing") else None
     return None
+
+
+def protection_to_place(
+    stops: Mapping[str, Decimal | None],
+    orders: Sequence[Mapping[str, Any]],
+    quantity: Decimal,
+) -> list[str]:
+    """The protective orders (``stop_loss`` / ``take_profit``) to place now for a holding
+    of ``quantity``: each kind with a price in ``stops`` and no live order of its own in
+    ``orders`` (the position's orders, oldest first). A kind whose latest order was
+    rejected at this very quantity and price is left out: it would only be rejected again
+    (placed again once the holding or the price changes)."""
+    wanted = []
+    for purpose, stop in stops.items():
+        own = [o for o in orders if o["purpose"] == purpose]
+        if stop is None or any(o["status"] in LIVE_ORDER for o in own):
+            continue
+        if own and _rejected_at(own[-1], quantity, stop):
+            continue
+        wanted.append(purpose)
+    return wanted
+
+
+def _rejected_at(order: Mapping[str, Any], quantity: Decimal, stop: Decimal) -> bool:
+    failed = order["status"] == "failed"
+    return bool(failed and order["quantity"] == quantity and order["stop_price"] == stop)
 
 
 def effective_stop(
