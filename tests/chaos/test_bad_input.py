@@ -28,7 +28,14 @@ from tests.chaos.support import (
     pending,
     settle,
 )
-from tests.execution_support import KEY, SECRET, call, exec_settings, new_position, position
+from tests.execution_support import (
+    KEY,
+    SECRET,
+    call_off_loop,
+    exec_settings,
+    new_position,
+    position,
+)
 from tests.pipeline_support import stream_entries, worker_env
 from tests.support import Owner, act_as, insert_position, seed_owner
 from tests.test_helpers_sync import wait_until
@@ -318,7 +325,7 @@ async def test_nan_amounts_from_a_user_are_refused_and_cannot_stop_the_worker(
                 }
             # The worker goes on: a new position opens, the first one closes.
             _, other = new_position(db_url, quantity=Decimal("0.2"), is_paper_trade=False)
-            call(db_url, "SELECT request_position_exit(%s)", pid)
+            await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
             await settle(
                 lambda: (
                     position(db_url, pid)["status"] == "closed"

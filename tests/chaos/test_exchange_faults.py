@@ -29,7 +29,14 @@ from tests.chaos.support import (
     statuses,
     stuck_positions,
 )
-from tests.execution_support import KEY, SECRET, call, exec_settings, new_position, position
+from tests.execution_support import (
+    KEY,
+    SECRET,
+    call_off_loop,
+    exec_settings,
+    new_position,
+    position,
+)
 from worker.testing.fake_binance import FakeBinance, Fault
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -131,7 +138,7 @@ async def test_exchange_faults_under_load_settle_with_one_order_per_intent(
         fake.faults.push(*EXIT_FAULTS)
         for pid in pids:
             if not crashes:
-                call(db_url, "SELECT request_position_exit(%s)", pid)
+                await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
         exit_s = await settle(
             lambda: all_in("closed") and len(fake.faults) == 0 and not _resting(fake),
             crashes,
@@ -201,7 +208,7 @@ async def test_a_ban_does_not_park_exit_requests_as_dead(
         fake.faults.push(Fault.banned(BAN_S))  # whatever request comes next: 418
         ban_over = time.monotonic() + BAN_S + 1
         for pid in pids:
-            call(db_url, "SELECT request_position_exit(%s)", pid)
+            await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
         # Done when all closed, or when events are dead and the ban is long over.
         took = await settle(
             lambda: (

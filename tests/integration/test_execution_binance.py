@@ -8,6 +8,7 @@ import pytest
 
 from tests.execution_support import (
     call,
+    call_off_loop,
     exec_settings,
     live_worker,
     new_position,
@@ -43,16 +44,16 @@ async def test_worked_example_through_scale_in_partial_and_full_exit(
             D("0.5"),
         )
         fake.set_price("BTCUSDT", "110")
-        call(db_url, "SELECT request_position_scale_in(%s, 0.5)", pid)
+        await call_off_loop(db_url, "SELECT request_position_scale_in(%s, 0.5)", pid)
         await wait_held(db_url, pid, "1")
         fake.set_price("BTCUSDT", "120")
-        call(db_url, "SELECT request_position_exit(%s, 0.4)", pid)
+        await call_off_loop(db_url, "SELECT request_position_exit(%s, 0.4)", pid)
         await wait_held(db_url, pid, "0.6")
         partial = position(db_url, pid)
         assert partial["realized_pnl"] == D("5.91")
         assert partial["status"] == "monitoring"
         fake.set_price("BTCUSDT", "90")
-        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
         await wait_status(db_url, pid, "closed")
     closed = position(db_url, pid)
     assert closed["entry_price"] == D("105")

@@ -330,3 +330,53 @@ async def test_exit_requested_before_a_limit_entry_fills_fails_the_position(
     [request] = requests_of(db_url, pid)
     assert request["status"] == "done" and "nothing to exit" in request["error"]
     assert resting(fake) == []
+
+
+# -- a partly filled order that keeps resting -------------------------------------------------
+
+
+async def test_a_partly_filled_order_fetches_only_new_fills_and_only_when_it_changed(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """A limit entry fills 0.2 at a time. While it rests unchanged, reconciliation passes
+    ask for no trades and write nothing; when it fills again, only the trades after the last
+    recorded one are asked for (``fromId``)."""
+    fake.set_liquidity("BTCUSDT", "0.2")
+    _, pid = new_position(db_url, quantity=D("0.5"), limit_price=D("95"), is_paper_trade=False)
+    async with live_worker(exec_settings(db_url, redis_url), fake) as app:
+        watcher = app.watcher
+        assert watcher is not None
+
+        async def passes(n: int) -> None:
+            target = watcher.passes + n
+            await eventually(lambda: watcher.passes >= target, 15)
+
+        await wait_resting(fake, 1)
+        fake.set_price("BTCUSDT", "95")  # 0.2 fills
+        await eventually(lambda: orders(db_url, pid)[0]["filled_quantity"] == D("0.2"), 10)
+        await passes(1)
+        [entry] = orders(db_url, pid)
+        exchange_id = entry["binance_order_id"]
+        asked = len(fake.requests_to("GET", MY_TRADES))
+        version = _query(db_url, "SELECT xmin::text FROM orders WHERE id = %s", entry["id"])
+        await passes(3)
+        assert len(fake.requests_to("GET", MY_TRADES)) == asked  # nothing new: not asked
+        assert _query(db_url, "SELECT xmin::text FROM orders WHERE id = %s", entry["id"]) == (
+            version
+        )
+
+        fake.set_price("BTCUSDT", "96")
+        fake.set_price("BTCUSDT", "95")  # another 0.2
+        await eventually(lambda: orders(db_url, pid)[0]["filled_quantity"] == D("0.4"), 10)
+        fake.set_liquidity("BTCUSDT", None)
+        fake.set_price("BTCUSDT", "96")
+        fake.set_price("BTCUSDT", "95")  # the last 0.1
+        await wait_status(db_url, pid, "monitoring")
+    first, second, _ = sorted(t["id"] for t in fake.trades())
+    pages = [r for r in fake.requests_to("GET", MY_TRADES) if r.params["orderId"] == exchange_id]
+    assert [r.params["fromId"] for r in pages] == ["0", str(first + 1), str(second + 1)]
+    assert len(trades_of(db_url, pid)) == 3
+    opened = position(db_url, pid)
+    assert (opened["entry_quantity"], opened["entry_price"]) == (D("0.5"), D("95"))
+    [entry] = orders(db_url, pid)
+    assert (entry["status"], entry["filled_quantity"]) == ("filled", D("0.5"))

@@ -11,6 +11,7 @@ import pytest
 
 from tests.execution_support import (
     call,
+    call_off_loop,
     exec_settings,
     live_worker,
     new_position,
@@ -56,7 +57,7 @@ async def test_fees_in_bnb_are_valued_at_fill_time_and_counted_once(
         await wait_status(db_url, pid, "monitoring")
         fake.set_price("BNBUSDT", "400")  # revaluing later must not change recorded fees
         fake.set_price("BTCUSDT", "120")
-        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
         await wait_status(db_url, pid, "closed")
     closed = position(db_url, pid)
     # entry fee 0.05 USDT (0.0001 BNB @ 500), exit fee 0.06 USDT (0.00015 BNB @ 400)
@@ -73,11 +74,32 @@ async def test_fee_in_the_received_base_asset_shrinks_the_holding_and_the_exit_s
     async with live_worker(exec_settings(db_url, redis_url), fake):
         await wait_status(db_url, pid, "monitoring")
         assert position(db_url, pid)["held_quantity"] == D("0.4995")
-        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
         await wait_status(db_url, pid, "closed")
     exit_order = orders(db_url, pid)[-1]
     assert (exit_order["purpose"], exit_order["quantity"]) == ("exit", D("0.4995"))
     assert position(db_url, pid)["held_quantity"] == 0
+
+
+async def test_a_full_exit_that_leaves_only_fee_dust_closes_the_position(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """Buy 0.33333 BTC, 0.1 % fee in BTC: 0.33299667 held, of which the exit can sell only
+    0.33299 (step 0.00001). The 0.00000667 left cannot be sold by any order: the position is
+    closed, not reopened with a critical "exit failed" notification."""
+    fake.set_commission("0.001", "received")
+    _, pid = new_position(db_url, quantity=D("0.33333"), is_paper_trade=False)
+    async with live_worker(exec_settings(db_url, redis_url), fake):
+        await wait_status(db_url, pid, "monitoring")
+        assert position(db_url, pid)["held_quantity"] == D("0.33299667")
+        await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
+        await eventually(lambda: orders(db_url, pid)[-1]["status"] == "filled", 10)
+        await wait_status(db_url, pid, "closed", "open", "monitoring")
+    closed = position(db_url, pid)
+    assert (closed["status"], closed["failure_reason"]) == ("closed", None)
+    assert (closed["exit_quantity"], closed["held_quantity"]) == (D("0.33299"), D("0.00000667"))
+    exit_order = orders(db_url, pid)[-1]
+    assert (exit_order["purpose"], exit_order["status"]) == ("exit", "filled")
 
 
 async def test_live_position_without_binance_keys_fails_cleanly(
@@ -104,7 +126,7 @@ async def test_a_short_sells_first_and_buys_back(
     async with live_worker(exec_settings(db_url, redis_url), fake):
         await wait_status(db_url, pid, "monitoring")
         fake.set_price("BTCUSDT", "90")
-        call(db_url, "SELECT request_position_exit(%s)", pid)
+        await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
         await wait_status(db_url, pid, "closed")
     assert [o["side"] for o in orders(db_url, pid)] == ["sell", "buy"]
     # sold 0.5 @ 100 (fee 0.05), bought back @ 90 (fee 0.045): 5 - 0.095

@@ -18,7 +18,8 @@ SL, TP = Decimal("90"), Decimal("130")
 
 
 def o(purpose: str, status: str = "filled") -> dict[str, Any]:
-    return {"purpose": purpose, "status": status}
+    stop = {"stop_loss": SL, "take_profit": TP}.get(purpose)
+    return {"purpose": purpose, "status": status, "quantity": Decimal("0.5"), "stop_price": stop}
 
 
 @pytest.mark.parametrize(

@@ -71,6 +71,10 @@ SELECT coalesce(sum(quantity), 0) AS quantity, coalesce(sum(value), 0) AS value,
        coalesce(sum(fee_quote), 0) AS fees
 FROM trades WHERE order_id = %(order_id)s
 
+-- name: exec_trades_of_order
+SELECT binance_trade_id, quantity FROM trades
+WHERE order_id = %(order_id)s AND binance_trade_id IS NOT NULL
+
 -- name: exec_fills_of_position
 SELECT t.side, t.price, t.quantity, t.fee, t.fee_asset, t.fee_quote, t.binance_trade_id,
        t.executed_at, o.purpose, o.binance_order_id
@@ -149,12 +153,14 @@ WHERE is_paper_trade AND status IN ('open', 'monitoring') AND held_quantity > 0
 SELECT request_position_exit(%(position_id)s, NULL, %(reason)s)
 
 -- name: exec_unprotected_positions
--- Live positions held without a stop-loss / take-profit they ask for: no order of that kind
--- made since the latest entry, scale or exit order (the worker stopped between changing the
--- holding and protecting it). Nothing else in flight: no order working, no request pending;
--- the holding settled at least `grace` ago (not the position's updated_at: recording a
--- resting stop's lookup rewrites the figures on every pass). The engine decides again under
--- the position's lock (rules.protection_plan).
+-- Live positions whose exchange-side protection needs work (the engine decides again under
+-- the position's lock: rules.protection_plan). For a kind with a price set: a working order
+-- placed before the latest entry, scale or exit order (stale: the holding changed), or no
+-- working order placed since (never placed after a crash, cancelled for an exit that then
+-- failed, cancelled or expired on the exchange), unless the latest one since was rejected
+-- at the price set now (it would be rejected again on every pass). Nothing else in flight:
+-- no other order working, no request pending; the holding settled at least `grace` ago
+-- (measured from the holding orders, not from the position's updated_at).
 SELECT p.id FROM positions p
 CROSS JOIN LATERAL (
     SELECT max(o.created_at) AS made, max(o.updated_at) AS settled FROM orders o
@@ -168,10 +174,21 @@ WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_qua
                   AND o.status IN ('created', 'submitted', 'partially_filled'))
   AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = p.id
                   AND r.status = 'pending')
-  AND ((p.stop_loss_price IS NOT NULL
-        AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
-                        AND o.purpose = 'stop_loss' AND o.created_at > changed.made))
-    OR (p.take_profit_price IS NOT NULL
-        AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
-                        AND o.purpose = 'take_profit' AND o.created_at > changed.made)))
+  AND EXISTS (
+    SELECT 1 FROM (VALUES ('stop_loss', p.stop_loss_price),
+                          ('take_profit', p.take_profit_price)) AS k (purpose, price)
+    WHERE k.price IS NOT NULL AND (
+      EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id AND o.purpose = k.purpose
+              AND o.status IN ('created', 'submitted', 'partially_filled')
+              AND o.created_at < changed.made)
+      OR (NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+                      AND o.purpose = k.purpose AND o.created_at > changed.made
+                      AND o.status IN ('created', 'submitted', 'partially_filled'))
+          AND NOT EXISTS (SELECT 1 FROM (SELECT o.status, o.stop_price FROM orders o
+                                         WHERE o.position_id = p.id AND o.purpose = k.purpose
+                                           AND o.created_at > changed.made
+                                         ORDER BY o.created_at DESC, o.id DESC LIMIT 1) AS last
+                          WHERE last.status = 'failed' AND last.stop_price = k.price))))
+ORDER BY p.id
 LIMIT 200
+

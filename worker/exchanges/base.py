@@ -200,8 +200,11 @@ class Exchange(Protocol):
         """Cancel an open order; UnknownOrder when it is unknown or already final."""
         ...
 
-    async def get_fills(self, symbol: str, exchange_order_id: str) -> list[ExchangeFill]:
-        """Every fill of one order, oldest first."""
+    async def get_fills(
+        self, symbol: str, exchange_order_id: str, *, after: str | None = None
+    ) -> list[ExchangeFill]:
+        """The fills of one order, oldest first: every one, or with ``after`` (a trade id
+        this exchange gave) those after it; an adapter may return earlier ones too."""
         ...
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:

@@ -163,12 +163,15 @@ class BinanceClient:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
         return _parsed(order_state, await self._signed("DELETE", "/api/v3/order", params))
 
-    async def get_fills(self, symbol: str, exchange_order_id: str) -> list[ExchangeFill]:
-        """Every trade of the order, page by page: ``symbol`` + ``orderId`` + ``fromId``
-        (trades with id >= fromId, oldest first; without fromId Binance would answer the
-        *most recent* ones), the next page from the last id + 1, until a short page."""
+    async def get_fills(
+        self, symbol: str, exchange_order_id: str, *, after: str | None = None
+    ) -> list[ExchangeFill]:
+        """The order's trades (those after trade id ``after``, if given), page by page:
+        ``symbol`` + ``orderId`` + ``fromId`` (trades with id >= fromId, oldest first;
+        without fromId Binance would answer the *most recent* ones), the next page from the
+        last id + 1, until a short page."""
         found: dict[str, ExchangeFill] = {}
-        from_id = 0
+        from_id = int(after) + 1 if after is not None else 0
         while True:
             params = {
                 "symbol": symbol,

@@ -162,7 +162,10 @@ class PaperExchange:
         order.status, order.update_ms = "CANCELED", self._clock()
         return order.state()
 
-    async def get_fills(self, symbol: str, exchange_order_id: str) -> list[ExchangeFill]:
+    async def get_fills(
+        self, symbol: str, exchange_order_id: str, *, after: str | None = None
+    ) -> list[ExchangeFill]:
+        """Every fill of the order (``after`` is not needed: they are all in memory)."""
         await self._sync(symbol)
         order = self._orders.get(exchange_order_id)
         return list(order.fills) if order is not None and order.symbol == symbol else []

@@ -61,6 +61,7 @@ from worker.execution.rules import (
     entry_problem,
     entry_side,
     exit_side,
+    order_status_for,
     protection_plan,
 )
 from worker.testing.crashpoints import crashpoint
@@ -220,6 +221,7 @@ class Engine:
         for order in await self._rows(conn, "exec_orders_of_position", position_id=position["id"]):
             if order["status"] not in FINAL_ORDER and order["client_order_id"]:
                 await self.drive(conn, position, order)
+        await self.protect(conn, position)  # put back what a failed exit or the exchange took
 
     async def drive(self, conn: Conn, position: Row, order: Row) -> None:
         """Bring one order up to date with the exchange (sending it if it never was)."""
@@ -286,23 +288,51 @@ class Engine:
     async def _record(
         self, conn: Conn, exchange: Exchange, position: Row, order: Row, state: OrderState
     ) -> None:
-        fills = list(state.fills)
-        if _listed(fills) < state.executed_qty and state.exchange_order_id:
-            fills = await exchange.get_fills(order["symbol"], state.exchange_order_id)
-        if _listed(fills) < state.executed_qty:  # the trade list lags the order: never
-            raise _LookLater(  # settle an order on fewer fills than it executed
-                f"order {order['client_order_id']}: {_listed(fills)} of "
-                f"{state.executed_qty} executed is listed in its trades so far"
-            )
+        if _unchanged(order, state):
+            return  # nothing new on the exchange: no write, no row lock
+        fills = await self._new_fills(conn, exchange, order, state)
         rules = await exchange.symbol_rules(order["symbol"])
         market = Market(rules.base_asset, rules.quote_asset)
         third = await self._third_prices(exchange, fills, market)
         async with conn.transaction():
-            outcome = await record(conn, position, order, state, fills, market, third)
+            outcome = await record(
+                conn, position, order, state, fills, market, third, dust=rules.step_size
+            )
             if outcome.order_status in FINAL_ORDER:
                 error = None if state.executed_qty > 0 else f"order {state.status.lower()}"
                 await self._finish_request(conn, order, "done", error)
         await self._after(conn, position, order, outcome.order_status, outcome.position_status)
+
+    async def _new_fills(
+        self, conn: Conn, exchange: Exchange, order: Row, state: OrderState
+    ) -> list[ExchangeFill]:
+        """The order's fills not recorded yet. Fetched from after the last recorded trade
+        (the whole list again if those fall short: a trade listed late, out of order); the
+        trade list can lag the order, so an order is never settled on fewer fills than it
+        executed: look again later."""
+        cur = await conn.execute(q("exec_trades_of_order"), {"order_id": order["id"]})
+        known = {str(r[0]): Decimal(r[1]) for r in await cur.fetchall()}
+        recorded = sum(known.values(), Decimal(0))
+
+        def fresh(fills: list[ExchangeFill]) -> list[ExchangeFill]:
+            return [f for f in fills if f.trade_id not in known]
+
+        def short(fills: list[ExchangeFill]) -> bool:
+            return recorded + _listed(fresh(fills)) < state.executed_qty
+
+        fills = list(state.fills)
+        if short(fills) and state.exchange_order_id:
+            after = _last_trade_id(known)
+            symbol, exchange_id = order["symbol"], state.exchange_order_id
+            fills = await exchange.get_fills(symbol, exchange_id, after=after)
+            if short(fills) and after is not None:
+                fills = await exchange.get_fills(symbol, exchange_id)
+        if short(fills):
+            raise _LookLater(
+                f"order {order['client_order_id']}: {recorded + _listed(fresh(fills))} of "
+                f"{state.executed_qty} executed is listed in its trades so far"
+            )
+        return fresh(fills)
 
     async def _third_prices(
         self, exchange: Exchange, fills: list[ExchangeFill], market: Market
@@ -344,12 +374,16 @@ class Engine:
 
     # -- protection (exchange-side stop-loss / take-profit; paper: see watcher) -----------
     async def protect(self, conn: Conn, position: Row) -> None:
-        """Place the stop-loss / take-profit the position asks for and has not been given
-        since its holding last changed: calling it again after a crash places only what is
-        missing (``rules.protection_plan``)."""
+        """Place the stop-loss / take-profit orders an open position is missing: one live
+        order per kind with a price set, sized by what is held (net of base-asset fees,
+        floored to the step size), each recorded with a fresh client order id before it is
+        sent. Calling it again (after a crash, on every reconcile pass) places only what is
+        missing; nothing while an exit is pending (``rules.protection_plan``)."""
         if position["is_paper_trade"]:
             return  # the paper exchange watches its price feed (worker/execution/watcher.py)
         position.update(await self._position(conn, str(position["id"])))
+        if position["status"] not in ("open", "monitoring"):
+            return
         pending = await self._rows(
             conn, "exec_pending_requests_of_position", position_id=position["id"]
         )
@@ -362,8 +396,10 @@ class Engine:
             return
         orders = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
         _, missing = protection_plan(
-            orders, position["stop_loss_price"], position["take_profit_price"]
+            orders, position["stop_loss_price"], position["take_profit_price"], qty
         )
+        if missing:
+            self.log.info("protection_placing", position_id=str(position["id"]), kinds=missing)
         for purpose in missing:
             stop = position[f"{purpose}_price"]
             async with conn.transaction():
@@ -373,10 +409,11 @@ class Engine:
             await self.drive(conn, position, order)
 
     async def restore_protection(self, position_id: str) -> None:
-        """A live position held without the protection it asks for: the worker stopped
-        between changing the holding (entry, scale, partial or refused exit) and placing its
-        stop-loss / take-profit. Cancel what still rests for the earlier holding, place what
-        is missing. Left alone while any other order of the position is in flight."""
+        """The reconciler's way in, for a live position held without the protection it asks
+        for (the worker stopped between changing the holding and protecting it; an exit that
+        failed; a protective order cancelled or expired on the exchange). Cancel what still
+        rests for an earlier holding, place what is missing. Left alone while any other
+        order of the position is in flight."""
         async with self.locked(position_id) as conn:
             position = await self._position(conn, position_id)
             orders = await self._rows(conn, "exec_orders_of_position", position_id=position_id)
@@ -392,7 +429,7 @@ class Engine:
             stale, missing = protection_plan(
                 orders, position["stop_loss_price"], position["take_profit_price"]
             )
-            if not missing:
+            if not missing and not stale:
                 return
             self.log.warning(
                 "protection_restoring", position_id=position_id, stale=len(stale), missing=missing
@@ -471,9 +508,8 @@ class Engine:
             request = await self._row(conn, "exec_request", request_id=request_id)
             started = await self._row(conn, "exec_order_of_request", request_id=request_id)
             if request is not None and request["status"] == "pending" and started is None:
-                order = await self._start_request(conn, request)
-                if order is None:
-                    return
+                # refused or nothing to do (None): what follows still puts back protection
+                await self._start_request(conn, request)
             position = await self._position(conn, position_id)
             await self.drive_open_orders(conn, position)
 
@@ -556,3 +592,21 @@ class _LookLater(ExchangeError):
 
 def _listed(fills: list[ExchangeFill]) -> Decimal:
     return sum((f.qty for f in fills), Decimal(0))
+
+
+def _unchanged(order: Row, state: OrderState) -> bool:
+    """The exchange says nothing the order's row does not say already (same status, same
+    executed quantity, all of it recorded): recording it again would only rewrite rows."""
+    return bool(
+        order["exchange_status"] == state.status
+        and order["filled_quantity"] == state.executed_qty
+        and order["status"] == order_status_for(state.status, state.executed_qty)
+        and order["missing_lookups"] == 0
+        and order["binance_order_id"] == (state.exchange_order_id or order["binance_order_id"])
+    )
+
+
+def _last_trade_id(known: dict[str, Decimal]) -> str | None:
+    """The highest recorded trade id of an order, when the exchange numbers its trades."""
+    numbered = [int(t) for t in known if t.isdigit()]
+    return str(max(numbered)) if numbered else None

@@ -30,6 +30,7 @@ from worker.execution.rules import order_path, order_status_for, position_path, 
 from worker.testing.crashpoints import crashpoint
 
 Row = dict[str, Any]
+MIN_HELD = Decimal("0.00000001")  # the smallest positive DECIMAL(20, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,13 @@ async def record(
     fills: list[ExchangeFill],
     market: Market,
     third_prices: dict[str, Decimal],
+    *,
+    dust: Decimal = Decimal(0),
 ) -> Outcome:
-    """Record ``state`` of ``order``; the caller holds the position lock and a transaction."""
+    """Record ``state`` of ``order``; the caller holds the position lock and a transaction.
+
+    A holding below ``dust`` (the symbol's step size: what no order can sell, e.g. the
+    remainder of a base-asset fee once the exit was floored to the step) counts as flat."""
     target = order_status_for(state.status, state.executed_qty)
     if order["status"] == "created" and target != "failed":
         await set_order_status(conn, order, "submitted")  # accepted, then its fills
@@ -98,7 +104,7 @@ async def record(
     await set_order_status(conn, order, target)
     crashpoint(f"{order['purpose']}.recording")  # test hook: a kill here rolls all of it back
     figures = await refold(conn, position, market)
-    flat = figures.held_quantity == 0 or _dust(figures)
+    flat = figures.held_quantity < max(dust, MIN_HELD)
     goal = position_target(
         str(position["status"]), str(order["purpose"]), target, state.executed_qty, flat
     )
@@ -111,10 +117,6 @@ async def record(
             conn, position, goal, reason=reason, close_reason=close
         )
     return Outcome(target, new_status, figures)
-
-
-def _dust(figures: PositionFigures) -> bool:
-    return figures.held_quantity < Decimal("0.00000001")
 
 
 def _failure_reason(order: Row, state: OrderState, goal: str) -> str | None:

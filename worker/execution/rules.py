@@ -23,7 +23,8 @@ _CODES: Final = {
 FINAL_EXCHANGE = {"FILLED", "CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "REJECTED"}
 FINAL_ORDER: Final = ("filled", "cancelled", "failed")
 PROTECTIVE: Final = ("stop_loss", "take_profit")
-HOLDING: Final = ("entry", "scale_in", "scale_out", "exit")  # orders that change the holding
+HOLDING: Final = ("entry", "scale_in", "scale_out", "exit")  # orders changing the holding
+LIVE_ORDER: Final = ("created", "submitted", "partially_filled")
 
 
 def client_order_id(position_id: uuid.UUID | str, purpose: str, n: int) -> str:
@@ -95,26 +96,42 @@ def position_target(
 
 
 def protection_plan(
-    orders: Sequence[Mapping[str, Any]], stop_loss: Decimal | None, take_profit: Decimal | None
+    orders: Sequence[Mapping[str, Any]],
+    stop_loss: Decimal | None,
+    take_profit: Decimal | None,
+    quantity: Decimal | None = None,
 ) -> tuple[list[Mapping[str, Any]], list[str]]:
     """What a live position's exchange-side protection needs, from its orders (oldest first).
 
     Protection belongs to the holding it was placed for: the one left by the latest entry,
-    scale or exit order. Returns the protective orders still working that were placed for an
-    earlier holding (to cancel) and the purposes the position asks for (a stop-loss and/or
-    take-profit price) with no order placed since the latest holding change (to place). An
-    order placed since that the exchange refused counts as placed: it is not retried (no
-    order storm against a stop the exchange will not take).
+    scale or exit order. Returns
+
+    * the protective orders still working that were placed for an earlier holding (to
+      cancel: a scale changed the size), and
+    * the kinds the position asks for (a stop-loss and/or take-profit price) with no live
+      order placed since that change (to place): never placed (a crash), cancelled for an
+      exit that then failed, cancelled or expired on the exchange. A kind whose latest
+      order since the change was rejected at this very ``quantity`` and price is left out:
+      it would only be rejected again (it is tried again once the holding or price moves).
     """
     last = max((i for i, o in enumerate(orders) if o["purpose"] in HOLDING), default=-1)
     if last < 0:
         return [], []  # nothing entered through the engine: nothing of ours to protect
-    stale = [
-        o for o in orders[:last] if o["purpose"] in PROTECTIVE and o["status"] not in FINAL_ORDER
-    ]
-    placed = {o["purpose"] for o in orders[last + 1 :]}
-    wanted = (("stop_loss", stop_loss), ("take_profit", take_profit))
-    return stale, [p for p, price in wanted if price is not None and p not in placed]
+    stale = [o for o in orders[:last] if o["purpose"] in PROTECTIVE and o["status"] in LIVE_ORDER]
+    missing = []
+    for purpose, stop in (("stop_loss", stop_loss), ("take_profit", take_profit)):
+        own = [o for o in orders[last + 1 :] if o["purpose"] == purpose]
+        if stop is None or any(o["status"] in LIVE_ORDER for o in own):
+            continue
+        if own and _rejected_at(own[-1], quantity, stop):
+            continue
+        missing.append(purpose)
+    return stale, missing
+
+
+def _rejected_at(order: Mapping[str, Any], quantity: Decimal | None, stop: Decimal) -> bool:
+    same_size = quantity is None or order.get("quantity") == quantity
+    return order["status"] == "failed" and same_size and order.get("stop_price") == stop
 
 
 def effective_stop(

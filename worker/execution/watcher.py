@@ -4,8 +4,10 @@
   state is brought up to date with the exchange (fills caught up, orders that never arrived
   re-sent with the same client id), and positions left waiting without an order in flight
   are picked up again. A stop that fired on Binance while the worker was down is recorded
-  here, and the position closed. A live position left without the stop-loss / take-profit
-  it asks for (the worker stopped between changing the holding and protecting it) gets it.
+  here, and the position closed. An order the exchange reports nothing new about is left
+  as it is: a pass writes only what changed. Binance positions held without the stop-loss /
+  take-profit orders they ask for (an exit that failed, an order cancelled or expired on
+  the exchange, a crash before it was placed) get them placed again.
 * Paper positions with a stop-loss, take-profit or max loss: the simulated exchange watches
   its price feed; when the price crosses, an exit is requested (``request_position_exit``,
   reason ``stop_loss`` / ``take_profit`` / ``max_loss``) and handled like any exit.
@@ -68,8 +70,9 @@ class Watcher:
             await self._guarded(self.engine.enter, position_id)
         for position_id, request_id in await self._pairs("exec_pending_requests", grace=grace):
             await self._guarded(self.engine.handle_request, position_id, request_id)
-        for position_id in await self._ids("exec_unprotected_positions", grace=grace):
-            await self._guarded(self.engine.restore_protection, position_id)
+        if self.engine.router.live is not None:  # exchange-side protection: Binance only
+            for position_id in await self._ids("exec_unprotected_positions", grace=grace):
+                await self._guarded(self.engine.restore_protection, position_id)
 
     async def _pairs(self, name: str, **params: Any) -> list[tuple[str, str]]:
         async with translated_errors(), self.pool.connection() as conn:

@@ -19,7 +19,8 @@ orders with Binance's duplicate-id rule (``newClientOrderId`` unique only among 
 orders), applies symbol filters (-1013), fills market orders at the set price (optionally in
 several partial fills, or partly then EXPIRED with :meth:`set_liquidity`, or EXPIRED_IN_MATCH
 by self-trade prevention with :meth:`expire_in_match`), rests limit, stop-loss and take-profit
-orders until :meth:`set_price` crosses them, and charges commission in the received asset,
+orders until :meth:`set_price` crosses them (or :meth:`end_order` cancels or expires one as
+the user or the exchange would), and charges commission in the received asset,
 quote, base or BNB. ``myTrades`` pages like Binance's (``limit``, ``fromId``; the most recent
 trades without ``fromId``) and can lag the orders (:meth:`set_trades_lag`). Every request is
 recorded in :attr:`requests`.

@@ -151,6 +151,17 @@ class FakeBinance:
         with self._lock:
             self.book.in_match[symbol] = Decimal(after)
 
+    def end_order(self, client_order_id: str, status: str = "CANCELED") -> None:
+        """End an open order as if someone else did: the user cancelling it on Binance
+        (``CANCELED``) or the exchange expiring it (``EXPIRED``). What it filled stays."""
+        if status not in ("CANCELED", "EXPIRED"):
+            raise ValueError(f"an order is ended CANCELED or EXPIRED, not {status!r}")
+        with self._lock:
+            live = [o for o in self.book.orders if o.client_id == client_order_id and o.is_open]
+            if not live:
+                raise LookupError(f"no open order {client_order_id!r}")
+            live[-1].status, live[-1].update_ms = status, self._now_ms()
+
     def set_trades_lag(self, answers: int) -> None:
         """Trades made from now on are missing from ``myTrades`` for its next ``answers``
         answers (Binance serves myTrades from "Memory => Database": it can lag the order)."""
