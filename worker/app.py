@@ -71,6 +71,8 @@ def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
     order keeps any surviving mark behind the change it records. A claim's transaction left
     idle longer than ``pipeline.lease_seconds`` (a hung worker) is ended by PostgreSQL, which
     releases its events to the other workers. Never used for state changes or orders.
+    No check on checkout (it costs a round trip per batch): a broken connection fails the
+    claim, which rolls back and backs off, and the pool replaces it.
     """
     idle_ms = max(1, int(settings.pipeline.lease_seconds * 1000))
     options = f"-c synchronous_commit=off -c idle_in_transaction_session_timeout={idle_ms}"
@@ -79,7 +81,6 @@ def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
         min_size=1,
         max_size=settings.pipeline.concurrency + 1,
         kwargs={"autocommit": True, "options": options, **KEEPALIVES},
-        check=AsyncConnectionPool.check_connection,
         timeout=settings.database.connect_timeout,
         open=False,
         name="position-worker-outbox",

@@ -8,7 +8,6 @@ that writes an event holds the position's row lock; see schema/0003_lifecycle.sq
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -106,9 +105,9 @@ def parse_notification(payload: str) -> dict[str, str | None]:
     reported and otherwise ignored by the listener.
     """
     try:
-        doc = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise MalformedEvent(f"notification is not JSON: {exc.msg}") from None
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent(f"notification is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise MalformedEvent("notification is not a JSON object")
     missing = NOTIFY_KEYS - doc.keys()

@@ -63,7 +63,8 @@ class Dispatcher:
         self.stopped = anyio.Event()
         self._rng = random.Random()
         self._kind_counters: dict[str, Any] = {}
-        self._drainers = 0
+        self._drainers = self._claiming = self._failures = 0
+        self._wakes = self._claimed_through = 0  # wake-ups seen; covered by a claim begun
 
     def _processed_by_kind(self, kind: str) -> Any:
         counter = self._kind_counters.get(kind)
@@ -72,6 +73,7 @@ class Dispatcher:
         return counter
 
     def wake(self) -> None:
+        self._wakes += 1
         self._wake.set()
 
     def stop(self) -> None:
@@ -80,18 +82,14 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        failures = 0
         try:
             while not self._stopping:
-                with anyio.move_on_after(self.cfg.poll_interval):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
                 try:
-                    await self.drain()
-                    failures = 0
+                    async with anyio.create_task_group() as tg:
+                        await self._serve(tg)
                 except* (DatabaseUnavailable, StreamUnavailable) as group:
-                    failures += 1
-                    await self._back_off(group.exceptions[0], failures)
+                    self._failures += 1
+                    await self._back_off(group.exceptions[0], self._failures)
         finally:
             self.stopped.set()
 
@@ -111,17 +109,32 @@ class Dispatcher:
                 await self._wake.wait()
                 self._wake = anyio.Event()
 
-    async def drain(self) -> None:
-        """Handle batches until the outbox has nothing claimable.
+    async def _serve(self, tg: TaskGroup) -> None:
+        """Start drainers as wake-ups come in; at least every ``poll_interval`` seconds.
 
-        One drainer starts; while claims come back full (a backlog), more join, up to
-        ``concurrency``, so that while one waits for PostgreSQL another publishes to Redis.
-        At a trickle only one claim is made per wake-up. Per-position order still holds:
-        a claim leaves alone any event whose predecessor another claim holds.
+        A drainer claims, handles and settles batches until a claim comes back short with
+        no wake-up left uncovered (one that arrived after the latest claim began). While
+        claims come back full (a backlog), more drainers join, up to ``concurrency``, so that
+        while one waits for PostgreSQL another publishes to Redis. A wake-up that arrives
+        while every drainer is past its claim starts another one at once instead of waiting
+        for a batch to finish (commit-to-stream latency at moderate rates). At a trickle
+        there is one claim per wake-up. Per-position order still holds: a claim leaves alone
+        any event whose predecessor another claim holds.
         """
-        self._drainers = 0
-        async with anyio.create_task_group() as tg:
-            self._add_drainer(tg)
+        self._drainers = self._claiming = 0
+        self._wakes += 1  # (re)started: drain whatever is there
+        while not self._stopping:
+            idle = not self._claiming and self._drainers < self.cfg.concurrency
+            if idle and self._uncovered():
+                self._add_drainer(tg)
+            with anyio.move_on_after(self.cfg.poll_interval) as poll:
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            if poll.cancelled_caught:
+                self._wakes += 1  # the periodic poll, in case a wake-up was lost
+
+    def _uncovered(self) -> bool:
+        return self._wakes > self._claimed_through
 
     def _add_drainer(self, tg: TaskGroup) -> None:
         self._drainers += 1
@@ -131,21 +144,34 @@ class Dispatcher:
         pause = 0.0
         try:
             while not self._stopping:
-                async with self.outbox.claim(self.cfg.batch_size) as batch:
-                    full = batch.claimed >= self.cfg.batch_size
-                    if full and self._drainers < self.cfg.concurrency:
-                        self._add_drainer(tg)  # claims the next batch while this one runs
-                    await self._process(batch)
+                self._claimed_through = max(self._claimed_through, self._wakes)
+                self._claiming += 1
+                claiming = True
+                try:
+                    async with self.outbox.claim(self.cfg.batch_size) as batch:
+                        self._claiming -= 1
+                        claiming = False
+                        full = batch.claimed >= self.cfg.batch_size
+                        if full and self._drainers < self.cfg.concurrency:
+                            self._add_drainer(tg)  # claims the next batch while this one runs
+                        await self._process(batch)
+                finally:
+                    if claiming:
+                        self._claiming -= 1
+                self._failures = 0
+                if self._drainers > 1:
+                    self._wake.set()  # committed: a claim held back behind ours may go now
                 if batch.retry_soon:  # a position's earlier event is held by another claim
                     pause = min(max(2 * pause, 0.005), self.cfg.poll_interval)
                     with anyio.move_on_after(pause):
                         await self._wake.wait()
                     continue
                 pause = 0.0
-                if not full:
+                if not (full or self._uncovered()):
                     break
         finally:
             self._drainers -= 1
+            self._wake.set()  # the serve loop looks again (a wake-up may be uncovered)
 
     async def _process(self, batch: Batch) -> int:
         events = await self._parse(batch)
