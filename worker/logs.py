@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,10 +68,36 @@ def write_info(context: Mapping[str, Any], event: str, fields: dict[str, Any]) -
     if _maybe_secret(texts) or not SECRET_KEYS.isdisjoint(fields):  # rare: full redaction
         _redact(None, "info", line)
     text = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
+    held = _held.get()
+    if held is not None:
+        held.append(text)
+        return True
     with lock:
         out.write(text)
         out.flush()
     return True
+
+
+_held: ContextVar[list[str] | None] = ContextVar("held_lines", default=None)
+
+
+@contextmanager
+def lines_held() -> Iterator[None]:
+    """Collect the lines :func:`write_info` renders in this block; write them in one go
+    at its end (one write per batch of events instead of one per event). The dispatcher
+    wraps a batch's handlers in it, before the claim commits: a worker killed meanwhile
+    loses the lines, and handles (and logs) those events again after its restart."""
+    held: list[str] = []
+    token = _held.set(held)
+    try:
+        yield
+    finally:
+        _held.reset(token)
+        if held and _direct is not None:
+            out, lock = _direct
+            with lock:
+                out.write("".join(held))
+                out.flush()
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:

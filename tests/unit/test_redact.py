@@ -221,3 +221,11 @@ def test_audit_lines_written_directly_match_structlog_and_are_masked(
     assert (direct["event_id"], direct["worker"], direct["logger"]) == (7, "w1", "worker")
     assert direct["occurred_at"] == "2026-11-29T12:00:00+00:00"
     assert direct["timestamp"].endswith("Z")
+
+
+def test_lines_held_for_a_batch_are_written_together_at_its_end(log_output: io.StringIO) -> None:
+    with worker.logs.lines_held():
+        assert worker.logs.write_info({"logger": "worker"}, "fill_recorded", {"event_id": 1})
+        assert worker.logs.write_info({"logger": "worker"}, "fill_recorded", {"event_id": 2})
+        assert log_output.getvalue() == ""  # not yet: one write at the end of the batch
+    assert [line["event_id"] for line in _lines(log_output)] == [1, 2]

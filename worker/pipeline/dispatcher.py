@@ -37,6 +37,7 @@ from worker.events import (
     retry_delay,
     stream_fields,
 )
+from worker.logs import lines_held
 from worker.metrics import Metrics
 from worker.pipeline.handlers import Registry
 from worker.pipeline.streams import Publication, StreamPublisher
@@ -178,7 +179,8 @@ class Dispatcher:
         if not events:
             return 0
         await self._publish(events)  # StreamUnavailable: the claim rolls back, events go back
-        handled = await self._run_handlers(batch, events)
+        with lines_held():  # the batch's audit lines in one write
+            handled = await self._run_handlers(batch, events)
         self.processed += handled
         return handled
 
@@ -219,18 +221,19 @@ class Dispatcher:
 
     async def _run_handlers(self, batch: Batch, events: Sequence[Event]) -> int:
         """How many were handled; after a failure the position's later events wait."""
-        handled = 0
+        by_kind: dict[str, int] = {}
         blocked: set[str] = set()
         for event in events:
             if event.position_id in blocked:
                 continue
             if await self._handle(batch, event):
                 await batch.handled(event.event_id)
-                self._processed_by_kind(event.kind).inc()
-                handled += 1
+                by_kind[event.kind] = by_kind.get(event.kind, 0) + 1
             else:
                 blocked.add(event.position_id)
-        return handled
+        for kind, count in by_kind.items():
+            self._processed_by_kind(kind).inc(count)
+        return sum(by_kind.values())
 
     async def _handle(self, batch: Batch, event: Event) -> bool:
         for handler in self.handlers.for_event(event):
