@@ -162,6 +162,39 @@ async def test_stop_loss_fires_on_the_exchange_and_nothing_is_left_resting(
     assert [o for o in fake.orders() if o["status"] in ("NEW", "PARTIALLY_FILLED")] == []
 
 
+@pytest.mark.parametrize(
+    ("stop_loss", "max_loss", "stop"),
+    [
+        (None, D("5"), D("90")),  # max loss alone: 100 - 5 / 0.5
+        (D("80"), D("3.333"), D("93.34")),  # tighter than the stop-loss: 93.334, tick 0.01 up
+        (D("95"), D("5"), D("95")),  # the stop-loss is the tighter
+    ],
+)
+async def test_max_loss_becomes_the_exchange_side_stop_when_it_is_the_tighter(
+    db_url: str,
+    redis_url: str,
+    fake: FakeBinance,
+    stop_loss: Decimal | None,
+    max_loss: Decimal,
+    stop: Decimal,
+) -> None:
+    """0.5 BTC bought at 100: a loss of ``max_loss`` USDT is reached at 100 - max_loss / 0.5;
+    a computed stop is rounded to the tick towards the market (the loss stays within)."""
+    _, pid = new_position(
+        db_url,
+        quantity=D("0.5"),
+        is_paper_trade=False,
+        stop_loss_price=stop_loss,
+        max_loss_usdt=max_loss,
+    )
+    async with live_worker(exec_settings(db_url, redis_url), fake):
+        await wait_status(db_url, pid, "monitoring")
+        await _wait_resting(fake, 1)
+    [resting] = [o for o in fake.orders() if o["status"] == "NEW"]
+    [row] = [o for o in orders(db_url, pid) if o["purpose"] == "stop_loss"]
+    assert D(resting["stopPrice"]) == row["stop_price"] == stop
+
+
 async def _wait_resting(fake: FakeBinance, n: int) -> None:
     await eventually(lambda: len([o for o in fake.orders() if o["status"] == "NEW"]) == n, 10)
 

@@ -167,7 +167,8 @@ CROSS JOIN LATERAL (
     WHERE o.position_id = p.id AND o.purpose IN ('entry', 'scale_in', 'scale_out', 'exit')
 ) AS changed
 WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_quantity > 0
-  AND (p.stop_loss_price IS NOT NULL OR p.take_profit_price IS NOT NULL)
+  AND (p.stop_loss_price IS NOT NULL OR p.take_profit_price IS NOT NULL
+       OR p.max_loss_usdt IS NOT NULL)
   AND changed.settled < now() - make_interval(secs => %(grace)s)
   AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
                   AND o.purpose NOT IN ('stop_loss', 'take_profit')
@@ -175,7 +176,8 @@ WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_qua
   AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = p.id
                   AND r.status = 'pending')
   AND EXISTS (
-    SELECT 1 FROM (VALUES ('stop_loss', p.stop_loss_price),
+    -- (a stop from max_loss_usdt alone has no price here: never matches a rejected one)
+    SELECT 1 FROM (VALUES ('stop_loss', coalesce(p.stop_loss_price, p.max_loss_usdt)),
                           ('take_profit', p.take_profit_price)) AS k (purpose, price)
     WHERE k.price IS NOT NULL AND (
       EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id AND o.purpose = k.purpose

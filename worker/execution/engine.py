@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import psycopg
@@ -45,7 +45,7 @@ from worker.exchanges.base import (
     OrderState,
     UnknownOrder,
 )
-from worker.exchanges.filters import check_order, round_quantity
+from worker.exchanges.filters import SymbolRules, check_order, round_price, round_quantity
 from worker.execution.exchanges import ExchangeRouter, NotConfigured
 from worker.execution.recorder import (
     Row,
@@ -58,6 +58,7 @@ from worker.execution.rules import (
     FINAL_ORDER,
     PROTECTIVE,
     client_order_id,
+    effective_stop,
     entry_problem,
     entry_side,
     exit_side,
@@ -395,13 +396,13 @@ class Engine:
         if qty <= 0:
             return
         orders = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
-        _, missing = protection_plan(
-            orders, position["stop_loss_price"], position["take_profit_price"], qty
-        )
+        stops = {"stop_loss": stop_price(position, rules), "take_profit": None}
+        stops["take_profit"] = position["take_profit_price"]
+        _, missing = protection_plan(orders, stops["stop_loss"], stops["take_profit"], qty)
         if missing:
             self.log.info("protection_placing", position_id=str(position["id"]), kinds=missing)
         for purpose in missing:
-            stop = position[f"{purpose}_price"]
+            stop = stops[purpose]
             async with conn.transaction():
                 order = await self._new_order(
                     conn, position, purpose, exit_side(position["side"]), purpose, qty, stop=stop
@@ -427,7 +428,7 @@ class Engine:
             ):
                 return
             stale, missing = protection_plan(
-                orders, position["stop_loss_price"], position["take_profit_price"]
+                orders, stop_price(position, None), position["take_profit_price"]
             )
             if not missing and not stale:
                 return
@@ -610,3 +611,23 @@ def _last_trade_id(known: dict[str, Decimal]) -> str | None:
     """The highest recorded trade id of an order, when the exchange numbers its trades."""
     numbered = [int(t) for t in known if t.isdigit()]
     return str(max(numbered)) if numbered else None
+
+
+def stop_price(position: Row, rules: SymbolRules | None) -> Decimal | None:
+    """The exchange-side stop of a live position: the tighter of ``stop_loss_price`` and the
+    price at which the loss reaches ``max_loss_usdt`` (on the average entry price, as the
+    paper watcher computes it), rounded to the tick size towards the market (so the loss
+    stays within the limit). None when neither is set."""
+    held = position["held_quantity"] or Decimal(0)
+    entered = position["entry_quantity"]
+    avg = position["entry_value"] / entered if entered else None
+    if avg is None:
+        stop_loss: Decimal | None = position["stop_loss_price"]
+        return stop_loss
+    stop = effective_stop(
+        position["side"], position["stop_loss_price"], position["max_loss_usdt"], avg, held
+    )
+    if stop is None or rules is None or stop == position["stop_loss_price"]:
+        return stop
+    towards_market = ROUND_CEILING if position["side"] == "long" else ROUND_FLOOR
+    return round_price(rules, stop, towards_market)
