@@ -116,9 +116,24 @@ async def test_an_event_waiting_out_a_retry_delay_holds_back_its_position_only(
         result = await batch.mark_failed(a1, "boom", delay=60, max_attempts=5)
         assert (result.attempts, result.dead) == (1, False)
     async with outbox.claim(10) as batch:
+        # a's later events are not even locked: behind a retry delay, they would fill
+        # every batch and hold back everything newer
         assert ids(batch) == event_ids(db_url, b)
-        # held back by a retry delay, not by another claim: no prompt retry
-        assert (batch.held_back, batch.retry_soon) == (2, False)
+        assert (batch.claimed, batch.held_back, batch.retry_soon) == (1, 0, False)
+
+
+async def test_a_retry_delay_counts_from_the_failure_not_from_the_claim(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """The claim's transaction stays open for the whole batch: now() is its start."""
+    a, _ = two_positions_with_events(db_url)
+    a1 = event_ids(db_url, a)[0]
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(10) as batch:
+        await batch.conn.execute("SELECT pg_sleep(0.5)")  # a long batch, server side
+        await batch.mark_failed(a1, "boom", delay=0.3, max_attempts=5)
+    async with outbox.claim(10) as batch:
+        assert a1 not in ids(batch)
 
 
 async def test_a_dead_event_does_not_hold_back_its_successors(

@@ -10,9 +10,16 @@
 WITH locked AS (
   SELECT id, kind, position_id, order_id, user_id, symbol, old_status, new_status,
          occurred_at, actor_role, data, attempts
-  FROM position_events
+  FROM position_events e
   WHERE processed_at IS NULL AND dead_at IS NULL
     AND (available_at IS NULL OR available_at <= now())
+    -- not behind an earlier event of its position that waits out a retry delay (such rows
+    -- would fill every batch and hold back everything newer; idx_position_events_waiting)
+    AND NOT EXISTS (
+      SELECT 1 FROM position_events w
+      WHERE w.position_id = e.position_id AND w.id < e.id
+        AND w.processed_at IS NULL AND w.dead_at IS NULL AND w.available_at > now()
+    )
   ORDER BY id
   LIMIT %(limit)s
   FOR NO KEY UPDATE SKIP LOCKED
@@ -36,7 +43,7 @@ ORDER BY l.id
 
 -- name: mark_processed
 UPDATE position_events
-SET processed_at = now(), available_at = NULL
+SET processed_at = clock_timestamp(), available_at = NULL
 WHERE id = ANY(%(ids)s) AND processed_at IS NULL
 
 -- name: mark_failed
@@ -44,21 +51,21 @@ WHERE id = ANY(%(ids)s) AND processed_at IS NULL
 UPDATE position_events
 SET attempts = attempts + 1,
     last_error = %(error)s,
-    available_at = now() + make_interval(secs => %(delay)s),
-    dead_at = CASE WHEN attempts + 1 >= %(max_attempts)s THEN now() END
+    available_at = clock_timestamp() + make_interval(secs => %(delay)s),
+    dead_at = CASE WHEN attempts + 1 >= %(max_attempts)s THEN clock_timestamp() END
 WHERE id = %(id)s AND processed_at IS NULL
 RETURNING attempts, dead_at IS NOT NULL AS dead
 
 -- name: defer_event
 -- Try again later without counting an attempt (RetryLater: an exchange ban, an outage).
 UPDATE position_events
-SET last_error = %(error)s, available_at = now() + make_interval(secs => %(delay)s)
+SET last_error = %(error)s, available_at = clock_timestamp() + make_interval(secs => %(delay)s)
 WHERE id = %(id)s AND processed_at IS NULL
 
 -- name: mark_dead
 -- An event that can never be handled (unknown kind, malformed data): park it at once.
 UPDATE position_events
-SET attempts = attempts + 1, last_error = %(error)s, dead_at = now()
+SET attempts = attempts + 1, last_error = %(error)s, dead_at = clock_timestamp()
 WHERE id = %(id)s AND processed_at IS NULL
 
 -- name: replay_event

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,15 @@ from worker.metrics import Metrics
 from worker.pipeline.handlers import Registry
 from worker.pipeline.streams import Publication, StreamPublisher
 from worker.settings import PipelineSettings, StreamSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A claimed row that is not an event (unknown kind, malformed data): parked as dead."""
+
+    event_id: int
+    position_id: str
+    error: str
 
 
 class Dispatcher:
@@ -75,12 +85,19 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wakes += 1
-        self._wake.set()
+        self._signal()
 
     def stop(self) -> None:
         """Stop claiming; the batch in hand is finished first."""
         self._stopping = True
-        self._wake.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake whoever waits now (the serve loop, a paused drainer). The event is swapped
+        before it is set, so a drainer that signals and then waits is not woken by its own
+        signal. Waiters re-check state (counters), never the event."""
+        event, self._wake = self._wake, anyio.Event()
+        event.set()
 
     async def run(self) -> None:
         try:
@@ -108,7 +125,6 @@ class Dispatcher:
         with anyio.move_on_after(delay):
             while not self._stopping:
                 await self._wake.wait()
-                self._wake = anyio.Event()
 
     async def _serve(self, tg: TaskGroup) -> None:
         """Start drainers as wake-ups come in; at least every ``poll_interval`` seconds.
@@ -130,7 +146,6 @@ class Dispatcher:
                 self._add_drainer(tg)
             with anyio.move_on_after(self.cfg.poll_interval) as poll:
                 await self._wake.wait()
-            self._wake = anyio.Event()
             if poll.cancelled_caught:
                 self._wakes += 1  # the periodic poll, in case a wake-up was lost
 
@@ -152,7 +167,10 @@ class Dispatcher:
                     async with self.outbox.claim(self.cfg.batch_size) as batch:
                         self._claiming -= 1
                         claiming = False
-                        full = batch.claimed >= self.cfg.batch_size
+                        if self._uncovered():
+                            self._signal()  # a wake-up came during the claim: another may go
+                        # a batch held back whole is no backlog to add drainers for
+                        full = batch.claimed >= self.cfg.batch_size and bool(batch.rows)
                         if full and self._drainers < self.cfg.concurrency:
                             self._add_drainer(tg)  # claims the next batch while this one runs
                         await self._process(batch)
@@ -161,7 +179,7 @@ class Dispatcher:
                         self._claiming -= 1
                 self._failures = 0
                 if self._drainers > 1:
-                    self._wake.set()  # committed: a claim held back behind ours may go now
+                    self._signal()  # committed: a claim held back behind ours may go now
                 if batch.retry_soon:  # a position's earlier event is held by another claim
                     pause = min(max(2 * pause, 0.005), self.cfg.poll_interval)
                     with anyio.move_on_after(pause):
@@ -172,28 +190,27 @@ class Dispatcher:
                     break
         finally:
             self._drainers -= 1
-            self._wake.set()  # the serve loop looks again (a wake-up may be uncovered)
+            self._signal()  # the serve loop looks again (a wake-up may be uncovered)
 
     async def _process(self, batch: Batch) -> int:
-        events = await self._parse(batch)
-        if not events:
-            return 0
-        await self._publish(events)  # StreamUnavailable: the claim rolls back, events go back
+        items = self._parse(batch)
+        events = [item for item in items if isinstance(item, Event)]
+        if events:  # StreamUnavailable: the claim rolls back, the events go back
+            await self._publish(events)
         with lines_held():  # the batch's audit lines in one write
-            handled = await self._run_handlers(batch, events)
+            handled = await self._run_handlers(batch, items)
         self.processed += handled
         return handled
 
-    async def _parse(self, batch: Batch) -> list[Event]:
-        events: list[Event] = []
+    def _parse(self, batch: Batch) -> list[Event | Unreadable]:
+        items: list[Event | Unreadable] = []
         for row in batch.rows:
             try:
-                events.append(event_from_row(row))
+                items.append(event_from_row(row))
             except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
-                self.log.error("event_unreadable", event_id=row.get("id"), error=str(exc))
-                self.metrics.events_dead.inc()
-                await batch.mark_dead(int(row["id"]), f"unreadable: {exc}")
-        return events
+                position = str(row.get("position_id") or "")
+                items.append(Unreadable(int(row["id"]), position, str(exc)))
+        return items
 
     async def _publish(self, events: Sequence[Event]) -> None:
         pubs = [pub for event in events for pub in self.publications(event)]
@@ -219,18 +236,24 @@ class Dispatcher:
                 pubs.append(Publication(stream, event.event_id, event.position_id, fields))
         return pubs
 
-    async def _run_handlers(self, batch: Batch, events: Sequence[Event]) -> int:
-        """How many were handled; after a failure the position's later events wait."""
+    async def _run_handlers(self, batch: Batch, items: Sequence[Event | Unreadable]) -> int:
+        """How many were handled; after a failure the position's later events wait (an
+        unreadable one too: parked only in its turn, so it never lets a later event of its
+        position overtake an earlier one that failed)."""
         by_kind: dict[str, int] = {}
         blocked: set[str] = set()
-        for event in events:
-            if event.position_id in blocked:
+        for item in items:
+            if item.position_id in blocked:
                 continue
-            if await self._handle(batch, event):
-                await batch.handled(event.event_id)
-                by_kind[event.kind] = by_kind.get(event.kind, 0) + 1
+            if isinstance(item, Unreadable):
+                self.log.error("event_unreadable", event_id=item.event_id, error=item.error)
+                self.metrics.events_dead.inc()
+                await batch.mark_dead(item.event_id, f"unreadable: {item.error}")
+            elif await self._handle(batch, item):
+                await batch.handled(item.event_id)
+                by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
             else:
-                blocked.add(event.position_id)
+                blocked.add(item.position_id)
         for kind, count in by_kind.items():
             self._processed_by_kind(kind).inc(count)
         return sum(by_kind.values())
