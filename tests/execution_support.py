@@ -55,7 +55,8 @@ def position(db_url: str, pid: uuid.UUID) -> dict[str, Any]:
 def orders(db_url: str, pid: uuid.UUID) -> list[dict[str, Any]]:
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
         return conn.execute(
-            "SELECT * FROM orders WHERE position_id = %s ORDER BY created_at, id", (pid,)
+            "SELECT * FROM orders WHERE position_id = %s ORDER BY created_at, client_order_id, id",
+            (pid,),
         ).fetchall()
 
 
@@ -94,8 +95,9 @@ def trades(db_url: str, pid: uuid.UUID) -> list[dict[str, Any]]:
 
 
 def posts_by_client_id(fake: FakeBinance) -> Counter[str]:
-    """How many times each client order id was POSTed to the fake (whatever the answer)."""
-    return Counter(r.params.get("newClientOrderId", "") for r in fake.requests_to("POST", ORDER))
+    """How many times each client order id was POSTed to the fake (whatever the answer):
+    single orders and the legs of OCO lists."""
+    return Counter(fake.posted_client_ids())
 
 
 def assert_matches_exchange(db_url: str, fake: FakeBinance, pid: uuid.UUID) -> None:

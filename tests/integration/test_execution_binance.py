@@ -27,7 +27,7 @@ FINAL = ("filled", "cancelled", "failed")
 
 
 def posts(fake: FakeBinance, cid: str) -> int:
-    return sum(1 for r in fake.requests_to("POST", ORDER) if r.params["newClientOrderId"] == cid)
+    return fake.posted_client_ids().count(cid)  # single orders and OCO legs
 
 
 async def test_worked_example_through_scale_in_partial_and_full_exit(

@@ -20,7 +20,8 @@ WHERE id = %(position_id)s AND status = %(old)s
 RETURNING id
 
 -- name: exec_orders_of_position
-SELECT * FROM orders WHERE position_id = %(position_id)s ORDER BY created_at, id
+SELECT * FROM orders WHERE position_id = %(position_id)s
+ORDER BY created_at, client_order_id, id  -- the legs of an OCO pair share created_at
 
 -- name: exec_insert_order
 INSERT INTO orders (position_id, user_id, client_order_id, symbol, side, type, quantity,

@@ -137,6 +137,49 @@ def _request_problem(req: OrderRequest) -> str:
 
 
 @dataclass(frozen=True)
+class OcoRequest:
+    """A stop-loss and a take-profit for the same ``quantity`` as one OCO order list: when
+    one leg triggers the exchange cancels (expires) the other, and the held balance is
+    locked once for both (two separate orders would each need all of it). Both legs are
+    stop-market orders (``STOP_LOSS`` / ``TAKE_PROFIT``). For a SELL (long exit) the
+    take-profit is the *above* leg and the stop-loss the *below* one; mirrored for a BUY."""
+
+    symbol: str
+    side: Side
+    quantity: Decimal
+    list_client_order_id: str
+    stop_client_order_id: str
+    stop_price: Decimal
+    take_profit_client_order_id: str
+    take_profit_price: Decimal
+
+    def __post_init__(self) -> None:
+        problem = _oco_problem(self)
+        if problem:
+            raise ValueError(f"invalid OCO request {self.list_client_order_id!r}: {problem}")
+
+
+def _oco_problem(req: OcoRequest) -> str:
+    if req.side not in get_args(Side):
+        return f"side must be buy or sell, not {req.side!r}"
+    ids = (req.list_client_order_id, req.stop_client_order_id, req.take_profit_client_order_id)
+    if not all(CLIENT_ORDER_ID.match(i) for i in ids):
+        return "client order ids must match ^[a-zA-Z0-9-_]{1,36}$"
+    if req.stop_client_order_id == req.take_profit_client_order_id:
+        return "the two legs need different client order ids"
+    if req.quantity <= 0 or req.stop_price <= 0 or req.take_profit_price <= 0:
+        return "quantity and prices must be positive"
+    above, below = (
+        (req.take_profit_price, req.stop_price)
+        if req.side == "sell"
+        else (req.stop_price, req.take_profit_price)
+    )
+    if above <= below:
+        return f"a {req.side} OCO needs the take-profit on the other side of the stop"
+    return ""
+
+
+@dataclass(frozen=True)
 class ExchangeFill:
     """One execution (trade) of an order, as the exchange reported it."""
 
@@ -188,6 +231,12 @@ class Exchange(Protocol):
 
     async def place_order(self, req: OrderRequest) -> OrderState:
         """Send one order. FilterViolation before sending; OutcomeUnknown: reconcile."""
+        ...
+
+    async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
+        """Send a stop-loss and a take-profit as one OCO list; the answer has one state per
+        leg (find them by client order id). OutcomeUnknown: reconcile each leg by its
+        client order id (a leg found means the whole list exists); never re-send blindly."""
         ...
 
     async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:

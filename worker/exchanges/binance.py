@@ -29,6 +29,7 @@ from worker.exchanges.base import (
     ClockSkew,
     ExchangeFill,
     FilterViolation,
+    OcoRequest,
     OrderRequest,
     OrderState,
     OutcomeUnknown,
@@ -52,6 +53,7 @@ __all__ = [
     "BinancePublicPrices",
     "RateLimitGate",
     "Secret",
+    "oco_states",
     "order_state",
     "trade_fill",
 ]
@@ -152,6 +154,13 @@ class BinanceClient:
         params = await self._order_params(req)
         return _parsed(order_state, await self._signed("POST", "/api/v3/order", params))
 
+    async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
+        """``POST /api/v3/orderList/oco``: both legs stop-market (STOP_LOSS / TAKE_PROFIT),
+        the quantity floored to the step size, the stops rounded to the tick size."""
+        params = await self._oco_params(req)
+        body = await self._signed("POST", "/api/v3/orderList/oco", params)
+        return _parsed(oco_states, body)
+
     async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
         try:
@@ -243,6 +252,32 @@ class BinanceClient:
             check_order(rules, None, stop)
         return _wire_params(req, qty, price, stop)
 
+    async def _oco_params(self, req: OcoRequest) -> dict[str, str]:
+        rules = await self.symbol_rules(req.symbol)
+        qty = _floored_quantity(rules, req.quantity)
+        stop = round_price(rules, req.stop_price)
+        take = round_price(rules, req.take_profit_price)
+        check_order(rules, qty, stop)
+        check_order(rules, qty, take)
+        legs = {
+            "stop": ("STOP_LOSS", req.stop_client_order_id, stop),
+            "take": ("TAKE_PROFIT", req.take_profit_client_order_id, take),
+        }
+        above, below = ("take", "stop") if req.side == "sell" else ("stop", "take")
+        params = {
+            "symbol": req.symbol,
+            "side": req.side.upper(),
+            "quantity": format_decimal(qty),
+            "listClientOrderId": req.list_client_order_id,
+            "newOrderRespType": "FULL",
+        }
+        for where, leg in (("above", legs[above]), ("below", legs[below])):
+            kind, client_id, price = leg
+            params[f"{where}Type"] = kind
+            params[f"{where}ClientOrderId"] = client_id
+            params[f"{where}StopPrice"] = format_decimal(price)
+        return params
+
 
 def _floored_quantity(rules: SymbolRules, quantity: Decimal) -> Decimal:
     if quantity <= 0:
@@ -317,6 +352,14 @@ def order_state(data: Mapping[str, Any]) -> OrderState:
         fills=fills,
         raw=dict(data),
     )
+
+
+def oco_states(data: Mapping[str, Any]) -> tuple[OrderState, ...]:
+    """The legs of an order list answer (``orderReports``), as OrderStates."""
+    reports = data["orderReports"]
+    if not isinstance(reports, list) or len(reports) != 2:
+        raise ValueError(f"an OCO answer has two orderReports, got {reports!r}")
+    return tuple(order_state(r) for r in reports)
 
 
 def _trade_page(body: Any) -> list[ExchangeFill]:

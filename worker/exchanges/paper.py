@@ -37,9 +37,11 @@ from typing import TYPE_CHECKING, Final, cast
 from worker.exchanges.base import (
     DuplicateOrder,
     ExchangeFill,
+    OcoRequest,
     OrderRejected,
     OrderRequest,
     OrderState,
+    OrderType,
     PriceFeed,
     UnknownOrder,
 )
@@ -148,6 +150,23 @@ class PaperExchange:
         self._orders[order.exchange_order_id] = order
         self._latest[(req.symbol, req.client_order_id)] = order
         return order.state(self._match(order, rules, market, bnb_price, placing=True))
+
+    async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
+        """Both legs as two independent orders: the paper exchange has no balances to lock
+        and no order lists (paper positions are protected by the watcher, which never sends
+        protective orders; this keeps the port complete)."""
+        legs: tuple[tuple[OrderType, str, Decimal], ...] = (
+            ("stop_loss", req.stop_client_order_id, req.stop_price),
+            ("take_profit", req.take_profit_client_order_id, req.take_profit_price),
+        )
+        return tuple(
+            [
+                await self.place_order(
+                    OrderRequest(req.symbol, req.side, kind, cid, req.quantity, stop_price=stop)
+                )
+                for kind, cid, stop in legs
+            ]
+        )
 
     async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         await self._sync(symbol)

@@ -40,6 +40,7 @@ from worker.exchanges.base import (
     Exchange,
     ExchangeError,
     ExchangeFill,
+    OcoRequest,
     OrderRejected,
     OrderRequest,
     OrderState,
@@ -62,6 +63,7 @@ from worker.execution.rules import (
     entry_problem,
     entry_side,
     exit_side,
+    oco_partner,
     order_status_for,
     protection_plan,
 )
@@ -225,7 +227,18 @@ class Engine:
         await self.protect(conn, position)  # put back what a failed exit or the exchange took
 
     async def drive(self, conn: Conn, position: Row, order: Row) -> None:
-        """Bring one order up to date with the exchange (sending it if it never was)."""
+        """Bring one order up to date with the exchange (sending it if it never was).
+        A leg of an OCO pair (``rules.oco_partner``) not yet known on the exchange is
+        sent, or reconciled, together with its partner (:meth:`_drive_leg`)."""
+        if order["status"] == "created" and order["purpose"] in PROTECTIVE:
+            rows = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
+            fresh = next((o for o in rows if o["id"] == order["id"]), order)
+            if fresh["status"] != "created":
+                return  # driven a moment ago with its OCO partner
+            partner = oco_partner(rows, fresh)
+            if partner is not None:
+                await self._drive_leg(conn, position, fresh, dict(partner))
+                return
         exchange = self.router.for_position(position)
         try:
             state = await self._current_state(conn, exchange, order)
@@ -285,6 +298,115 @@ class Engine:
             quantity=str(order["quantity"]),
         )
         return await exchange.place_order(request)
+
+    # -- OCO pairs (a stop-loss and a take-profit placed as one order list) -----------------
+    async def _drive_leg(self, conn: Conn, position: Row, order: Row, partner: Row) -> None:
+        """A created OCO leg. With its partner also created the pair is sent (or, sent
+        before, reconciled) as one list. Otherwise the list reached the exchange (its other
+        leg is known there), so this leg exists too: look it up, never send it alone."""
+        if partner["status"] == "created":
+            stop, take = (order, partner) if order["purpose"] == "stop_loss" else (partner, order)
+            await self._drive_pair(conn, position, stop, take)
+            return
+        exchange = self.router.for_position(position)
+        try:
+            state = await exchange.get_order(order["symbol"], order["client_order_id"])
+            if state is None:
+                await self._row(conn, "exec_bump_missing", order_id=order["id"])
+                raise _LookLater(f"OCO leg {order['client_order_id']} not visible yet")
+        except ExchangeError as exc:
+            self.log.warning(
+                "order_outcome_unknown",
+                order_id=str(order["id"]),
+                client_order_id=order["client_order_id"],
+                error=str(exc),
+            )
+            return
+        await self._record(conn, exchange, position, order, state)
+
+    async def _drive_pair(self, conn: Conn, position: Row, stop: Row, take: Row) -> None:
+        """Send a stop-loss and a take-profit as one OCO list, or bring a list that may
+        exist up to date; a rejection fails both legs."""
+        exchange = self.router.for_position(position)
+        try:
+            states = await self._pair_states(conn, exchange, stop, take)
+            if states is None:
+                states = await self._send_pair(conn, position, stop, take, exchange)
+                crashpoint("stop_loss.sent")
+                crashpoint("take_profit.sent")
+        except OrderRejected as exc:
+            async with conn.transaction():
+                for leg in (stop, take):
+                    await record_rejection(conn, position, leg, exc.code, exc.msg)
+            self.log.warning(
+                "order_rejected", order_id=str(stop["id"]), oco=str(take["id"]), error=str(exc)
+            )
+            return
+        except ExchangeError as exc:  # outcome unknown, rate limited: look again later
+            self.log.warning(
+                "order_outcome_unknown",
+                order_id=str(stop["id"]),
+                client_order_id=stop["client_order_id"],
+                oco=take["client_order_id"],
+                error=str(exc),
+            )
+            return
+        found = {s.client_order_id: s for s in states}
+        for leg in (stop, take):
+            state = found.get(leg["client_order_id"])
+            if state is not None:
+                await self._record(conn, exchange, position, leg, state)
+
+    async def _pair_states(
+        self, conn: Conn, exchange: Exchange, stop: Row, take: Row
+    ) -> tuple[OrderState, ...] | None:
+        """The exchange's view of a pair that may have been sent; None: send it now. The
+        legs are created together, so one leg found means the list exists; it is sent
+        again only when neither was found for ``resend_after`` lookups in a row."""
+        if stop["send_attempts"] == 0 and take["send_attempts"] == 0:
+            return None
+        states = []
+        for leg in (stop, take):
+            state = await exchange.get_order(leg["symbol"], leg["client_order_id"])
+            if state is not None:
+                states.append(state)
+        if states:
+            return tuple(states)
+        misses = []
+        for leg in (stop, take):
+            row = await self._row(conn, "exec_bump_missing", order_id=leg["id"])
+            misses.append(int(row["missing_lookups"]) if row else 0)
+        if min(misses) >= self.resend_after:
+            return None  # never arrived: safe to send with the same client ids
+        raise _LookLater(f"OCO {stop['client_order_id']} not visible yet ({min(misses)} lookups)")
+
+    async def _send_pair(
+        self, conn: Conn, position: Row, stop: Row, take: Row, exchange: Exchange
+    ) -> tuple[OrderState, ...]:
+        crashpoint("stop_loss.committed")
+        async with conn.transaction():
+            for leg in (stop, take):
+                await conn.execute(q("exec_bump_send"), {"order_id": leg["id"]})
+        request = OcoRequest(
+            symbol=stop["symbol"],
+            side=stop["side"],
+            quantity=stop["quantity"],
+            list_client_order_id=oco_list_id(stop["client_order_id"], take["client_order_id"]),
+            stop_client_order_id=stop["client_order_id"],
+            stop_price=stop["stop_price"],
+            take_profit_client_order_id=take["client_order_id"],
+            take_profit_price=take["stop_price"],
+        )
+        self.log.info(
+            "oco_sending",
+            position_id=str(position["id"]),
+            list_client_order_id=request.list_client_order_id,
+            stop_client_order_id=request.stop_client_order_id,
+            take_profit_client_order_id=request.take_profit_client_order_id,
+            side=stop["side"],
+            quantity=str(stop["quantity"]),
+        )
+        return await exchange.place_oco(request)
 
     async def _record(
         self, conn: Conn, exchange: Exchange, position: Row, order: Row, state: OrderState
@@ -401,6 +523,16 @@ class Engine:
         _, missing = protection_plan(orders, stops["stop_loss"], stops["take_profit"], qty)
         if missing:
             self.log.info("protection_placing", position_id=str(position["id"]), kinds=missing)
+        if len(missing) == 2:  # both: one OCO list (two SELLs of the holding cannot both rest)
+            async with conn.transaction():  # one transaction: the legs share created_at
+                legs = [
+                    await self._new_order(
+                        conn, position, p, exit_side(position["side"]), p, qty, stop=stops[p]
+                    )
+                    for p in ("stop_loss", "take_profit")
+                ]
+            await self._drive_pair(conn, position, legs[0], legs[1])
+            return
         for purpose in missing:
             stop = stops[purpose]
             async with conn.transaction():
@@ -605,6 +737,12 @@ def _unchanged(order: Row, state: OrderState) -> bool:
         and order["missing_lookups"] == 0
         and order["binance_order_id"] == (state.exchange_order_id or order["binance_order_id"])
     )
+
+
+def oco_list_id(stop_client_id: str, take_client_id: str) -> str:
+    """The OCO list's client id: the stop leg's id plus the take-profit leg's counter
+    (``pw-<hex>-s3`` + ``pw-<hex>-t2`` -> ``pw-<hex>-s3-t2``), at most 36 characters."""
+    return f"{stop_client_id}-{take_client_id.rsplit('-', 1)[-1]}"[:36]
 
 
 def _last_trade_id(known: dict[str, Decimal]) -> str | None:

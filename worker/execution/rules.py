@@ -129,6 +129,31 @@ def protection_plan(
     return stale, missing
 
 
+def oco_partner(
+    orders: Sequence[Mapping[str, Any]], order: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The other leg of an OCO pair ``order`` (a protective order) belongs to, or None.
+
+    The engine creates both legs of a pair in one transaction, so they share
+    ``created_at`` (``now()`` is the transaction's start); a single stop-loss or take-profit
+    is created in a transaction of its own. The pair: the other protective kind, same
+    ``created_at``, same quantity."""
+    if order["purpose"] not in PROTECTIVE:
+        return None
+    other = "take_profit" if order["purpose"] == "stop_loss" else "stop_loss"
+    return next(
+        (
+            o
+            for o in orders
+            if o["purpose"] == other
+            and o["id"] != order["id"]
+            and o["created_at"] == order["created_at"]
+            and o["quantity"] == order["quantity"]
+        ),
+        None,
+    )
+
+
 def _rejected_at(order: Mapping[str, Any], quantity: Decimal | None, stop: Decimal) -> bool:
     same_size = quantity is None or order.get("quantity") == quantity
     return order["status"] == "failed" and same_size and order.get("stop_price") == stop

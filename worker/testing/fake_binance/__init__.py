@@ -22,7 +22,11 @@ by self-trade prevention with :meth:`expire_in_match`), rests limit, stop-loss a
 orders until :meth:`set_price` crosses them (or :meth:`end_order` cancels or expires one as
 the user or the exchange would), and charges commission in the received asset,
 quote, base or BNB. ``myTrades`` pages like Binance's (``limit``, ``fromId``; the most recent
-trades without ``fromId``) and can lag the orders (:meth:`set_trades_lag`). Every request is
+trades without ``fromId``) and can lag the orders (:meth:`set_trades_lag`). OCO lists
+(``POST /api/v3/orderList/oco``): two linked legs, each found and cancelled by its own client
+id; cancelling (or :meth:`end_order`) one leg ends the list, a leg triggering expires the
+other. With :meth:`set_balances`, open orders lock what they need (an OCO once), so a
+second full-size SELL of one holding is refused -2010 as on Binance. Every request is
 recorded in :attr:`requests`.
 """
 

@@ -59,11 +59,15 @@ class Book:
         self.commission_rate = Decimal("0.001")
         self.commission_mode: CommissionMode = "received"
         self.balances: dict[str, Decimal] | None = None
+        # with balances: what open orders need is locked (free = balance - locked), as on
+        # Binance, so a second full-size SELL of the same holding is refused with -2010
+        self.lock_balances = True
         self.trades_lag = 0  # new trades stay out of myTrades for this many of its answers
         self.unsettled: dict[int, int] = {}  # trade id -> myTrades answers still to miss it
         self.in_match: dict[str, Decimal] = {}  # symbol -> fill this much, then STP expires
         self._order_ids = itertools.count(1001)
         self._trade_ids = itertools.count(5001)
+        self._list_ids = itertools.count(1)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -185,8 +189,84 @@ class Book:
             need = order.orig_qty * (order.price or order.stop_price or self.prices[spec.symbol])
         else:
             asset, need = spec.base, order.orig_qty
-        if self.balances.get(asset, Decimal(0)) < need:
+        if self.balances.get(asset, Decimal(0)) - self.locked(asset) < need:
             raise ApiError(400, -2010, "Account has insufficient balance for requested action.")
+
+    def locked(self, asset: str) -> Decimal:
+        """What the open orders hold of ``asset`` (0 unless :attr:`lock_balances`): a SELL
+        its unfilled base quantity, a resting BUY its unfilled quantity at its limit (or
+        stop) price; an order list locks once, for its largest leg."""
+        if not self.lock_balances:
+            return Decimal(0)
+        held: dict[int, Decimal] = {}  # by order list (or by order, -id, when not in one)
+        for o in self.orders:
+            if not o.is_open:
+                continue
+            spec = self.specs[o.symbol]
+            if o.side == "SELL" and spec.base == asset:
+                need = o.remaining
+            elif o.side == "BUY" and spec.quote == asset and (o.price or o.stop_price):
+                need = o.remaining * (o.price or o.stop_price or Decimal(0))
+            else:
+                continue
+            key = o.order_list_id if o.order_list_id >= 0 else -o.order_id
+            held[key] = max(held.get(key, Decimal(0)), need)
+        return sum(held.values(), Decimal(0))
+
+    # -- order lists (OCO) ---------------------------------------------------------------------
+
+    def place_oco(self, p: Mapping[str, str]) -> tuple[int, list[Order]]:
+        """``POST /api/v3/orderList/oco``: two linked legs. SELL: above TAKE_PROFIT(_LIMIT),
+        below STOP_LOSS(_LIMIT); BUY: the reverse. Neither leg may trigger at once; the
+        balance is locked once for the list. (LIMIT_MAKER legs are not supported here.)"""
+        spec = self.spec(p.get("symbol"))
+        side = p.get("side", "")
+        if side not in ("BUY", "SELL"):
+            raise ApiError(400, -1117, "Invalid side.")
+        take = ("TAKE_PROFIT", "TAKE_PROFIT_LIMIT")
+        stop = ("STOP_LOSS", "STOP_LOSS_LIMIT")
+        allowed = (
+            {"above": take, "below": stop} if side == "SELL" else {"above": stop, "below": take}
+        )
+        legs: list[Order] = []
+        for where in ("above", "below"):
+            kind = p.get(f"{where}Type", "")
+            if kind not in allowed[where]:
+                raise ApiError(400, -1116, f"Invalid {where}Type.")
+            leg_params = {
+                "side": side,
+                "type": kind,
+                "quantity": p.get("quantity", ""),
+                "newClientOrderId": p.get(f"{where}ClientOrderId", ""),
+            }
+            for name in ("Price", "StopPrice"):
+                if f"{where}{name}" in p:
+                    leg_params[name[0].lower() + name[1:]] = p[f"{where}{name}"]
+            leg = self._new_order(spec, leg_params)
+            self._check_filters(spec, leg)
+            assert leg.stop_price is not None
+            if _triggered(side, kind, leg.stop_price, self.prices[spec.symbol]):
+                raise ApiError(
+                    400, -2010, "The relationship of the prices for the orders is not correct."
+                )
+            legs.append(leg)
+        if legs[0].client_id == legs[1].client_id:
+            raise ApiError(400, -2010, "Duplicate order sent.")
+        for leg in legs:
+            self._check_balance(spec, leg)
+        list_id = next(self._list_ids)
+        for leg in legs:
+            leg.order_list_id = list_id
+            self.orders.append(leg)
+        return list_id, legs
+
+    def end_list(self, order: Order, status: str) -> None:
+        """End the open legs of ``order``'s list other than ``order`` itself."""
+        if order.order_list_id < 0:
+            return
+        for other in self.orders:
+            if other is not order and other.order_list_id == order.order_list_id and other.is_open:
+                other.status, other.update_ms = status, self.clock_ms()
 
     # -- matching ------------------------------------------------------------------------------
 
@@ -196,7 +276,8 @@ class Book:
         self.prices[symbol] = price
         made: list[Trade] = []
         for order in [o for o in self.orders if o.symbol == symbol and o.is_open]:
-            made += self._match(order, price, placing=False)
+            if order.is_open:  # an OCO leg's sibling that triggered ends it
+                made += self._match(order, price, placing=False)
         return made
 
     def _match(self, order: Order, price: Decimal, *, placing: bool) -> list[Trade]:
@@ -204,6 +285,7 @@ class Book:
             if not _triggered(order.side, order.type, order.stop_price, price):
                 return []
             order.triggered = True
+            self.end_list(order, "EXPIRED")  # Binance expires the other leg of an OCO
         if order.price is None:  # market (or triggered stop-market): fill now, expire the rest
             return self._take(order, price)
         if not _crosses(order.side, order.price, price):
@@ -257,6 +339,8 @@ class Book:
                 )
             )
         order.update_ms = self.clock_ms()
+        if trades:
+            self.end_list(order, "EXPIRED")
         if order.remaining == 0:
             order.status = "FILLED"
         elif order.executed > 0:

@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 _ORDER = "/api/v3/order"
+_CLIENT_ID_NAMES = ("orig", "new", "above", "below")  # <name>ClientOrderId: which order
 
 
 class FaultKind(StrEnum):
@@ -104,6 +105,7 @@ class Fault:
     status: int = 503  # SERVER_ERROR
     msg: str | None = None  # overrides the Binance message of error kinds
     client_order_id: str | None = None  # only a request about this order (None: any)
+    fills: str | None = None  # CANCEL_RACE: the order that fills (None: the one cancelled)
 
     @property
     def applies(self) -> bool:
@@ -116,7 +118,7 @@ class Fault:
         if self.client_order_id is None:
             return True
         p = params or {}
-        return self.client_order_id in (p.get("origClientOrderId"), p.get("newClientOrderId"))
+        return self.client_order_id in {p.get(f"{n}ClientOrderId") for n in _CLIENT_ID_NAMES}
 
     def error_reply(self) -> tuple[int | None, Any]:
         """(HTTP status or None to drop the connection, body) of an error kind."""
@@ -184,9 +186,13 @@ class Fault:
         return cls(FaultKind.FILTER_FAILURE, msg=msg)
 
     @classmethod
-    def cancel_race(cls, client_order_id: str | None = None) -> Fault:
-        """The next cancel (of ``client_order_id``, or any) finds the order filling."""
-        return cls(FaultKind.CANCEL_RACE, "DELETE", _ORDER, client_order_id=client_order_id)
+    def cancel_race(cls, client_order_id: str | None = None, *, fills: str | None = None) -> Fault:
+        """The next cancel (of ``client_order_id``, or any) finds the order filling; with
+        ``fills``, that order fills instead (another leg of the same OCO list: the cancel of
+        one leg meets the list done because the other leg filled)."""
+        return cls(
+            FaultKind.CANCEL_RACE, "DELETE", _ORDER, client_order_id=client_order_id, fills=fills
+        )
 
     @classmethod
     def hidden(cls, lookups: int) -> Fault:

@@ -167,6 +167,7 @@ class Order:
     update_ms: int = 0
     triggered: bool = False
     hidden_lookups: int = 0
+    order_list_id: int = -1  # an OCO leg: the list it belongs to
     trades: list[Trade] = field(default_factory=list)
 
     @property
@@ -182,7 +183,7 @@ class Order:
         return {
             "symbol": self.symbol,
             "orderId": self.order_id,
-            "orderListId": -1,
+            "orderListId": self.order_list_id,
             "clientOrderId": self.client_id,
             "price": f8(self.price),
             "origQty": f8(self.orig_qty),
@@ -209,6 +210,14 @@ class Order:
             body.pop(key)
         body["transactTime"] = self.time_ms
         body["fills"] = [t.fill_json() for t in fills]
+        return body
+
+    def report_json(self) -> dict[str, Any]:
+        """One ``orderReports`` entry of an order list answer."""
+        body = self.json()
+        for key in ("icebergQty", "time", "updateTime", "isWorking", "origQuoteOrderQty"):
+            body.pop(key)
+        body["transactTime"] = self.time_ms
         return body
 
     def cancel_json(self, cancel_id: str, now_ms: int) -> dict[str, Any]:

@@ -19,7 +19,10 @@ from worker.testing.fake_binance.book import Book, CommissionMode
 from worker.testing.fake_binance.faults import Fault, FaultKind, FaultQueue
 from worker.testing.fake_binance.orders import DEFAULT_SYMBOLS, ApiError, Order, f8
 
-_SIGNED = frozenset({"/api/v3/order", "/api/v3/myTrades", "/api/v3/account", "/api/v3/openOrders"})
+OCO = "/api/v3/orderList/oco"
+_SIGNED = frozenset(
+    {"/api/v3/order", OCO, "/api/v3/myTrades", "/api/v3/account", "/api/v3/openOrders"}
+)
 HANG_LIMIT_S = 30.0
 
 
@@ -161,6 +164,7 @@ class FakeBinance:
             if not live:
                 raise LookupError(f"no open order {client_order_id!r}")
             live[-1].status, live[-1].update_ms = status, self._now_ms()
+            self.book.end_list(live[-1], status)  # ending one leg of an OCO ends the list
 
     def set_trades_lag(self, answers: int) -> None:
         """Trades made from now on are missing from ``myTrades`` for its next ``answers``
@@ -168,12 +172,17 @@ class FakeBinance:
         with self._lock:
             self.book.trades_lag = answers
 
-    def set_balances(self, balances: Mapping[str, Decimal | str] | None) -> None:
-        """Enforce (and move) balances; None (the default) means unlimited funds."""
+    def set_balances(
+        self, balances: Mapping[str, Decimal | str] | None, *, lock: bool = True
+    ) -> None:
+        """Enforce (and move) balances; None (the default) means unlimited funds. With
+        ``lock`` (the default) open orders lock what they need, as on Binance: a second
+        full-size SELL of the same holding is refused with -2010 (an OCO locks once)."""
         with self._lock:
             self.book.balances = (
                 None if balances is None else {k: Decimal(v) for k, v in balances.items()}
             )
+            self.book.lock_balances = lock
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -192,6 +201,17 @@ class FakeBinance:
 
     def order_count(self, client_order_id: str) -> int:
         return len(self.orders(client_order_id))
+
+    def posted_client_ids(self) -> list[str]:
+        """Every client order id POSTed, once per POST whatever the answer: single orders
+        (``newClientOrderId``) and both legs of each OCO list."""
+        ids: list[str] = []
+        for r in self.requests:
+            if r.method == "POST" and r.path == "/api/v3/order":
+                ids.append(r.params.get("newClientOrderId", ""))
+            elif r.method == "POST" and r.path == OCO:
+                ids += [r.params.get(f"{w}ClientOrderId", "") for w in ("above", "below")]
+        return ids
 
     def trades(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -261,7 +281,8 @@ class FakeBinance:
         if path in _SIGNED:
             self._authenticate(query, body, params, headers)
         if fault is not None and fault.kind is FaultKind.CANCEL_RACE:
-            order = self.book.find(params, lookup=False)
+            which = params if fault.fills is None else {**params, "origClientOrderId": fault.fills}
+            order = self.book.find(which, lookup=False)
             if order is not None and order.is_open:
                 self.book.fill_now(order)
         answer = self._endpoint(method, path, params, fault)
@@ -316,6 +337,11 @@ class FakeBinance:
             order, fills = self.book.place(params)
             order.hidden_lookups = fault.lookups if fault else 0
             return order.full_json(fills)
+        if route == ("POST", OCO):
+            list_id, legs = self.book.place_oco(params)
+            for leg in legs:
+                leg.hidden_lookups = fault.lookups if fault else 0
+            return self._list_json(list_id, params, legs)
         if route == ("GET", "/api/v3/order"):
             return self._existing(params, lookup=True).json()
         if route == ("DELETE", "/api/v3/order"):
@@ -358,8 +384,25 @@ class FakeBinance:
         if order is None or not order.is_open:
             raise ApiError(400, -2011, "Unknown order sent.")
         order.status, order.update_ms = "CANCELED", self._now_ms()
+        self.book.end_list(order, "CANCELED")  # cancelling one leg cancels the whole list
         cancel_id = params.get("newClientOrderId") or f"cancel{order.order_id}"
         return order.cancel_json(cancel_id, order.update_ms)
+
+    def _list_json(self, list_id: int, params: Mapping[str, str], legs: list[Order]) -> Any:
+        return {
+            "orderListId": list_id,
+            "contingencyType": "OCO",
+            "listStatusType": "EXEC_STARTED",
+            "listOrderStatus": "EXECUTING",
+            "listClientOrderId": params.get("listClientOrderId") or f"list{list_id}",
+            "transactionTime": self._now_ms(),
+            "symbol": legs[0].symbol,
+            "orders": [
+                {"symbol": o.symbol, "orderId": o.order_id, "clientOrderId": o.client_id}
+                for o in legs
+            ],
+            "orderReports": [o.report_json() for o in legs],
+        }
 
     def _account(self) -> dict[str, Any]:
         balances = self.book.balances or {}
@@ -368,7 +411,8 @@ class FakeBinance:
             "accountType": "SPOT",
             "updateTime": self._now_ms(),
             "balances": [
-                {"asset": a, "free": f8(v), "locked": f8(None)} for a, v in sorted(balances.items())
+                {"asset": a, "free": f8(v - self.book.locked(a)), "locked": f8(self.book.locked(a))}
+                for a, v in sorted(balances.items())
             ],
         }
 

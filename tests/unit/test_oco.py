@@ -1,0 +1,81 @@
+"""OCO pairs: ``rules.oco_partner`` (which protective rows were created as one list),
+``OcoRequest`` validation, and the list client id."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from worker.exchanges.base import OcoRequest
+from worker.execution.engine import oco_list_id
+from worker.execution.rules import oco_partner
+
+D = Decimal
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def row(n: int, purpose: str, at: datetime = T0, qty: str = "0.5") -> dict[str, Any]:
+    return {"id": n, "purpose": purpose, "created_at": at, "quantity": D(qty)}
+
+
+def test_legs_created_together_are_partners() -> None:
+    sl, tp = row(1, "stop_loss"), row(2, "take_profit")
+    rows = [row(0, "entry", T0 - timedelta(seconds=1)), sl, tp]
+    assert oco_partner(rows, sl) is tp
+    assert oco_partner(rows, tp) is sl
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        row(2, "take_profit", T0 + timedelta(microseconds=1)),  # its own transaction
+        row(2, "take_profit", qty="0.3"),  # another size
+        row(2, "stop_loss"),  # the same kind
+        row(2, "exit"),  # not protective
+    ],
+)
+def test_no_partner(other: dict[str, Any]) -> None:
+    sl = row(1, "stop_loss")
+    assert oco_partner([sl, other], sl) is None
+
+
+def test_an_entry_has_no_partner() -> None:
+    entry = row(1, "entry")
+    assert oco_partner([entry, row(2, "take_profit")], entry) is None
+
+
+def oco(side: Any = "sell", stop: str = "90", take: str = "130", **kw: Any) -> OcoRequest:
+    ids = {"list_id": "l-1", "stop_id": "s-1", "take_id": "t-1", **kw}
+    return OcoRequest(
+        "BTCUSDT", side, D("0.5"), ids["list_id"], ids["stop_id"], D(stop), ids["take_id"], D(take)
+    )
+
+
+def test_valid_requests() -> None:
+    assert oco().take_profit_price == D("130")
+    assert oco("buy", stop="130", take="90").stop_price == D("130")
+
+
+@pytest.mark.parametrize(
+    ("args", "kw"),
+    [
+        (("sell", "130", "90"), {}),  # a long's take-profit below its stop
+        (("buy", "90", "130"), {}),  # a short's take-profit above its stop
+        (("hold", "90", "130"), {}),
+        (("sell", "90", "130"), {"take_id": "s-1"}),  # one id for both legs
+        (("sell", "90", "130"), {"list_id": "bad id!"}),
+        (("sell", "0", "130"), {}),
+    ],
+)
+def test_invalid_requests(args: tuple[str, str, str], kw: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="invalid OCO request"):
+        oco(*args, **kw)
+
+
+def test_list_client_id_names_both_legs() -> None:
+    hex_id = "0" * 24
+    assert oco_list_id(f"pw-{hex_id}-s3", f"pw-{hex_id}-t12") == f"pw-{hex_id}-s3-t12"
+    assert len(oco_list_id(f"pw-{hex_id}-s999", f"pw-{hex_id}-t999")) <= 36
