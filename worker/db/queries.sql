@@ -7,18 +7,24 @@
 -- before it) so the dispatcher can keep per-position order: an event whose predecessor is
 -- still pending and not in this batch is left alone (another worker holds it, or it waits
 -- out a retry delay). An event waiting out its retry delay is not claimable.
-WITH locked AS (
+WITH waiting AS MATERIALIZED (
+  -- positions with an event waiting out a retry delay (few; idx_position_events_waiting):
+  -- their later events are not claimed (they would fill every batch and hold back
+  -- everything newer). Computed once per claim, never per row.
+  SELECT position_id, min(id) AS first_id
+  FROM position_events
+  WHERE processed_at IS NULL AND dead_at IS NULL AND available_at IS NOT NULL
+    AND available_at > now()
+  GROUP BY position_id
+),
+locked AS (
   SELECT id, kind, position_id, order_id, user_id, symbol, old_status, new_status,
          occurred_at, actor_role, data, attempts
   FROM position_events e
   WHERE processed_at IS NULL AND dead_at IS NULL
     AND (available_at IS NULL OR available_at <= now())
-    -- not behind an earlier event of its position that waits out a retry delay (such rows
-    -- would fill every batch and hold back everything newer; idx_position_events_waiting)
     AND NOT EXISTS (
-      SELECT 1 FROM position_events w
-      WHERE w.position_id = e.position_id AND w.id < e.id
-        AND w.processed_at IS NULL AND w.dead_at IS NULL AND w.available_at > now()
+      SELECT 1 FROM waiting w WHERE w.position_id = e.position_id AND w.first_id < e.id
     )
   ORDER BY id
   LIMIT %(limit)s
