@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -46,7 +46,7 @@ from worker.exchanges.base import (
     OrderState,
     UnknownOrder,
 )
-from worker.exchanges.filters import SymbolRules, check_order, round_price, round_quantity
+from worker.exchanges.filters import check_order, round_quantity
 from worker.execution.exchanges import ExchangeRouter, NotConfigured
 from worker.execution.recorder import (
     Row,
@@ -59,13 +59,13 @@ from worker.execution.rules import (
     FINAL_ORDER,
     PROTECTIVE,
     client_order_id,
-    effective_stop,
     entry_problem,
     entry_side,
     exit_side,
     oco_partner,
     order_status_for,
     protection_plan,
+    stop_price,
 )
 from worker.testing.crashpoints import crashpoint
 
@@ -252,15 +252,20 @@ class Engine:
             self.log.warning("order_rejected", order_id=str(order["id"]), error=str(exc))
             return
         except ExchangeError as exc:  # outcome unknown, rate limited: look again later
-            self.log.warning(
-                "order_outcome_unknown",
-                order_id=str(order["id"]),
-                client_order_id=order["client_order_id"],
-                error=str(exc),
-            )
+            self._outcome_unknown(order, exc)
             return
         if state is not None:
             await self._record(conn, exchange, position, order, state)
+
+    def _outcome_unknown(self, order: Row, exc: Exception, **extra: Any) -> None:
+        """Outcome unknown or rate limited: the order is looked at again on the next pass."""
+        self.log.warning(
+            "order_outcome_unknown",
+            order_id=str(order["id"]),
+            client_order_id=order["client_order_id"],
+            error=str(exc),
+            **extra,
+        )
 
     async def _current_state(self, conn: Conn, exchange: Exchange, order: Row) -> OrderState | None:
         """The exchange's view of an order that may exist; None when it should be sent now."""
@@ -315,12 +320,7 @@ class Engine:
                 await self._row(conn, "exec_bump_missing", order_id=order["id"])
                 raise _LookLater(f"OCO leg {order['client_order_id']} not visible yet")
         except ExchangeError as exc:
-            self.log.warning(
-                "order_outcome_unknown",
-                order_id=str(order["id"]),
-                client_order_id=order["client_order_id"],
-                error=str(exc),
-            )
+            self._outcome_unknown(order, exc)
             return
         await self._record(conn, exchange, position, order, state)
 
@@ -343,13 +343,7 @@ class Engine:
             )
             return
         except ExchangeError as exc:  # outcome unknown, rate limited: look again later
-            self.log.warning(
-                "order_outcome_unknown",
-                order_id=str(stop["id"]),
-                client_order_id=stop["client_order_id"],
-                oco=take["client_order_id"],
-                error=str(exc),
-            )
+            self._outcome_unknown(stop, exc, oco=take["client_order_id"])
             return
         found = {s.client_order_id: s for s in states}
         for leg in (stop, take):
@@ -518,8 +512,10 @@ class Engine:
         if qty <= 0:
             return
         orders = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
-        stops = {"stop_loss": stop_price(position, rules), "take_profit": None}
-        stops["take_profit"] = position["take_profit_price"]
+        stops = {
+            "stop_loss": stop_price(position, rules),
+            "take_profit": position["take_profit_price"],
+        }
         _, missing = protection_plan(orders, stops["stop_loss"], stops["take_profit"], qty)
         if missing:
             self.log.info("protection_placing", position_id=str(position["id"]), kinds=missing)
@@ -749,23 +745,3 @@ def _last_trade_id(known: dict[str, Decimal]) -> str | None:
     """The highest recorded trade id of an order, when the exchange numbers its trades."""
     numbered = [int(t) for t in known if t.isdigit()]
     return str(max(numbered)) if numbered else None
-
-
-def stop_price(position: Row, rules: SymbolRules | None) -> Decimal | None:
-    """The exchange-side stop of a live position: the tighter of ``stop_loss_price`` and the
-    price at which the loss reaches ``max_loss_usdt`` (on the average entry price, as the
-    paper watcher computes it), rounded to the tick size towards the market (so the loss
-    stays within the limit). None when neither is set."""
-    held = position["held_quantity"] or Decimal(0)
-    entered = position["entry_quantity"]
-    avg = position["entry_value"] / entered if entered else None
-    if avg is None:
-        stop_loss: Decimal | None = position["stop_loss_price"]
-        return stop_loss
-    stop = effective_stop(
-        position["side"], position["stop_loss_price"], position["max_loss_usdt"], avg, held
-    )
-    if stop is None or rules is None or stop == position["stop_loss_price"]:
-        return stop
-    towards_market = ROUND_CEILING if position["side"] == "long" else ROUND_FLOOR
-    return round_price(rules, stop, towards_market)

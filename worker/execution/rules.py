@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Final, Literal
 
+from worker.exchanges.filters import SymbolRules, round_price
 from worker.lifecycle import ORDER_TRANSITIONS, POSITION_TRANSITIONS
 
 Purpose = Literal["entry", "exit", "scale_in", "scale_out", "stop_loss", "take_profit"]
@@ -223,3 +224,23 @@ def exit_side(position_side: str) -> str:
 
 def entry_side(position_side: str) -> str:
     return "buy" if position_side == "long" else "sell"
+
+
+def stop_price(position: Mapping[str, Any], rules: SymbolRules | None) -> Decimal | None:
+    """The exchange-side stop of a live position: the tighter of ``stop_loss_price`` and the
+    price at which the loss reaches ``max_loss_usdt`` (on the average entry price, as the
+    paper watcher computes it), rounded to the tick size towards the market (so the loss
+    stays within the limit). None when neither is set."""
+    held = position["held_quantity"] or Decimal(0)
+    entered = position["entry_quantity"]
+    avg = position["entry_value"] / entered if entered else None
+    if avg is None:
+        stop_loss: Decimal | None = position["stop_loss_price"]
+        return stop_loss
+    stop = effective_stop(
+        position["side"], position["stop_loss_price"], position["max_loss_usdt"], avg, held
+    )
+    if stop is None or rules is None or stop == position["stop_loss_price"]:
+        return stop
+    towards_market = ROUND_CEILING if position["side"] == "long" else ROUND_FLOOR
+    return round_price(rules, stop, towards_market)
