@@ -112,6 +112,9 @@ def cli_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a terminal's Ctrl-C: a test run started in the background inherits SIGINT ignored,
+        # and a child that ignores it never stops (as in test_demo.py)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: queue.Queue[str] = queue.Queue()
 
