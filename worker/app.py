@@ -75,7 +75,10 @@ def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
     claim, which rolls back and backs off, and the pool replaces it.
     """
     idle_ms = max(1, int(settings.pipeline.lease_seconds * 1000))
-    options = f"-c synchronous_commit=off -c idle_in_transaction_session_timeout={idle_ms}"
+    options = (
+        f"-c synchronous_commit=off -c idle_in_transaction_session_timeout={idle_ms}"
+        " -c DateStyle=ISO"  # the claim reads times as ISO text (worker.events)
+    )
     return AsyncConnectionPool(
         settings.database.url,
         min_size=1,

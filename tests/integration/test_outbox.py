@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from tests.pipeline_support import eventually
 from tests.support import insert_position, seed_owner
 from worker.db.outbox import Batch, Outbox
+from worker.db.queries import q
 from worker.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.anyio
@@ -205,3 +206,66 @@ async def test_a_hung_claim_is_ended_by_postgresql_after_the_lease(db_url: str) 
                 assert time.monotonic() - started > 0.9
                 await batch.mark_dead(int(batch.rows[0]["id"]), "too late")
     assert processed(db_url) == set()
+
+
+async def test_available_at_is_set_only_on_events_waiting_out_a_retry_delay(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """The claim's waiting lookup relies on it (schema/0010): handled and dead events have
+    no available_at, whichever way they got there."""
+    a, b = two_positions_with_events(db_url)
+    a1, a2, a3 = event_ids(db_url, a)
+    (b1,) = event_ids(db_url, b)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(10) as batch:
+        await batch.mark_failed(a1, "boom", delay=0, max_attempts=1)  # dead at once
+        await batch.mark_dead(a2, "unreadable")
+        await batch.defer(a3, 0.01, "exchange busy")
+        await batch.mark_failed(b1, "boom", delay=60, max_attempts=5)
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT id, dead_at IS NOT NULL, available_at IS NOT NULL FROM position_events"
+        ).fetchall()
+    assert {r[0]: (r[1], r[2]) for r in rows} == {
+        a1: (True, False),
+        a2: (True, False),
+        a3: (False, True),
+        b1: (False, True),
+    }
+    await eventually(lambda: claimable_now(db_url, a3), timeout=10)
+    async with outbox.claim(10) as batch:
+        assert ids(batch) == [a3]
+        await batch.handled(a3)
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT available_at FROM position_events WHERE id = %s", (a3,))
+        assert row.fetchone() == (None,)
+
+
+def claimable_now(db_url: str, event_id: int) -> bool:
+    with psycopg.connect(db_url) as conn:
+        query = "SELECT available_at <= now() FROM position_events WHERE id = %s"
+        row = conn.execute(query, (event_id,)).fetchone()
+        return bool(row and row[0])
+
+
+def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
+    db_url: str,
+) -> None:
+    """On a fresh backlog, before ANALYZE, the planner once read the claim's waiting set
+    through the pending index (a filter over every pending event, on every claim). Even
+    with every other access path made expensive, that index must not answer it."""
+    two_positions_with_events(db_url)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_bitmapscan = off")
+        row = conn.execute("EXPLAIN (FORMAT JSON) " + q("claim_events"), {"limit": 10}).fetchone()
+    assert row is not None
+    (waiting,) = [
+        n for n in plan_nodes(row[0][0]["Plan"]) if n.get("Subplan Name") == "CTE waiting"
+    ]
+    indexes = {n.get("Index Name") for n in plan_nodes(waiting)} - {None}
+    assert indexes == {"idx_position_events_waiting"}
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]

@@ -69,7 +69,8 @@ class Batch:
     async def flush(self) -> None:
         """Mark the handled events processed (one statement; they commit with the claim)."""
         if self._done:
-            await self._execute("mark_processed", {"ids": self._done})
+            ids = "{" + ",".join(map(str, self._done)) + "}"
+            await self._execute("mark_processed", {"ids": ids})
             self._done = []
 
     async def _execute(self, name: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Any]:

@@ -10,11 +10,13 @@
 WITH waiting AS MATERIALIZED (
   -- positions with an event waiting out a retry delay (few; idx_position_events_waiting):
   -- their later events are not claimed (they would fill every batch and hold back
-  -- everything newer). Computed once per claim, never per row.
+  -- everything newer). Computed once per claim, never per row. available_at is set only
+  -- on pending events (cleared when handled or parked: schema/0010), so this condition
+  -- alone says "pending and waiting"; do not add processed_at/dead_at conditions here, or
+  -- the pending index answers it too and the planner may scan every pending event.
   SELECT position_id, min(id) AS first_id
   FROM position_events
-  WHERE processed_at IS NULL AND dead_at IS NULL AND available_at IS NOT NULL
-    AND available_at > now()
+  WHERE available_at > now()
   GROUP BY position_id
 ),
 locked AS (
@@ -30,10 +32,11 @@ locked AS (
   LIMIT %(limit)s
   FOR NO KEY UPDATE SKIP LOCKED
 )
--- uuids and data as text: the dispatcher only needs their text (json.loads is cheaper than
--- building UUID objects and printing them again)
+-- uuids, data and the UTC time as text: the dispatcher only needs their text (parsing it is
+-- cheaper than building UUID and datetime objects and printing them again)
 SELECT l.id, l.kind, l.position_id::text AS position_id, l.order_id::text AS order_id,
-       l.user_id::text AS user_id, l.symbol, l.old_status, l.new_status, l.occurred_at,
+       l.user_id::text AS user_id, l.symbol, l.old_status, l.new_status,
+       (l.occurred_at AT TIME ZONE 'UTC')::text AS occurred_at,
        l.actor_role, l.data::text AS data, l.attempts,
        prev.id AS prev_id, prev.pending AS prev_pending, prev.waiting AS prev_waiting
 FROM locked l
@@ -48,16 +51,18 @@ LEFT JOIN LATERAL (
 ORDER BY l.id
 
 -- name: mark_processed
+-- ids: the array's text, '{1,2,3}' (cheaper to build than a list for the driver to dump)
 UPDATE position_events
 SET processed_at = clock_timestamp(), available_at = NULL
-WHERE id = ANY(%(ids)s) AND processed_at IS NULL
+WHERE id = ANY(%(ids)s::bigint[]) AND processed_at IS NULL
 
 -- name: mark_failed
 -- A handler failed: count the attempt, wait before the next one, park it after too many.
 UPDATE position_events
 SET attempts = attempts + 1,
     last_error = %(error)s,
-    available_at = clock_timestamp() + make_interval(secs => %(delay)s),
+    available_at = CASE WHEN attempts + 1 < %(max_attempts)s
+                        THEN clock_timestamp() + make_interval(secs => %(delay)s) END,
     dead_at = CASE WHEN attempts + 1 >= %(max_attempts)s THEN clock_timestamp() END
 WHERE id = %(id)s AND processed_at IS NULL
 RETURNING attempts, dead_at IS NOT NULL AS dead
@@ -71,7 +76,8 @@ WHERE id = %(id)s AND processed_at IS NULL
 -- name: mark_dead
 -- An event that can never be handled (unknown kind, malformed data): park it at once.
 UPDATE position_events
-SET attempts = attempts + 1, last_error = %(error)s, dead_at = clock_timestamp()
+SET attempts = attempts + 1, last_error = %(error)s, dead_at = clock_timestamp(),
+    available_at = NULL
 WHERE id = %(id)s AND processed_at IS NULL
 
 -- name: replay_event
