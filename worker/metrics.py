@@ -2,7 +2,58 @@
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a batch of observations at a time (``observe_many``).
+
+    prometheus_client's ``Histogram.observe`` takes a lock and walks the buckets for every
+    value (~2.5 us); the dispatcher observes one value per event, so it was a tenth of the
+    per-event cost of a backlog drain. Here a batch costs one lock and a bisect per value.
+    Exposed exactly like a ``Histogram`` (``_bucket{le=...}``, ``_sum``, ``_count``).
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = sorted(buckets)
+        self._counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds = self._counts, self.bounds
+        with self._lock:
+            total = self._sum  # added one by one, as Histogram does (same rounding)
+            for value in values:
+                counts[bisect_left(bounds, value)] += 1
+                total += value
+            self._sum = total
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
+            cumulative += count
+            buckets.append((_le(bound), cumulative))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class Metrics:
@@ -38,7 +89,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
-        self.commit_to_stream = Histogram(
+        self.commit_to_stream = BatchHistogram(
             "position_worker_commit_to_stream_seconds",
             "From the event's database write to its stream entry",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),

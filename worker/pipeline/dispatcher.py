@@ -218,8 +218,9 @@ class Dispatcher:
         await self.publisher.publish(pubs)
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         now = datetime.now(UTC)
-        for event in events:
-            self.metrics.commit_to_stream.observe((now - event.occurred_at).total_seconds())
+        self.metrics.commit_to_stream.observe_many(
+            [(now - event.occurred_at).total_seconds() for event in events]
+        )
 
     def publications(self, event: Event) -> list[Publication]:
         pubs = [

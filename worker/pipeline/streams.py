@@ -5,6 +5,14 @@ trim) only when the event is newer than the last one published for the same posi
 same stream, and records that event id in the same atomic step. One script call carries up
 to ``CHUNK`` entries (one round trip and one command per chunk, not per entry).
 
+The last published event id of a position is a field of a hash per stream and *bucket* of
+event ids (``pw:published:<stream>:<event_id // BUCKET>``), read with one HMGET and written
+with one HSET per bucket and chunk: inside a Lua script every ``redis.call`` costs more than
+the command itself, and two calls per entry (GET, SET) were a third of Redis's time in a
+backlog drain. A redelivered event has the same id, so it is always looked up in the bucket
+it was recorded in, and the check stays exact: within a bucket, a position's field only
+grows, in publish order. A bucket's hash expires ``dedupe_ttl_seconds`` after its last write.
+
 Events of one position are published in increasing id order (the claim guarantees it), so a
 worker that died between XADD and recording the event in PostgreSQL publishes nothing twice
 after a restart, and nothing that was not published is ever skipped. Redis Cluster is not
@@ -14,8 +22,8 @@ supported (the keys of one call may live in different slots).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from itertools import chain
+from typing import Final, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -23,33 +31,67 @@ from redis import exceptions as redis_errors
 
 from worker.errors import StreamUnavailable
 
-# ARGV: maxlen, ttl, and one JSON array of entries [stream, dedupe key, event id, [k, v, ...]].
-# Returns one string of '1' (appended) and '0' (already published) per entry: a single bulk
-# reply is much cheaper for the client to parse than an array of integers.
+# ARGV: maxlen, ttl, and one JSON array of entries [stream, hash key, position, event id,
+# [k, v, ...]]. Returns one string of '1' (appended) and '0' (already published) per entry:
+# a single bulk reply is much cheaper for the client to parse than an array of integers.
 # One JSON argument per chunk instead of ~30 arguments per entry: packing arguments was the
 # largest CPU cost of the worker (the bench and a profile showed it).
 PUBLISH_SCRIPT: Final = """
 local maxlen, ttl = ARGV[1], ARGV[2]
-local out = {}
-for _, entry in ipairs(cjson.decode(ARGV[3])) do
-  local stream, key, event_id = entry[1], entry[2], entry[3]
-  local last = redis.call('GET', key)
-  if last and tonumber(last) >= tonumber(event_id) then
-    out[#out + 1] = '0'
+local entries = cjson.decode(ARGV[3])
+local keys, positions, slots = {}, {}, {}
+for i, entry in ipairs(entries) do
+  local key = entry[2]
+  local list = positions[key]
+  if not list then
+    list = {}
+    positions[key] = list
+    slots[key] = {}
+    keys[#keys + 1] = key
+  end
+  list[#list + 1] = entry[3]
+  slots[key][#list] = i
+end
+local last = {}
+for _, key in ipairs(keys) do
+  local found = redis.call('HMGET', key, unpack(positions[key]))
+  for j, i in ipairs(slots[key]) do
+    last[i] = found[j]
+  end
+end
+local out, writes = {}, {}
+for i, entry in ipairs(entries) do
+  local seen = last[i]
+  if seen and tonumber(seen) >= tonumber(entry[4]) then
+    out[i] = '0'
   else
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry[4]))
-    redis.call('SET', key, event_id, 'EX', ttl)
-    out[#out + 1] = '1'
+    redis.call('XADD', entry[1], 'MAXLEN', '~', maxlen, '*', unpack(entry[5]))
+    local w = writes[entry[2]]
+    if not w then
+      w = {}
+      writes[entry[2]] = w
+    end
+    w[#w + 1] = entry[3]
+    w[#w + 1] = entry[4]
+    out[i] = '1'
+  end
+end
+for _, key in ipairs(keys) do
+  local w = writes[key]
+  if w then
+    redis.call('HSET', key, unpack(w))
+    redis.call('EXPIRE', key, ttl)
   end
 end
 return table.concat(out)
 """
 CHUNK: Final = 100
+BUCKET: Final = 1_000_000  # event ids per dedupe hash
 
 
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """One entry for one stream, on behalf of one event of one position."""
+class Publication(NamedTuple):
+    """One entry for one stream, on behalf of one event of one position. (A named tuple:
+    built once or twice per event, it costs a third of a frozen dataclass.)"""
 
     stream: str
     event_id: int
@@ -57,8 +99,10 @@ class Publication:
     fields: dict[str, str]
 
 
-def dedupe_key(stream: str, position_id: str) -> str:
-    return f"pw:published:{stream}:{position_id}"
+def dedupe_key(stream: str, event_id: int) -> str:
+    """The hash that holds, per position, the last event id published to ``stream`` among
+    the event ids of ``event_id``'s bucket."""
+    return f"pw:published:{stream}:{event_id // BUCKET}"
 
 
 class StreamPublisher:
@@ -89,9 +133,10 @@ class StreamPublisher:
             entries = [
                 [
                     pub.stream,
-                    dedupe_key(pub.stream, pub.position_id),
-                    str(pub.event_id),
-                    [item for pair in pub.fields.items() for item in pair],
+                    dedupe_key(pub.stream, pub.event_id),
+                    pub.position_id,
+                    str(pub.event_id),  # a Lua number would be written as %.14g
+                    [*chain.from_iterable(pub.fields.items())],
                 ]
                 for pub in publications[start : start + CHUNK]
             ]
