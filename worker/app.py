@@ -24,6 +24,7 @@ from anyio.abc import TaskStatus
 from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
+from worker.db.migrate import require_current_schema
 from worker.db.outbox import Outbox, translated_errors
 from worker.db.queries import q
 from worker.errors import DatabaseUnavailable
@@ -156,6 +157,8 @@ class App:
         task_status: TaskStatus[None],
     ) -> None:
         s = self.settings
+        async with translated_errors(), pool.connection() as conn:
+            await require_current_schema(conn)
         if s.execution.enabled:
             router = self.router or build_router(s)
             self.engine = Engine(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -83,3 +86,31 @@ def test_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "add_stuff.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match=r"NNNN_name\.sql"):
         discover(tmp_path)
+
+
+def test_run_refuses_a_database_that_misses_migrations(
+    empty_db_url: str, tmp_path: Path, redis_url: str
+) -> None:
+    """A deploy that skipped ``migrate``: one clear line and exit 2, not a crash later."""
+    older = tmp_path / "schema"
+    older.mkdir()
+    for path in sorted(default_schema_dir().glob("*.sql"))[:-1]:
+        shutil.copy(path, older / path.name)
+    migrate(empty_db_url, older)
+    newest = discover()[-1]
+    env = {**os.environ, "DATABASE_URL": empty_db_url, "REDIS_URL": redis_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    expected = f"this worker needs {newest.version:04d}_{newest.name}: run position-worker migrate"
+    assert expected in done.stderr
+    migrate(empty_db_url)  # and migrating is all it takes
+    with psycopg.connect(empty_db_url) as conn:
+        row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    assert row == (newest.version,)

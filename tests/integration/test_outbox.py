@@ -18,7 +18,6 @@ from psycopg_pool import AsyncConnectionPool
 from tests.pipeline_support import eventually
 from tests.support import insert_position, seed_owner
 from worker.db.outbox import Batch, Outbox
-from worker.db.queries import q
 from worker.errors import DatabaseUnavailable
 
 pytestmark = pytest.mark.anyio
@@ -253,16 +252,20 @@ def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
 ) -> None:
     """On a fresh backlog, before ANALYZE, the planner once read the claim's waiting set
     through the pending index (a filter over every pending event, on every claim). Even
-    with every other access path made expensive, that index must not answer it."""
+    with every other access path made expensive, that index must not answer it. (The
+    claim's query is read out of the installed function, as the worker runs it.)"""
     two_positions_with_events(db_url)
     with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'outbox_claim'")
+        source = str(row.fetchone()[0])  # type: ignore[index]
+        query = source.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
+        query = query.replace("p_floor", "0").replace("p_limit", "10")
         conn.execute("SET enable_seqscan = off")
         conn.execute("SET enable_bitmapscan = off")
-        row = conn.execute("EXPLAIN (FORMAT JSON) " + q("claim_events"), {"limit": 10}).fetchone()
-    assert row is not None
-    (waiting,) = [
-        n for n in plan_nodes(row[0][0]["Plan"]) if n.get("Subplan Name") == "CTE waiting"
-    ]
+        plan = conn.execute(f"EXPLAIN (FORMAT JSON) {query}".encode()).fetchone()
+    assert plan is not None
+    nodes = plan_nodes(plan[0][0]["Plan"])
+    (waiting,) = [n for n in nodes if n.get("Subplan Name") == "CTE waiting"]
     indexes = {n.get("Index Name") for n in plan_nodes(waiting)} - {None}
     assert indexes == {"idx_position_events_waiting"}
 

@@ -61,6 +61,39 @@ async def test_a_thousand_live_changes_reach_the_stream_once_in_order(
             assert position_transition_allowed(e["old_status"], e["new_status"])
 
 
+async def test_an_event_committed_below_the_claim_floor_is_still_published(
+    db_url: str, redis_url: str
+) -> None:
+    """Ids are drawn at write time: a long transaction commits an id below events that were
+    handled long ago. Claims start from a floor (worker/pipeline/floor.py); the periodic
+    full claim must still find it, and keep its position's order."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+        straggler = insert_position(conn, owner)
+    async with running(settings_for(db_url, redis_url)) as app:
+        assert app.dispatcher is not None
+        floor = app.dispatcher._floor
+        with psycopg.connect(db_url) as slow:  # the long transaction
+            slow.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (straggler,))
+            row = slow.execute("SELECT max(id) FROM position_events").fetchone()
+            held_id = int(row[0]) if row else 0
+            with psycopg.connect(db_url, autocommit=True) as conn:
+
+                def more_events_until_the_floor_passes() -> bool:
+                    insert_position(conn, owner)
+                    return floor.value > held_id
+
+                # Sightings only become the floor after they settle: keep events coming.
+                await eventually(more_events_until_the_floor_passes, timeout=20, interval=0.2)
+            slow.commit()
+        await eventually(
+            lambda: str(held_id) in {e["event_id"] for e in stream_entries(redis_url)},
+            timeout=10,
+        )
+        await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+    assert_exactly_once_in_order(db_url, redis_url)
+
+
 async def test_changes_committed_while_no_worker_runs_are_published_at_start(
     db_url: str, redis_url: str
 ) -> None:

@@ -13,7 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -128,3 +128,21 @@ def applied_versions(conninfo: str) -> list[tuple[int, str, str]]:
             "SELECT version, name, applied_at::text FROM schema_migrations ORDER BY version"
         ).fetchall()
     return [(int(v), str(n), str(a)) for v, n, a in rows]
+
+
+async def require_current_schema(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Refuse to run on a database that lacks migrations this code relies on (a deploy that
+    skipped ``migrate``): one clear error instead of a worker that crashes on the first
+    query that needs them."""
+    newest = discover()[-1]
+    cur = await conn.execute(
+        "SELECT CASE WHEN to_regclass('schema_migrations') IS NULL THEN 0"
+        " ELSE (SELECT coalesce(max(version), 0) FROM schema_migrations) END"
+    )
+    row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current < newest.version:
+        raise MigrationError(
+            f"the database schema is at version {current:04d}, this worker needs "
+            f"{newest.version:04d}_{newest.name}: run position-worker migrate"
+        )

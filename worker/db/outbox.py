@@ -6,13 +6,16 @@ pipeline above never sees psycopg's exceptions.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -57,6 +60,7 @@ class Batch:
     held_back: int
     retry_soon: bool
     touch_every: float  # seconds; keeps the transaction from looking idle (lease_seconds / 3)
+    min_pending: int | None = None  # lowest pending id >= the claim's floor (None: unknown)
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -69,9 +73,20 @@ class Batch:
     async def flush(self) -> None:
         """Mark the handled events processed (one statement; they commit with the claim)."""
         if self._done:
-            ids = "{" + ",".join(map(str, self._done)) + "}"
-            await self._execute("mark_processed", {"ids": ids})
-            self._done = []
+            self._touched = time.monotonic()
+            await self.conn.execute(self._marking("mark_processed"))
+
+    async def commit(self) -> None:
+        """Mark what is left and commit, in one round trip."""
+        if self._done:
+            await self.conn.execute(self._marking("mark_processed_and_commit"))
+        else:
+            await self.conn.execute(b"COMMIT")
+
+    def _marking(self, name: str) -> bytes:
+        ids = ",".join(map(str, self._done))  # ints: digits and commas only
+        self._done = []
+        return (q(name) % {"ids": ids}).encode()
 
     async def _execute(self, name: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Any]:
         self._touched = time.monotonic()
@@ -132,15 +147,35 @@ class Outbox:
         self.pool, self.touch_every = pool, lease_seconds / 3
 
     @asynccontextmanager
-    async def claim(self, limit: int) -> AsyncIterator[Batch]:
-        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("claim_events"), {"limit": limit})
-            rows: list[dict[str, Any]] = await cur.fetchall()
-            kept, held_back, retry_soon = in_position_order(rows)
-            batch = Batch(conn, kept, len(rows), held_back, retry_soon, self.touch_every)
-            yield batch
-            await batch.flush()
+    async def claim(self, limit: int, floor: int = 0) -> AsyncIterator[Batch]:
+        """Claim up to ``limit`` events with id >= ``floor`` (see worker/pipeline/floor.py).
+
+        The transaction is opened and committed by hand (``BEGIN; SELECT ...`` and
+        ``...; COMMIT``, one round trip each, on the pool's autocommit connections).
+        """
+        async with translated_errors(), self.pool.connection() as conn:
+            try:
+                cur = conn.cursor(row_factory=dict_row)
+                query = q("claim_begin") % {"floor": int(floor), "limit": int(limit)}
+                await cur.execute(query.encode())
+                cur.nextset()  # past BEGIN
+                rows: list[dict[str, Any]] = await cur.fetchall()
+                kept, held_back, retry_soon = in_position_order(rows)
+                batch = Batch(conn, kept, len(rows), held_back, retry_soon, self.touch_every)
+                batch.min_pending = rows[0]["min_pending"] if rows else None
+                yield batch
+                await batch.commit()
+            except BaseException:
+                await _roll_back(conn)
+                raise
+
+
+async def _roll_back(conn: psycopg.AsyncConnection[Any]) -> None:
+    """End the claim's transaction, if the connection still has one (the events go back)."""
+    if conn.info.transaction_status == TransactionStatus.IDLE or conn.closed:
+        return
+    with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error):
+        await conn.execute(b"ROLLBACK")
 
 
 async def replay(pool: AsyncConnectionPool[Any], event_id: int | None) -> list[int]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskGroup
@@ -40,9 +40,15 @@ from worker.events import (
 )
 from worker.logs import lines_held
 from worker.metrics import Metrics
+from worker.pipeline.floor import ClaimFloor
 from worker.pipeline.handlers import Registry
 from worker.pipeline.streams import Publication, StreamPublisher
 from worker.settings import PipelineSettings, StreamSettings
+
+# A wake-up that arrives while a batch is being handled waits for that batch to be settled
+# (its drainer claims again right after) unless the batch is still running this long after
+# its claim; then another drainer starts (see Dispatcher._serve).
+HURRY_AFTER: Final = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,10 @@ class Dispatcher:
         self._kind_counters: dict[str, Any] = {}
         self._drainers = self._claiming = self._failures = 0
         self._wakes = self._claimed_through = 0  # wake-ups seen; covered by a claim begun
+        self._floor = ClaimFloor(settle=min(1.0, pipeline.poll_interval))
+        self._full_due = True  # the next claim starts from id 0 (see worker.pipeline.floor)
+        self._batch_started = 0.0  # when the latest batch was claimed (monotonic)
+        self._signalled = self._pausing = 0  # the wake-up count last signalled; drainers paused
 
     def _processed_by_kind(self, kind: str) -> Any:
         counter = self._kind_counters.get(kind)
@@ -84,8 +94,14 @@ class Dispatcher:
         return counter
 
     def wake(self) -> None:
+        """A notification arrived. Under a steady stream of commits most of them find a
+        wake-up already signalled and not yet covered by a claim: they are only counted
+        (the serve loop and the drainers look at the counters), which saves a task switch
+        per notification. A drainer pausing behind another claim is always signalled."""
         self._wakes += 1
-        self._signal()
+        if self._signalled <= self._claimed_through or self._pausing:
+            self._signalled = self._wakes
+            self._signal()
 
     def stop(self) -> None:
         """Stop claiming; the batch in hand is finished first."""
@@ -127,27 +143,41 @@ class Dispatcher:
                 await self._wake.wait()
 
     async def _serve(self, tg: TaskGroup) -> None:
-        """Start drainers as wake-ups come in; at least every ``poll_interval`` seconds.
+        """Start drainers as wake-ups come in; a full claim every ``poll_interval`` seconds.
 
         A drainer claims, handles and settles batches until a claim comes back short with
         no wake-up left uncovered (one that arrived after the latest claim began). While
         claims come back full (a backlog), more drainers join, up to ``concurrency``, so that
         while one waits for PostgreSQL another publishes to Redis. A wake-up that arrives
-        while every drainer is past its claim starts another one at once instead of waiting
-        for a batch to finish (commit-to-stream latency at moderate rates). At a trickle
-        there is one claim per wake-up. Per-position order still holds: a claim leaves alone
-        any event whose predecessor another claim holds.
+        while every drainer is past its claim is left to the running drainer, which claims
+        again as soon as its batch is settled (a millisecond or two): under a steady stream
+        of commits that turns many one-event claims into fewer larger ones, each claim
+        costing the worker and PostgreSQL far more than an event does. Only if that batch
+        is still running ``HURRY_AFTER`` seconds later (a handler waiting on an exchange)
+        does another drainer start, so slow handlers do not hold up everyone's latency.
+        Per-position order still holds: a claim leaves alone any event whose predecessor
+        another claim holds.
         """
         self._drainers = self._claiming = 0
         self._wakes += 1  # (re)started: drain whatever is there
+        self._full_due = True
+        next_poll = time.monotonic() + self.cfg.poll_interval
         while not self._stopping:
+            now = time.monotonic()
+            if now >= next_poll:
+                self._wakes += 1  # the periodic poll, in case a wake-up was lost
+                self._full_due = True  # ... or an event committed below the floor
+                next_poll = now + self.cfg.poll_interval
+            deadline = next_poll
             idle = not self._claiming and self._drainers < self.cfg.concurrency
             if idle and self._uncovered():
-                self._add_drainer(tg)
-            with anyio.move_on_after(self.cfg.poll_interval) as poll:
+                start_at = self._batch_started + HURRY_AFTER if self._drainers else now
+                if start_at <= now:
+                    self._add_drainer(tg)
+                else:
+                    deadline = min(deadline, start_at)
+            with anyio.move_on_after(deadline - now):
                 await self._wake.wait()
-            if poll.cancelled_caught:
-                self._wakes += 1  # the periodic poll, in case a wake-up was lost
 
     def _uncovered(self) -> bool:
         return self._wakes > self._claimed_through
@@ -163,10 +193,16 @@ class Dispatcher:
                 self._claimed_through = max(self._claimed_through, self._wakes)
                 self._claiming += 1
                 claiming = True
+                full, self._full_due = self._full_due, False
+                floor = 0 if full else self._floor.value
                 try:
-                    async with self.outbox.claim(self.cfg.batch_size) as batch:
+                    async with self.outbox.claim(self.cfg.batch_size, floor) as batch:
                         self._claiming -= 1
                         claiming = False
+                        self._batch_started = time.monotonic()
+                        self._floor.observe(batch.min_pending, full=full, now=self._batch_started)
+                        if batch.held_back:  # the predecessor may be below the floor
+                            self._full_due = True
                         if self._uncovered():
                             self._signal()  # a wake-up came during the claim: another may go
                         # a batch held back whole is no backlog to add drainers for
@@ -182,8 +218,12 @@ class Dispatcher:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.retry_soon:  # a position's earlier event is held by another claim
                     pause = min(max(2 * pause, 0.005), self.cfg.poll_interval)
-                    with anyio.move_on_after(pause):
-                        await self._wake.wait()
+                    self._pausing += 1
+                    try:
+                        with anyio.move_on_after(pause):
+                            await self._wake.wait()
+                    finally:
+                        self._pausing -= 1
                     continue
                 pause = 0.0
                 if not (full or self._uncovered()):
