@@ -9,6 +9,10 @@
 -- the event is handled (as before) and when it is parked as dead (new), so
 -- "available_at IS NOT NULL" alone means "pending and waiting", and the lookup
 -- (WHERE available_at > now()) implies this index's predicate and not the pending index's.
+-- The index swap locks position_events briefly (every commit that writes an event waits):
+-- give up rather than queue behind a long claim; re-run migrate.
+SET LOCAL lock_timeout = '10s';
+
 UPDATE position_events SET available_at = NULL
 WHERE available_at IS NOT NULL AND (processed_at IS NOT NULL OR dead_at IS NOT NULL);
 

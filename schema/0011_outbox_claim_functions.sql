@@ -5,8 +5,8 @@
 -- when events trickle in (a batch of one or two events per wake-up) those round trips were
 -- most of the worker's CPU. As functions, the worker sends "BEGIN; SELECT * FROM
 -- outbox_claim(...)" and "SELECT outbox_mark_processed(...); COMMIT" (simple protocol, two
--- statements each), and PL/pgSQL still caches the plans per session (the claim plans in
--- ~1.5 ms, far more than it runs). Works through a transaction pooler too: no session
+-- statements each), and PL/pgSQL caches the plans per session (planning the claim takes
+-- longer than running it). Works through a transaction pooler too: no session
 -- state (PREPARE) is needed.
 --
 -- outbox_claim(p_floor, p_limit): up to p_limit pending events with id >= p_floor, oldest
@@ -27,7 +27,12 @@ RETURNS TABLE (
   attempts integer, prev_id bigint, prev_pending boolean, prev_waiting boolean,
   min_pending bigint
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- The generic plan is the custom plan's shape, but its estimate for "id >= p_floor" (a third
+-- of the rows) is always worse, so "auto" would re-plan on every call: 0.5 ms a claim
+-- instead of 0.1 ms (50,000 pending).
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 BEGIN
   RETURN QUERY

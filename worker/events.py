@@ -115,12 +115,15 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
 
 
 def occurred_iso_from_text(text: str) -> str:
-    """``2026-12-01 11:14:09.632581`` (``occurred_at AT TIME ZONE 'UTC'`` as text, ISO
+    """``2026-12-01 11:14:09.63258`` (``occurred_at AT TIME ZONE 'UTC'`` as text, ISO
     DateStyle) in the form ``datetime.isoformat()`` gives for a UTC time:
-    ``2026-12-01T11:14:09.632581+00:00``."""
+    ``2026-12-01T11:14:09.632580+00:00``. PostgreSQL drops the fraction's trailing zeros
+    (and the fraction itself when it is zero); isoformat writes six digits or none."""
     if len(text) < 19 or text[10] != " ":
         raise MalformedEvent(f"occurred_at is not an ISO timestamp: {text!r}")
-    return f"{text[:10]}T{text[11:]}+00:00"
+    if len(text) == 19 or len(text) == 26:  # no fraction, or all six digits
+        return f"{text[:10]}T{text[11:]}+00:00"
+    return f"{text[:10]}T{text[11:20]}{text[20:]:0<6}+00:00"
 
 
 def parse_notification(payload: str) -> dict[str, str | None]:

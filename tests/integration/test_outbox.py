@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from tests.pipeline_support import eventually
 from tests.support import insert_position, seed_owner
 from worker.db.outbox import Batch, Outbox
 from worker.errors import DatabaseUnavailable
+from worker.events import occurred_iso_from_text
 
 pytestmark = pytest.mark.anyio
 
@@ -272,3 +274,39 @@ def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
 
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]
+
+
+@pytest.mark.parametrize(
+    "micros", [0, 1, 10, 500_000, 632_580, 999_999, 120_000, 100_001]
+)  # fmt: skip
+def test_event_times_read_as_text_match_isoformat(db_url: str, micros: int) -> None:
+    """The claim reads occurred_at as PostgreSQL's UTC text (trailing zeros dropped); the
+    stream must carry exactly what datetime.isoformat() gives, as it did before."""
+    when = datetime(2026, 12, 1, 11, 14, 9, micros, tzinfo=UTC)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")  # the session zone must not matter
+        row = conn.execute("SELECT (%s::timestamptz AT TIME ZONE 'UTC')::text", (when,))
+        text = str(row.fetchone()[0])  # type: ignore[index]
+    assert occurred_iso_from_text(text) == when.isoformat()
+    assert datetime.fromisoformat(occurred_iso_from_text(text)) == when
+
+
+async def test_an_error_text_with_a_nul_character_is_stored(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A handler's exception text is anything; PostgreSQL text cannot hold NUL, and a
+    settlement that fails rolls back the whole batch, on every retry."""
+    a, b = two_positions_with_events(db_url)
+    a1 = event_ids(db_url, a)[0]
+    (b1,) = event_ids(db_url, b)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(10) as batch:
+        await batch.mark_failed(a1, "exchange said \x00 nothing", delay=60, max_attempts=5)
+        await batch.mark_dead(b1, "unreadable \x00")
+    with psycopg.connect(db_url) as conn:
+        rows = dict(
+            conn.execute(
+                "SELECT id, last_error FROM position_events WHERE id IN (%s, %s)", (a1, b1)
+            ).fetchall()
+        )
+    assert rows == {a1: "exchange said \\0 nothing", b1: "unreadable \\0"}

@@ -14,6 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from worker.errors import StreamUnavailable
 from worker.pipeline.streams import BUCKET, CHUNK, Publication, StreamPublisher, dedupe_key
 
 pytestmark = pytest.mark.anyio
@@ -103,3 +104,40 @@ async def test_the_dedupe_hashes_expire_after_the_ttl(
             assert client.hget(key, "a") is not None
     finally:
         client.close()
+
+
+async def test_markers_of_an_older_worker_are_honoured(
+    publisher: StreamPublisher, redis_url: str
+) -> None:
+    """Before the hashes, one string key per stream and position held the last published id:
+    an upgrade must not publish again what an old worker already did."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(f"pw:published:{STREAM}:a", "7", ex=3600)
+    finally:
+        client.close()
+    flags = await publisher.publish([pub(6, "a"), pub(7, "a"), pub(8, "a"), pub(3, "b")])
+    assert flags == [False, False, True, True]
+    assert await publisher.publish([pub(7, "a"), pub(8, "a")]) == [False, False]
+    assert entries(redis_url) == [("a", "8"), ("b", "3")]
+
+
+async def test_an_xadd_that_fails_mid_chunk_leaves_nothing_to_append_twice(
+    publisher: StreamPublisher, redis_url: str
+) -> None:
+    """Redis does not roll a script back: entries appended before the failing one must be
+    recorded, or the retried batch appends them again."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(OTHER, "not a stream")  # a misconfigured stream name, say
+        batch = [pub(1, "a"), pub(2, "b"), pub(2, "b", OTHER), pub(3, "c")]
+        for _ in range(3):  # the claim rolls back and the batch is retried
+            with pytest.raises(StreamUnavailable):
+                await publisher.publish(batch)
+        assert entries(redis_url) == [("a", "1"), ("b", "2")]
+        client.delete(OTHER)
+        assert await publisher.publish(batch) == [False, False, True, True]
+    finally:
+        client.close()
+    assert entries(redis_url) == [("a", "1"), ("b", "2"), ("c", "3")]
+    assert entries(redis_url, OTHER) == [("b", "2")]

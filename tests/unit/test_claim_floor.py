@@ -53,3 +53,13 @@ def test_only_a_full_claim_may_lower_the_floor() -> None:
     assert floor.value == 100
     floor.observe(300, full=True, now=2.0)  # nothing below: no reason to lower
     assert floor.value == 200
+
+
+def test_a_lower_sighting_before_the_candidate_settles_holds_the_floor_below_it() -> None:
+    """An event seen pending after the candidate was taken (a late commit, a retry) must not
+    end up below the floor when the candidate settles."""
+    floor = ClaimFloor(settle=1.0)
+    floor.observe(500, full=False, now=0.0)
+    floor.observe(450, full=False, now=0.5)
+    floor.observe(900, full=False, now=1.0)
+    assert floor.value == 450

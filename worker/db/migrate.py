@@ -134,7 +134,10 @@ async def require_current_schema(conn: psycopg.AsyncConnection[Any]) -> None:
     """Refuse to run on a database that lacks migrations this code relies on (a deploy that
     skipped ``migrate``): one clear error instead of a worker that crashes on the first
     query that needs them."""
-    newest = discover()[-1]
+    try:
+        newest = discover()[-1]
+    except (MigrationError, IndexError):  # no schema/ beside the package: nothing to compare
+        return
     cur = await conn.execute(
         "SELECT CASE WHEN to_regclass('schema_migrations') IS NULL THEN 0"
         " ELSE (SELECT coalesce(max(version), 0) FROM schema_migrations) END"

@@ -61,6 +61,7 @@ class Batch:
     retry_soon: bool
     touch_every: float  # seconds; keeps the transaction from looking idle (lease_seconds / 3)
     min_pending: int | None = None  # lowest pending id >= the claim's floor (None: unknown)
+    behind_floor: bool = False  # an event held back waits for one below the claim's floor
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -84,7 +85,7 @@ class Batch:
             await self.conn.execute(b"COMMIT")
 
     def _marking(self, name: str) -> bytes:
-        ids = ",".join(map(str, self._done))  # ints: digits and commas only
+        ids = ",".join([str(int(i)) for i in self._done])  # digits and commas only
         self._done = []
         return (q(name) % {"ids": ids}).encode()
 
@@ -92,10 +93,16 @@ class Batch:
         self._touched = time.monotonic()
         return await self.conn.execute(q(name), params)
 
+    @staticmethod
+    def _text(error: str) -> str:
+        """What PostgreSQL can store: at most 2,000 characters, no NUL (a handler's error
+        text is anything; a NUL would fail the settlement, and the batch, every time)."""
+        return error[:2000].replace("\x00", "\\0")
+
     async def mark_failed(
         self, event_id: int, error: str, delay: float, max_attempts: int
     ) -> FailResult:
-        params = {"id": event_id, "error": error[:2000], "delay": delay}
+        params = {"id": event_id, "error": self._text(error), "delay": delay}
         cur = await self._execute("mark_failed", {**params, "max_attempts": max_attempts})
         row = await cur.fetchone()
         if row is None:  # cannot happen while we hold the lock; be explicit anyway
@@ -103,11 +110,11 @@ class Batch:
         return FailResult(attempts=int(row[0]), dead=bool(row[1]))
 
     async def defer(self, event_id: int, delay: float, reason: str) -> None:
-        params = {"id": event_id, "delay": delay, "error": reason[:2000]}
+        params = {"id": event_id, "delay": delay, "error": self._text(reason)}
         await self._execute("defer_event", params)
 
     async def mark_dead(self, event_id: int, error: str) -> None:
-        await self._execute("mark_dead", {"id": event_id, "error": error[:2000]})
+        await self._execute("mark_dead", {"id": event_id, "error": self._text(error)})
 
 
 def in_position_order(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, bool]:
@@ -163,6 +170,9 @@ class Outbox:
                 kept, held_back, retry_soon = in_position_order(rows)
                 batch = Batch(conn, kept, len(rows), held_back, retry_soon, self.touch_every)
                 batch.min_pending = rows[0]["min_pending"] if rows else None
+                batch.behind_floor = held_back > 0 and any(
+                    r["prev_pending"] and r["prev_id"] < floor for r in rows
+                )
                 yield batch
                 await batch.commit()
             except BaseException:
@@ -170,12 +180,18 @@ class Outbox:
                 raise
 
 
+ROLLBACK_SECONDS = 5.0
+
+
 async def _roll_back(conn: psycopg.AsyncConnection[Any]) -> None:
     """End the claim's transaction, if the connection still has one (the events go back)."""
     if conn.info.transaction_status == TransactionStatus.IDLE or conn.closed:
         return
     with anyio.CancelScope(shield=True), contextlib.suppress(psycopg.Error):
-        await conn.execute(b"ROLLBACK")
+        with anyio.move_on_after(ROLLBACK_SECONDS) as late:
+            await conn.execute(b"ROLLBACK")
+        if late.cancelled_caught:  # a half-open socket: the server ends it on its own
+            await conn.close()
 
 
 async def replay(pool: AsyncConnectionPool[Any], event_id: int | None) -> list[int]:

@@ -11,7 +11,7 @@
 BEGIN; SELECT * FROM outbox_claim(%(floor)d, %(limit)d)
 
 -- name: mark_processed
--- %(ids)s: comma-separated integers, formatted by outbox.Batch from event ids.
+-- ids: comma-separated integers, formatted by outbox.Batch from event ids.
 SELECT outbox_mark_processed('{%(ids)s}')
 
 -- name: mark_processed_and_commit

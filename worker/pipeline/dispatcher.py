@@ -201,7 +201,7 @@ class Dispatcher:
                         claiming = False
                         self._batch_started = time.monotonic()
                         self._floor.observe(batch.min_pending, full=full, now=self._batch_started)
-                        if batch.held_back:  # the predecessor may be below the floor
+                        if batch.behind_floor:  # only a full claim can reach it
                             self._full_due = True
                         if self._uncovered():
                             self._signal()  # a wake-up came during the claim: another may go

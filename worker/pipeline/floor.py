@@ -38,4 +38,6 @@ class ClaimFloor:
             return
         seen, at = self._candidate
         if now - at >= self.settle:
-            self.value, self._candidate = seen, (min_pending, now)
+            self.value, self._candidate = min(seen, min_pending), (min_pending, now)
+        elif min_pending < seen:  # something lower is pending: the floor may not pass it
+            self._candidate = (min_pending, at)

@@ -12,6 +12,11 @@ the command itself, and two calls per entry (GET, SET) were a third of Redis's t
 backlog drain. A redelivered event has the same id, so it is always looked up in the bucket
 it was recorded in, and the check stays exact: within a bucket, a position's field only
 grows, in publish order. A bucket's hash expires ``dedupe_ttl_seconds`` after its last write.
+Markers written by older workers (``pw:published:<stream>:<position_id>``, one string key per
+position) are still read for positions the hash does not know, until they expire: stopping
+the old workers and starting new ones publishes nothing twice. (Old and new workers must not
+run at the same time.) An XADD that fails (a key of the wrong type) ends the script after
+recording what it did append, so the retry of the batch appends nothing twice.
 
 Events of one position are published in increasing id order (the claim guarantees it), so a
 worker that died between XADD and recording the event in PostgreSQL publishes nothing twice
@@ -39,6 +44,7 @@ from worker.errors import StreamUnavailable
 PUBLISH_SCRIPT: Final = """
 local maxlen, ttl = ARGV[1], ARGV[2]
 local entries = cjson.decode(ARGV[3])
+-- group the positions by dedupe hash: one HMGET per hash
 local keys, positions, slots = {}, {}, {}
 for i, entry in ipairs(entries) do
   local key = entry[2]
@@ -52,20 +58,39 @@ for i, entry in ipairs(entries) do
   list[#list + 1] = entry[3]
   slots[key][#list] = i
 end
-local last = {}
+local last, legacy, legacy_at = {}, {}, {}
 for _, key in ipairs(keys) do
   local found = redis.call('HMGET', key, unpack(positions[key]))
   for j, i in ipairs(slots[key]) do
-    last[i] = found[j]
+    if found[j] then
+      last[i] = found[j]
+    else
+      legacy[#legacy + 1] = 'pw:published:' .. entries[i][1] .. ':' .. entries[i][3]
+      legacy_at[#legacy_at + 1] = i
+    end
   end
 end
-local out, writes = {}, {}
+-- markers of workers older than the hashes (one string key per stream and position) are
+-- read until they expire, so an upgrade publishes nothing twice
+if #legacy > 0 then
+  local found = redis.call('MGET', unpack(legacy))
+  for j, i in ipairs(legacy_at) do
+    if found[j] then
+      last[i] = found[j]
+    end
+  end
+end
+local out, writes, failed = {}, {}, nil
 for i, entry in ipairs(entries) do
   local seen = last[i]
   if seen and tonumber(seen) >= tonumber(entry[4]) then
     out[i] = '0'
   else
-    redis.call('XADD', entry[1], 'MAXLEN', '~', maxlen, '*', unpack(entry[5]))
+    local added = redis.pcall('XADD', entry[1], 'MAXLEN', '~', maxlen, '*', unpack(entry[5]))
+    if type(added) == 'table' and added.err then
+      failed = added
+      break
+    end
     local w = writes[entry[2]]
     if not w then
       w = {}
@@ -76,12 +101,17 @@ for i, entry in ipairs(entries) do
     out[i] = '1'
   end
 end
+-- record what was appended, also when an XADD failed (a script is not rolled back: an
+-- appended entry left unrecorded would be appended again when the batch is retried)
 for _, key in ipairs(keys) do
   local w = writes[key]
   if w then
     redis.call('HSET', key, unpack(w))
     redis.call('EXPIRE', key, ttl)
   end
+end
+if failed then
+  return failed
 end
 return table.concat(out)
 """
