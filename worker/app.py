@@ -261,9 +261,9 @@ class App:
 
     async def _sample_lag(self, pool: AsyncConnectionPool[Any]) -> None:
         """Outbox lag for the metrics, every ``poll_interval``. A large backlog also gets the
-        outbox analyzed (at most every 30 s): a burst can outrun autovacuum's statistics,
-        and with stale ones the planner reads the claim's retry-delay check off every
-        pending event instead of the small index of waiting ones (several times slower)."""
+        outbox analyzed (at most every 30 s): a burst can outrun autovacuum's statistics.
+        (The claim no longer depends on them for its worst trap, the waiting lookup:
+        schema/0010; its plan is generic and cached, schema/0011.)"""
         analyzed_at = -1e9
         while True:
             try:

@@ -193,14 +193,16 @@ class Dispatcher:
                 self._claimed_through = max(self._claimed_through, self._wakes)
                 self._claiming += 1
                 claiming = True
-                full, self._full_due = self._full_due, False
-                floor = 0 if full else self._floor.value
+                from_zero, self._full_due = self._full_due, False
+                floor = 0 if from_zero else self._floor.value
                 try:
                     async with self.outbox.claim(self.cfg.batch_size, floor) as batch:
                         self._claiming -= 1
                         claiming = False
                         self._batch_started = time.monotonic()
-                        self._floor.observe(batch.min_pending, full=full, now=self._batch_started)
+                        self._floor.observe(
+                            batch.min_pending, full=from_zero, now=self._batch_started
+                        )
                         if batch.behind_floor:  # only a full claim can reach it
                             self._full_due = True
                         if self._uncovered():
