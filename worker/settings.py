@@ -61,6 +61,7 @@ class PipelineSettings:
     concurrency: int = 2  # batches in flight at once per process (overlaps DB and Redis)
     lease_seconds: float = 30.0  # a claim idle this long (hung worker) is ended by PostgreSQL
     poll_interval: float = 2.0  # drain even without a wake-up, every this many seconds
+    linger_seconds: float = 0.005  # under a steady stream, claim at most this often (0: off)
     probe_after: float = 15.0  # probe a listener that has been quiet this long
     max_attempts: int = 5  # handler failures before an event is parked as dead
     retry_base_seconds: float = 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from tests.pipeline_support import (
+    EVENTS,
     assert_exactly_once_in_order,
     burst,
     db_event_ids,
@@ -25,6 +28,7 @@ from tests.support import insert_position, seed_owner
 from worker.app import App, ExtraHandlers
 from worker.events import Event
 from worker.lifecycle import position_transition_allowed
+from worker.pipeline.dispatcher import LINGER_MIN_EVENTS
 from worker.pipeline.handlers import Registry
 from worker.settings import Settings
 
@@ -91,6 +95,49 @@ async def test_an_event_committed_below_the_claim_floor_is_still_published(
             timeout=10,
         )
         await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+    assert_exactly_once_in_order(db_url, redis_url)
+
+
+async def _latency_of_one_more_event(db_url: str, redis_url: str, owner: Any) -> float:
+    """Commit one event now; seconds from its commit to its stream entry (Redis's clock,
+    the same machine's)."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        seen = await client.xlen(EVENTS)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            insert_position(conn, owner)
+            committed = time.time()
+        await wait_for_stream(redis_url, seen + 1, timeout=10)
+        entries = await client.xrevrange(EVENTS, count=1)
+        entry_ms = int(entries[0][0].split(b"-")[0])
+        return entry_ms / 1000 - committed
+    finally:
+        await client.aclose()
+
+
+async def test_claims_linger_under_a_steady_stream_but_not_at_a_trickle(
+    db_url: str, redis_url: str
+) -> None:
+    """After a claim that found several events the next claim waits out linger_seconds
+    (fewer, larger claims at saturation); after a claim of one event it does not."""
+    linger = 0.5
+    settings = settings_for(db_url, redis_url, linger_seconds=linger, poll_interval=5.0)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+    async with running(settings):
+        # a trickle: one event per claim, each published at once
+        for _ in range(3):
+            assert await _latency_of_one_more_event(db_url, redis_url, owner) < linger / 2
+        # several events in one commit: one claim finds them all ...
+        seen = len(stream_entries(redis_url))
+        with psycopg.connect(db_url) as conn:
+            for _ in range(LINGER_MIN_EVENTS + 2):
+                insert_position(conn, owner)
+        await wait_for_stream(redis_url, seen + LINGER_MIN_EVENTS + 2, timeout=10)
+        # ... so the next event waits for the linger to end
+        assert await _latency_of_one_more_event(db_url, redis_url, owner) > linger / 2
+        # and a claim of one event ends the lingering
+        assert await _latency_of_one_more_event(db_url, redis_url, owner) < linger / 2
     assert_exactly_once_in_order(db_url, redis_url)
 
 
