@@ -169,3 +169,26 @@ async def test_worker_survives_redis_restart(
     assert len(ids) == len(set(ids))
     assert set(expected) <= set(ids)
     assert proc.process is not None and proc.process.poll() is None, "the worker died"
+
+
+def test_a_worker_logging_to_a_file_is_started_only_once_it_says_so(
+    db_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The benchmark's workers log straight to a file that earlier runs appended to: a
+    start must wait for its own ``worker_started`` line, not find the previous one."""
+    log = tmp_path / "worker.log"
+    env = worker_env(db_url, redis_url)
+    first = WorkerProcess(env, log, keep_lines=False).start()
+    assert first.logged("worker_started") == 1
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    second = WorkerProcess(env, log, keep_lines=False).start()
+    try:
+        assert second.logged("worker_started") == 2
+        committed = burst(db_url, 20)
+        wait_until(lambda: len(stream_entries(redis_url)) >= committed, timeout=20)
+    finally:
+        second.signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    assert second.logged("worker_stopped") == 2  # both runs' lines, in the one file
+    assert_exactly_once_in_order(db_url, redis_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 
@@ -14,15 +15,44 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def median_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per system, its run of median throughput (the lower middle one of an even count),
+    in the order the systems first appear."""
+    by_system: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_system.setdefault(run["system"], []).append(run)
+    chosen = {}
+    for system, group in by_system.items():
+        ordered = sorted(group, key=lambda r: r["events_per_s"])
+        chosen[system] = ordered[(len(ordered) - 1) // 2]
+    return chosen
+
+
+def round_ratios(runs: list[dict[str, Any]], system: str, base: str) -> list[float]:
+    """``system``'s throughput over ``base``'s, per round (each pair ran minutes apart at
+    most, so the machine's drift cancels out better than across rounds)."""
+    per_round: dict[Any, dict[str, float]] = {}
+    for run in runs:
+        per_round.setdefault(run.get("round", 1), {})[run["system"]] = run["events_per_s"]
+    return [
+        rates[system] / rates[base]
+        for _, rates in sorted(per_round.items())
+        if system in rates and rates.get(base)
+    ]
+
+
 def render(results: dict[str, Any]) -> str:
+    runs = results["saturation"]
+    rounds = len({r.get("round", 1) for r in runs})
     lines = [
         "",
-        "Saturation (8 load clients, as fast as they can commit)",
+        "Saturation (8 load clients, as fast as they can commit"
+        + (f"; {rounds} interleaved rounds, the median run of each system)" if rounds > 1 else ")"),
         f"{'system':<18}{'events':>8}{'events/s':>11}{'p50 ms':>9}{'p95 ms':>9}"
         f"{'p99 ms':>9}{'lost':>6}{'CPU s/1k':>10}{'RSS MB':>14}",
     ]
-    by_name = {r["system"]: r for r in results["saturation"]}
-    for r in results["saturation"]:
+    by_name = median_runs(runs)
+    for r in by_name.values():
         rss = (
             f"{_f(r.get('rss_mb_start'))}->{_f(r.get('rss_mb_end'))}" if "rss_mb_end" in r else "-"
         )
@@ -31,6 +61,13 @@ def render(results: dict[str, Any]) -> str:
             f"{_f(r.get('p50_ms')):>9}{_f(r.get('p95_ms')):>9}{_f(r.get('p99_ms')):>9}"
             f"{_f(r.get('missing', '-')):>6}{_f(r.get('cpu_s_per_1k'), 3):>10}{rss:>14}"
         )
+    if rounds > 1:
+        lines.append("events/s per round: " + "; ".join(
+            f"{name} " + " ".join(_f(r["events_per_s"], 0) for r in runs if r["system"] == name)
+            for name in by_name
+        ))  # fmt: skip
+        lost = sum(int(r.get("missing") or 0) for r in runs)
+        lines.append(f"lost in all saturation runs: {lost}")
     lines += [
         "",
         "Fixed offered rate (commit-to-stream latency)",
@@ -49,14 +86,15 @@ def render(results: dict[str, Any]) -> str:
         f"Backlog drain: {_f(b['events'])} events in the outbox, one worker: "
         f"{_f(b['events_per_s'], 0)} events/s",
     ]
-    lines += ["", "Ratios (throughput at saturation)"]
-    naive, ceiling = by_name.get("naive"), by_name.get("ceiling")
+    lines += ["", "Ratios (throughput at saturation; median of the per-round ratios)"]
     for name in ("worker-1", "worker-3"):
-        r = by_name.get(name)
-        if r and naive and ceiling:
+        to_naive = round_ratios(runs, name, "naive")
+        to_ceiling = round_ratios(runs, name, "ceiling")
+        if to_naive and to_ceiling:
+            each = f"   (rounds: {' '.join(f'{x:.2f}' for x in to_naive)})" if rounds > 1 else ""
             lines.append(
-                f"  {name}/naive = {r['events_per_s'] / naive['events_per_s']:.2f}   "
-                f"{name}/ceiling = {r['events_per_s'] / ceiling['events_per_s']:.2f}"
+                f"  {name}/naive = {statistics.median(to_naive):.2f}   "
+                f"{name}/ceiling = {statistics.median(to_ceiling):.2f}{each}"
             )
     servers = results.get("servers", {})
     lines += [

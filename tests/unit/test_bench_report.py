@@ -1,0 +1,70 @@
+"""The benchmark report: medians over interleaved rounds, ratios paired by round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.ops.bench_report import median_runs, render, round_ratios
+
+
+def _run(system: str, rate: float, round_: int, **extra: Any) -> dict[str, Any]:
+    return {"system": system, "events": 1000, "events_per_s": rate, "round": round_, **extra}
+
+
+# The machine slows down in round 2: the worker's slow run and the naive one's go together.
+RUNS = [
+    _run("ceiling", 2000, 1),
+    _run("naive", 1800, 1),
+    _run("worker-1", 1710, 1, p99_ms=4.0, missing=0),
+    _run("ceiling", 1500, 2),
+    _run("naive", 1200, 2),
+    _run("worker-1", 1140, 2, p99_ms=9.0, missing=0),
+    _run("ceiling", 2100, 3),
+    _run("naive", 2000, 3),
+    _run("worker-1", 1800, 3, p99_ms=5.0, missing=1),
+]
+
+
+def test_the_median_run_of_each_system_is_chosen_whole() -> None:
+    chosen = median_runs(RUNS)
+    assert list(chosen) == ["ceiling", "naive", "worker-1"]
+    assert chosen["naive"]["events_per_s"] == 1800
+    assert chosen["worker-1"] == RUNS[2]  # its other columns come from the same run
+    even = median_runs([_run("naive", 1, 1), _run("naive", 3, 2)])
+    assert even["naive"]["events_per_s"] == 1  # the lower middle: never flattering
+
+
+def test_ratios_are_paired_by_round() -> None:
+    assert round_ratios(RUNS, "worker-1", "naive") == [0.95, 0.95, 0.9]
+    # a round without the base system is left out, not divided by zero
+    assert round_ratios([*RUNS, _run("worker-1", 900, 4)], "worker-1", "naive") == [
+        0.95,
+        0.95,
+        0.9,
+    ]
+
+
+def test_the_report_gives_medians_rounds_and_every_loss() -> None:
+    results = {
+        "saturation": RUNS,
+        "fixed_rate": [
+            {
+                "system": "worker-1",
+                "rate": 500.0,
+                "events": 5000,
+                "p50_ms": 1.0,
+                "p95_ms": 2.0,
+                "p99_ms": 3.0,
+                "missing": 0,
+            },
+        ],
+        "backlog": {"events": 100_000, "events_per_s": 21_000.0},
+    }
+    text = render(results)
+    assert "3 interleaved rounds" in text
+    # the median of the paired ratios (0.95), not the ratio of the medians (1710/1800)
+    assert "worker-1/naive = 0.95" in text
+    assert "(rounds: 0.95 0.95 0.90)" in text
+    assert "worker-1 1,710 1,140 1,800" in text
+    assert "lost in all saturation runs: 1" in text  # a loss in a non-median run shows
+    assert "21,000 events/s" in text
