@@ -9,6 +9,7 @@ the configured database or streams. Load comes from a separate process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -79,7 +80,18 @@ class Bench:
         migrate(url)
         prepare_database(url, self.plan.positions)
         self._clear_streams()
+        self._checkpoint()
         return url
+
+    def _checkpoint(self) -> None:
+        """Start every phase from a fresh checkpoint: the earlier phases write gigabytes of
+        WAL, and the checkpoints they trigger (their writes, the full-page images after
+        them) would otherwise land in whichever phase runs then, by chance."""
+        with (
+            contextlib.suppress(psycopg.errors.InsufficientPrivilege),
+            psycopg.connect(self.admin_url, autocommit=True) as conn,
+        ):
+            conn.execute("CHECKPOINT")
 
     def drop_dbs(self) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
