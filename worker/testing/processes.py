@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 class WorkerProcess:
@@ -34,13 +35,7 @@ class WorkerProcess:
         self._exited.clear()
         if not self.keep_lines:
             return self._start_to_file(timeout, args)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", *args],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self.process = self._spawn(args, subprocess.PIPE)
         threading.Thread(target=self._pump, args=(self.process,), daemon=True).start()
         if not self._started.wait(timeout):
             self.kill()
@@ -51,14 +46,7 @@ class WorkerProcess:
         # the log may hold earlier runs (it is appended to): wait for one more start line
         before = self.logged("worker_started") if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "worker", *args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        self.process = process
+            process = self.process = self._spawn(args, log)
         self._exited.set()  # no pump to wait for
         deadline = time.monotonic() + timeout
         while self.logged("worker_started") <= before:
@@ -68,6 +56,15 @@ class WorkerProcess:
                 raise RuntimeError("worker did not start:\n" + "\n".join(tail))
             time.sleep(0.02)  # polling a file the child writes: there is nothing to wait on
         return self
+
+    def _spawn(self, args: tuple[str, ...], stdout: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", *args],
+            env=self.env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def _pump(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
