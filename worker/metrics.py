@@ -80,6 +80,11 @@ class Metrics:
         self.outbox_pending = Gauge(
             "position_worker_outbox_pending", "Events waiting to be handled", registry=r
         )
+        self.wakeups_paused = Gauge(
+            "position_worker_wakeups_paused",
+            "1 while the dispatcher polls on its own and the listener's wake-ups are paused",
+            registry=r,
+        )
         self.publish_latency = Histogram(
             "position_worker_publish_seconds",
             "Time to publish one batch to Redis",

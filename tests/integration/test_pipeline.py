@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -138,6 +139,44 @@ async def test_claims_linger_under_a_steady_stream_but_not_at_a_trickle(
         assert await _latency_of_one_more_event(db_url, redis_url, owner) > linger / 2
         # and a claim of one event ends the lingering
         assert await _latency_of_one_more_event(db_url, redis_url, owner) < linger / 2
+    assert_exactly_once_in_order(db_url, redis_url)
+
+
+async def test_a_steady_stream_pauses_the_wakeups_until_it_stops(
+    db_url: str, redis_url: str
+) -> None:
+    """Under a steady stream of commits the dispatcher polls on its own and the listener
+    UNLISTENs; once the stream stops, wake-ups are back (the next event is published at
+    once, not at the next periodic poll 30 s later) and nothing was lost or reordered."""
+    linger = 0.2
+    settings = settings_for(db_url, redis_url, linger_seconds=linger, poll_interval=30.0)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        owner = seed_owner(conn)
+    stop = threading.Event()
+
+    def commit_until_stopped() -> None:  # as fast as one connection commits
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            while not stop.is_set():
+                insert_position(conn, owner)
+
+    async with running(settings) as app:
+        assert app.listener is not None and app.dispatcher is not None
+        listener, dispatcher = app.listener, app.dispatcher
+
+        def paused() -> float | None:
+            return app.metrics.registry.get_sample_value("position_worker_wakeups_paused")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, commit_until_stopped)
+            try:
+                await eventually(lambda: dispatcher.polling and not listener.listening, 15)
+                assert paused() == 1
+            finally:
+                stop.set()
+        await eventually(lambda: listener.listening and not dispatcher.polling, 15)
+        assert paused() == 0 and listener.pauses >= 1
+        assert await _latency_of_one_more_event(db_url, redis_url, owner) < linger / 2
+        await wait_for_stream(redis_url, len(db_event_ids(db_url)), timeout=15)
     assert_exactly_once_in_order(db_url, redis_url)
 
 

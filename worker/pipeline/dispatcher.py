@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -52,6 +52,10 @@ HURRY_AFTER: Final = 0.005
 # A claim that found at least this many events (and was not full) means events are arriving
 # fast: the next claim waits until ``linger_seconds`` after this one began (see _serve).
 LINGER_MIN_EVENTS: Final = 4
+# Polling: after this many claims in a row found LINGER_MIN_EVENTS or more (or were full),
+# the dispatcher claims every ``linger_seconds`` on its own and the listener's wake-ups are
+# paused, until a claim finds fewer than LINGER_MIN_EVENTS (see _serve).
+POLL_AFTER_BUSY_CLAIMS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,10 @@ class Dispatcher:
         self._linger_until = 0.0  # no claim before this (monotonic), unless a backlog
         self._lingering = 0  # drainers waiting for _linger_until
         self._signalled = self._pausing = 0  # the wake-up count last signalled; drainers paused
+        self.polling = False  # claiming every linger_seconds, wake-ups paused
+        self._busy_claims = 0  # claims in a row that found LINGER_MIN_EVENTS or more
+        # told when polling starts (True) and ends (False): the listener pauses and resumes
+        self.on_polling: Callable[[bool], None] = lambda polling: None
 
     def _processed_by_kind(self, kind: str) -> Any:
         counter = self._kind_counters.get(kind)
@@ -127,6 +135,8 @@ class Dispatcher:
                     async with anyio.create_task_group() as tg:
                         await self._serve(tg)
                 except* (DatabaseUnavailable, StreamUnavailable) as group:
+                    if self.polling:  # nobody claims while backing off
+                        self._set_polling(False)
                     self._failures += 1
                     await self._back_off(group.exceptions[0], self._failures)
         finally:
@@ -169,6 +179,18 @@ class Dispatcher:
         as large and half as many (each claim's statements cost PostgreSQL as much as a
         few events); at a trickle (fewer events per claim) nothing waits, so latency at
         moderate rates is untouched. A full claim (a backlog) never waits.
+
+        Polling: after ``POLL_AFTER_BUSY_CLAIMS`` such claims in a row (or full ones) the
+        drainer stops waiting for wake-ups and claims every ``linger_seconds`` on its own,
+        and the listener is told to pause (UNLISTEN): at that rate every notification
+        finds a claim already due, and receiving one costs the worker and PostgreSQL more
+        than the rest of the pipeline's work per event. The first claim that would not
+        linger ends it: the listener LISTENs again and then wakes the dispatcher, so an
+        event committed between that claim and the LISTEN is claimed right after. (A
+        network driver turns its interrupts off while it polls a busy card, the same way.)
+        At 500 events/s claims rarely find four events, so moderate rates keep their
+        latency. With
+        ``linger_seconds = 0`` it never polls.
         """
         self._drainers = self._claiming = 0
         self._wakes += 1  # (re)started: drain whatever is there
@@ -225,6 +247,7 @@ class Dispatcher:
                             self._signal()  # a wake-up came during the claim: another may go
                         # a batch held back whole is no backlog to add drainers for
                         full = batch.claimed >= self.cfg.batch_size and bool(batch.rows)
+                        self._track_busy(full, len(batch.rows))
                         if not full:
                             fast = len(batch.rows) >= LINGER_MIN_EVENTS
                             linger = self.cfg.linger_seconds if fast else 0.0
@@ -248,13 +271,29 @@ class Dispatcher:
                         self._pausing -= 1
                     continue
                 pause = 0.0
-                if not (full or self._uncovered()):
+                # polling, one drainer keeps claiming; extra ones leave with the backlog
+                polls = self.polling and self._drainers == 1
+                if not (full or polls or self._uncovered()):
                     break
                 if not full:
                     await self._linger()
         finally:
             self._drainers -= 1
             self._signal()  # the serve loop looks again (a wake-up may be uncovered)
+
+    def _track_busy(self, full: bool, found: int) -> None:
+        """Start or end polling after a claim that found ``found`` events (see _serve)."""
+        busy = full or found >= LINGER_MIN_EVENTS
+        self._busy_claims = self._busy_claims + 1 if busy else 0
+        if self.polling:
+            if not busy:
+                self._set_polling(False)
+        elif self._busy_claims >= POLL_AFTER_BUSY_CLAIMS and self.cfg.linger_seconds > 0:
+            self._set_polling(True)
+
+    def _set_polling(self, polling: bool) -> None:
+        self.polling = polling
+        self.on_polling(polling)
 
     async def _linger(self) -> None:
         """Wait for ``_linger_until`` (a wake-up does not cut it short; a stop does)."""
