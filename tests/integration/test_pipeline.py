@@ -13,6 +13,7 @@ import anyio
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+import structlog
 from psycopg_pool import AsyncConnectionPool
 
 from tests.pipeline_support import (
@@ -29,8 +30,10 @@ from tests.support import insert_position, seed_owner
 from worker.app import App, ExtraHandlers
 from worker.events import Event
 from worker.lifecycle import position_transition_allowed
+from worker.metrics import Metrics
 from worker.pipeline.dispatcher import LINGER_MIN_EVENTS
 from worker.pipeline.handlers import Registry
+from worker.pipeline.listener import WAKEUP_CHANNEL, Listener
 from worker.settings import Settings
 
 pytestmark = pytest.mark.anyio
@@ -178,6 +181,48 @@ async def test_a_steady_stream_pauses_the_wakeups_until_it_stops(
         assert await _latency_of_one_more_event(db_url, redis_url, owner) < linger / 2
         await wait_for_stream(redis_url, len(db_event_ids(db_url)), timeout=15)
     assert_exactly_once_in_order(db_url, redis_url)
+
+
+async def test_a_paused_listener_unlistens_and_resumes_with_a_wake_up(db_url: str) -> None:
+    """Paused, the listener UNLISTENs (at its next notification); resumed, it LISTENs
+    again and then wakes the dispatcher once, for what was committed meanwhile."""
+    wakes = 0
+
+    def on_wake() -> None:
+        nonlocal wakes
+        wakes += 1
+
+    listener = Listener(
+        db_url,
+        on_wake,
+        log=structlog.get_logger(),
+        metrics=Metrics(),
+        probe_after=0.2,
+        reconnect_max=0.5,
+    )
+
+    def notify() -> None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {WAKEUP_CHANNEL}")
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.run)
+        assert listener.listening and wakes == 1  # LISTEN, then a drain
+        listener.pause()
+        notify()
+        await eventually(lambda: not listener.listening, 5)
+        assert listener.pauses == 1 and wakes == 2  # the notification that ended it
+        listener.resume()
+        listener.pause()  # paused again before the listener ran: it stays paused
+        for _ in range(20):  # let the listener task look at it
+            await anyio.lowlevel.checkpoint()
+        assert not listener.listening and wakes == 2
+        listener.resume()
+        await eventually(lambda: listener.listening, 5)
+        assert wakes == 3 and listener.pauses == 1
+        notify()
+        await eventually(lambda: listener.notifications == 2 and wakes == 4, 5)
+        tg.cancel_scope.cancel()
 
 
 async def test_changes_committed_while_no_worker_runs_are_published_at_start(

@@ -139,12 +139,14 @@ class Listener:
 
     async def _sit_out(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Paused: UNLISTEN, probe the quiet connection until resumed, LISTEN again."""
-        self._resumed = resumed = anyio.Event()
         await conn.execute("UNLISTEN *")
         self.listening = False
         self.pauses += 1
         self.log.debug("wakeups_paused")
         while self._paused:
+            # a fresh event each time: resumed and paused again before this task ran, the
+            # previous one is set for good (waiting on it again would spin)
+            self._resumed = resumed = anyio.Event()
             with anyio.move_on_after(self.probe_after) as quiet:
                 await resumed.wait()
             if quiet.cancelled_caught:
