@@ -54,6 +54,7 @@ def test_terminated_connections_then_postgres_and_redis_restarts(
         **worker_env(db_url, redis_url, lease_seconds=1.5, batch_size=100),
         "DATABASE_URL": with_app_name(db_url, POOL),
         "POSITION_WORKER__DATABASE__LISTEN_URL": with_app_name(db_url, LISTENER),
+        "POSITION_WORKER__LOG__LEVEL": "debug",  # wakeups_paused / wakeups_resumed
     }
     proc = fleet.start(env)
     rng = random.Random(2)
@@ -74,6 +75,7 @@ def test_terminated_connections_then_postgres_and_redis_restarts(
         "lost": cut.lost,
         "duplicated": cut.duplicated,
         "terminated": sum(terminated.values()),
+        "paused": proc.logged("wakeups_paused"),
     }
 
     # 2. PostgreSQL restart (fixtures fetched here: without a way to restart an external
@@ -122,12 +124,16 @@ def test_terminated_connections_then_postgres_and_redis_restarts(
         recover_s=f"{max(recover_terminate, recover_pg, recover_redis):.1f}",
         recover_pg_s=f"{recover_pg:.1f}",
         recover_redis_s=f"{recover_redis:.1f}",
+        paused=proc.logged("wakeups_paused"),
     )
     assert (lost, duplicated, dead) == (0, 0, 0)
     assert cut.events >= committed > 0
     assert after_redis.events >= 200
     assert after_redis.published == after_redis.events
     assert terminated[LISTENER] >= 5 and terminated[POOL] >= 5, terminated
+    # the load's bursts of 20 events make the worker poll with its wake-ups paused at
+    # times, so some of the cuts above land in that state too
+    assert proc.logged("wakeups_paused") >= 1
     assert fleet.alive(proc), "the worker died:\n" + "".join(proc.lines[-20:])
     # every cut of the listener, and the PostgreSQL restart, made it reconnect by itself
     assert proc.logged("listener_reconnecting") >= terminated[LISTENER] + 1
