@@ -189,8 +189,7 @@ class Dispatcher:
         event committed between that claim and the LISTEN is claimed right after. (A
         network driver turns its interrupts off while it polls a busy card, the same way.)
         At 500 events/s claims rarely find four events, so moderate rates keep their
-        latency. With
-        ``linger_seconds = 0`` it never polls.
+        latency. With ``linger_seconds = 0`` it never polls.
         """
         self._drainers = self._claiming = 0
         self._wakes += 1  # (re)started: drain whatever is there
