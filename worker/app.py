@@ -185,7 +185,8 @@ class App:
             reconnect_max=s.pipeline.reconnect_max_seconds,
             connect_timeout=s.database.connect_timeout,
         )
-        self.dispatcher.on_polling = self._on_polling
+        listener = self.listener  # the dispatcher polls a steady stream: no wake-ups meanwhile
+        self.dispatcher.on_polling = lambda on: listener.pause() if on else listener.resume()
         if s.metrics.port:
             self.metrics.serve(s.metrics.host, s.metrics.port)
         async with anyio.create_task_group() as tg:
@@ -204,15 +205,6 @@ class App:
                 batch_size=s.pipeline.batch_size,
             )
             task_status.started()
-
-    def _on_polling(self, polling: bool) -> None:
-        """The dispatcher polls on its own under a steady stream: no wake-ups meanwhile."""
-        assert self.listener is not None
-        if polling:
-            self.listener.pause()
-        else:
-            self.listener.resume()
-        self.metrics.wakeups_paused.set(1 if polling else 0)
 
     async def _dispatch_then_stop(self, scope: anyio.CancelScope) -> None:
         assert self.dispatcher is not None

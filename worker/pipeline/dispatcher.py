@@ -292,6 +292,7 @@ class Dispatcher:
 
     def _set_polling(self, polling: bool) -> None:
         self.polling = polling
+        self.metrics.wakeups_paused.set(1 if polling else 0)
         self.on_polling(polling)
 
     async def _linger(self) -> None:

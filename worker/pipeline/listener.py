@@ -62,7 +62,7 @@ class Listener:
         self.notifications = 0
         self.pauses = 0  # how often wake-ups were paused (tests, debugging)
         self._paused = False
-        self._resumed = anyio.Event()
+        self._resumed: anyio.Event | None = None  # set by resume(); one per wait (_sit_out)
         self.last_reconnect: float | None = None
         self._rng = random.Random()
 
