@@ -74,6 +74,26 @@ async def test_a_claim_takes_a_positions_events_in_order_and_settles_them_on_com
     assert processed(db_url) == set(ids(batch))
 
 
+async def test_a_chained_claim_commits_the_batch_before_it_in_the_same_round_trip(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    a, b = two_positions_with_events(db_url)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.chain() as chain:
+        first = await chain.claim(2)
+        a1, b1 = ids(first)
+        assert (a1, b1) == (event_ids(db_url, a)[0], event_ids(db_url, b)[0])
+        await first.handled(a1)  # b1 is left pending
+        second = await chain.claim(10)
+        assert processed(db_url) == {a1}  # committed before the next claim ran
+        # b1 is claimed again, with what follows a1, in order
+        assert ids(second) == sorted([b1, *event_ids(db_url, a)[1:]])
+        with pytest.raises(RuntimeError, match="already settled"):
+            await first.commit()  # it went with the claim: a second COMMIT would end ours
+        await second.handled(b1)
+    assert processed(db_url) == {a1, b1}  # the open batch committed at the end
+
+
 async def test_a_second_claimer_skips_locked_events_and_holds_back_their_successors(
     db_url: str, pool: AsyncConnectionPool[Any]
 ) -> None:

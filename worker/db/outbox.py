@@ -62,6 +62,7 @@ class Batch:
     touch_every: float  # seconds; keeps the transaction from looking idle (lease_seconds / 3)
     min_pending: int | None = None  # lowest pending id >= the claim's floor (None: unknown)
     behind_floor: bool = False  # an event held back waits for one below the claim's floor
+    settled: bool = False  # its commit was sent
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -75,19 +76,27 @@ class Batch:
         """Mark the handled events processed (one statement; they commit with the claim)."""
         if self._done:
             self._touched = time.monotonic()
-            await self.conn.execute(self._marking("mark_processed"))
+            await self.conn.execute(self._marking("mark_processed").encode())
 
     async def commit(self) -> None:
         """Mark what is left and commit, in one round trip."""
-        if self._done:
-            await self.conn.execute(self._marking("mark_processed_and_commit"))
-        else:
-            await self.conn.execute(b"COMMIT")
+        statements, _ = self.settlement()
+        await self.conn.execute(statements.encode())
 
-    def _marking(self, name: str) -> bytes:
+    def settlement(self) -> tuple[str, int]:
+        """The statements that mark what is left and commit, and how many results they
+        return. Once only: after it the transaction is (about to be) over."""
+        if self.settled:
+            raise RuntimeError("this batch is already settled")
+        self.settled = True
+        if self._done:
+            return self._marking("mark_processed_and_commit"), 2
+        return "COMMIT", 1
+
+    def _marking(self, name: str) -> str:
         ids = ",".join([str(int(i)) for i in self._done])  # digits and commas only
         self._done = []
-        return (q(name) % {"ids": ids}).encode()
+        return q(name) % {"ids": ids}
 
     async def _execute(self, name: str, params: dict[str, Any]) -> psycopg.AsyncCursor[Any]:
         self._touched = time.monotonic()
@@ -155,29 +164,67 @@ class Outbox:
 
     @asynccontextmanager
     async def claim(self, limit: int, floor: int = 0) -> AsyncIterator[Batch]:
-        """Claim up to ``limit`` events with id >= ``floor`` (see worker/pipeline/floor.py).
+        """Claim up to ``limit`` events with id >= ``floor`` (see worker/pipeline/floor.py);
+        the batch commits when the block ends."""
+        async with self.chain() as chain:
+            yield await chain.claim(limit, floor)
 
-        The transaction is opened and committed by hand (``BEGIN; SELECT ...`` and
-        ``...; COMMIT``, one round trip each, on the pool's autocommit connections).
-        """
+    @asynccontextmanager
+    async def chain(self) -> AsyncIterator[ClaimChain]:
+        """Claims one after the other on one connection (see :class:`ClaimChain`). The open
+        batch commits when the block ends, and rolls back when it raises."""
         async with translated_errors(), self.pool.connection() as conn:
             try:
-                cur = conn.cursor(row_factory=dict_row)
-                query = q("claim_begin") % {"floor": int(floor), "limit": int(limit)}
-                await cur.execute(query.encode())
-                cur.nextset()  # past BEGIN
-                rows: list[dict[str, Any]] = await cur.fetchall()
-                kept, held_back, retry_soon = in_position_order(rows)
-                batch = Batch(conn, kept, len(rows), held_back, retry_soon, self.touch_every)
-                batch.min_pending = rows[0]["min_pending"] if rows else None
-                batch.behind_floor = held_back > 0 and any(
-                    r["prev_pending"] and r["prev_id"] < floor for r in rows
-                )
-                yield batch
-                await batch.commit()
+                chain = ClaimChain(conn, self.touch_every)
+                yield chain
+                await chain.commit()
             except BaseException:
                 await _roll_back(conn)
                 raise
+
+
+class ClaimChain:
+    """Claims on one connection, each committing the batch before it in the same round trip.
+
+    A claim's transaction is opened and committed by hand (``BEGIN; SELECT ...`` and
+    ``...; COMMIT``, on the pool's autocommit connections). When the next claim is due as
+    soon as a batch is done (a backlog, or events that came in meanwhile), the two are sent
+    as one: ``SELECT outbox_mark_processed(...); COMMIT; BEGIN; SELECT * FROM
+    outbox_claim(...)``, one round trip where there were two. If the claim fails after the
+    COMMIT, the earlier batch stays committed (the statements run in order).
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], touch_every: float) -> None:
+        self.conn, self.touch_every = conn, touch_every
+        self.open: Batch | None = None  # claimed, not yet settled
+
+    async def claim(self, limit: int, floor: int = 0) -> Batch:
+        """Commit the open batch (if any) and claim the next, in one round trip."""
+        query = q("claim_begin") % {"floor": int(floor), "limit": int(limit)}
+        before = 1  # BEGIN's result
+        if self.open is not None:
+            settlement, results = self.open.settlement()
+            query, before = f"{settlement}; {query}", before + results
+            self.open = None
+        cur = self.conn.cursor(row_factory=dict_row)
+        await cur.execute(query.encode())
+        for _ in range(before):
+            cur.nextset()
+        rows: list[dict[str, Any]] = await cur.fetchall()
+        kept, held_back, retry_soon = in_position_order(rows)
+        batch = Batch(self.conn, kept, len(rows), held_back, retry_soon, self.touch_every)
+        batch.min_pending = rows[0]["min_pending"] if rows else None
+        batch.behind_floor = held_back > 0 and any(
+            r["prev_pending"] and r["prev_id"] < floor for r in rows
+        )
+        self.open = batch
+        return batch
+
+    async def commit(self) -> None:
+        """Commit the open batch, if any."""
+        if self.open is not None:
+            batch, self.open = self.open, None
+            await batch.commit()
 
 
 ROLLBACK_SECONDS = 5.0

@@ -8,7 +8,9 @@ transaction (oldest first, in per-position order; see :class:`worker.db.outbox.O
 2. run the handlers of each event in order; the first failure of a position's event stops
    that position's later events in the batch (they stay pending, to keep per-position order);
 3. mark the handled events processed in one statement and commit; failed ones get a retry
-   delay and, after ``max_attempts``, are parked as dead, in the same transaction.
+   delay and, after ``max_attempts``, are parked as dead, in the same transaction. When the
+   next claim is due at once (a backlog, or events that came in meanwhile), the commit and
+   the next claim go in one round trip.
 
 Infrastructure failures (PostgreSQL or Redis unreachable) are not the event's fault: the
 claim rolls back (the events go back untouched), the loop backs off and tries again; it
@@ -27,7 +29,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskGroup
 
-from worker.db.outbox import Batch, Outbox
+from worker.db.outbox import Batch, ClaimChain, Outbox
 from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable
 from worker.events import (
     Event,
@@ -82,6 +84,7 @@ class Dispatcher:
         self.outbox, self.publisher, self.handlers = outbox, publisher, handlers
         self.cfg, self.streams, self.metrics, self.log = pipeline, streams, metrics, log
         self.processed = 0
+        self.claims = self.chained = 0  # claims made; of them, sent with the commit before them
         self._wake = anyio.Event()
         self._stopping = False
         self.stopped = anyio.Event()
@@ -226,38 +229,7 @@ class Dispatcher:
         pause = 0.0
         try:
             while not self._stopping:
-                self._claimed_through = max(self._claimed_through, self._wakes)
-                claim_started = time.monotonic()
-                self._claiming += 1
-                claiming = True
-                from_zero, self._full_due = self._full_due, False
-                floor = 0 if from_zero else self._floor.value
-                try:
-                    async with self.outbox.claim(self.cfg.batch_size, floor) as batch:
-                        self._claiming -= 1
-                        claiming = False
-                        self._batch_started = time.monotonic()
-                        self._floor.observe(
-                            batch.min_pending, full=from_zero, now=self._batch_started
-                        )
-                        if batch.behind_floor:  # only a full claim can reach it
-                            self._full_due = True
-                        if self._uncovered():
-                            self._signal()  # a wake-up came during the claim: another may go
-                        # a batch held back whole is no backlog to add drainers for
-                        full = batch.claimed >= self.cfg.batch_size and bool(batch.rows)
-                        self._track_busy(full, len(batch.rows))
-                        if not full:
-                            fast = len(batch.rows) >= LINGER_MIN_EVENTS
-                            linger = self.cfg.linger_seconds if fast else 0.0
-                            self._linger_until = claim_started + linger
-                        if full and self._drainers < self.cfg.concurrency:
-                            self._add_drainer(tg)  # claims the next batch while this one runs
-                        await self._process(batch)
-                finally:
-                    if claiming:
-                        self._claiming -= 1
-                self._failures = 0
+                batch, full = await self._drain_chain(tg)
                 if self._drainers > 1:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.retry_soon:  # a position's earlier event is held by another claim
@@ -279,6 +251,62 @@ class Dispatcher:
         finally:
             self._drainers -= 1
             self._signal()  # the serve loop looks again (a wake-up may be uncovered)
+
+    async def _drain_chain(self, tg: TaskGroup) -> tuple[Batch, bool]:
+        """Claim and process batches on one connection for as long as the next claim is due
+        the moment a batch is done; each claim commits the batch before it in the same round
+        trip (see :class:`worker.db.outbox.ClaimChain`). Returns the last batch, committed,
+        and whether it was full."""
+        async with self.outbox.chain() as chain:
+            while True:
+                batch, full = await self._claim(chain, tg)
+                await self._process(batch)
+                if not self._next_claim_due(batch, full):
+                    return batch, full
+
+    async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool]:
+        self._claimed_through = max(self._claimed_through, self._wakes)
+        claim_started = time.monotonic()
+        from_zero, self._full_due = self._full_due, False
+        floor = 0 if from_zero else self._floor.value
+        settles = chain.open is not None
+        self._claiming += 1
+        try:
+            batch = await chain.claim(self.cfg.batch_size, floor)
+        finally:
+            self._claiming -= 1
+        self._failures = 0
+        self.claims += 1
+        if settles:
+            self.chained += 1
+            if self._drainers > 1:
+                self._signal()  # the batch before it committed
+        self._batch_started = time.monotonic()
+        self._floor.observe(batch.min_pending, full=from_zero, now=self._batch_started)
+        if batch.behind_floor:  # only a full claim can reach it
+            self._full_due = True
+        if self._uncovered():
+            self._signal()  # a wake-up came during the claim: another may go
+        # a batch held back whole is no backlog to add drainers for
+        full = batch.claimed >= self.cfg.batch_size and bool(batch.rows)
+        self._track_busy(full, len(batch.rows))
+        if not full:
+            fast = len(batch.rows) >= LINGER_MIN_EVENTS
+            self._linger_until = claim_started + (self.cfg.linger_seconds if fast else 0.0)
+        if full and self._drainers < self.cfg.concurrency:
+            self._add_drainer(tg)  # claims the next batch while this one runs
+        return batch, full
+
+    def _next_claim_due(self, batch: Batch, full: bool) -> bool:
+        """Whether to claim again right away, committing ``batch`` on the way: a full batch
+        (a backlog), or a wake-up or poll due with no linger left. Not while stopping, nor
+        when the batch held back an event another claim holds (that one pauses first)."""
+        if self._stopping or batch.retry_soon:
+            return False
+        if full:
+            return True
+        polls = self.polling and self._drainers == 1
+        return (polls or self._uncovered()) and self._linger_until <= time.monotonic()
 
     def _track_busy(self, full: bool, found: int) -> None:
         """Start or end polling after a claim that found ``found`` events (see _serve)."""
