@@ -56,6 +56,18 @@ async def test_a_batch_published_again_appends_nothing(
     assert entries(redis_url, OTHER) == [("a", "3")]
 
 
+@pytest.mark.parametrize("count", [3, CHUNK + 1], ids=["one call", "a pipeline of calls"])
+async def test_a_script_redis_forgot_is_loaded_again(
+    publisher: StreamPublisher, redis_url: str, count: int
+) -> None:
+    """A restarted Redis has no scripts: the publish loads it again and goes through."""
+    assert all(await publisher.publish([pub(1, "a")]))
+    await publisher.client.script_flush()
+    batch = [pub(i, f"p{i}") for i in range(2, 2 + count)]
+    assert all(await publisher.publish(batch))
+    assert len(entries(redis_url)) == 1 + count
+
+
 async def test_a_redelivery_appends_exactly_what_was_not_published(
     publisher: StreamPublisher, redis_url: str
 ) -> None:
