@@ -59,6 +59,12 @@ def test_the_report_gives_medians_rounds_and_every_loss() -> None:
             },
         ],
         "backlog": {"events": 100_000, "events_per_s": 21_000.0},
+        "backlog_runs": [
+            _run("worker-1", 21_000.0, 1),
+            _run("prototype", 25_000.0, 1),
+            _run("worker-1", 16_000.0, 2),
+            _run("prototype", 20_000.0, 2),
+        ],
     }
     text = render(results)
     assert "3 interleaved rounds" in text
@@ -68,3 +74,6 @@ def test_the_report_gives_medians_rounds_and_every_loss() -> None:
     assert "worker-1 1,710 1,140 1,800" in text
     assert "lost in all saturation runs: 1" in text  # a loss in a non-median run shows
     assert "21,000 events/s" in text
+    # the drain against the bare design: the lower median, the ratio paired by round
+    assert "the bare prototype" in text and "20,000 events/s" in text
+    assert "worker-1/prototype = 0.82   (rounds: 0.84 0.80)" in text

@@ -34,12 +34,14 @@ from worker.ops.bench_measure import (
     read_stream,
     sample_process,
 )
+from worker.ops.bench_report import median_runs
 from worker.ops.bench_setup import backlog, prepare_database
 from worker.testing.processes import WorkerProcess
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
 
 STREAM = "bench:positions:events"
 NAIVE_STREAM = "bench:naive"
+PROTOTYPE_STREAM = "bench:prototype"
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,15 @@ class Plan:
     # again): a shared machine's speed drifts between minutes, so one pair of runs can
     # differ by a tenth for nothing. The report gives medians and per-round ratios.
     saturation_rounds: int = 1
+    backlog_rounds: int = 1  # each round: the worker's drain, then the prototype's
 
     @classmethod
     def for_mode(cls, quick: bool) -> Plan:
         if quick:
             return cls(400, 3000, (500,), 2.0, 10_000)
-        return cls(2000, 20_000, (200, 500, 1000), 10.0, 100_000, saturation_rounds=3)
+        return cls(
+            2000, 20_000, (200, 500, 1000), 10.0, 100_000, saturation_rounds=3, backlog_rounds=2
+        )
 
 
 class Bench:
@@ -217,10 +222,21 @@ class Bench:
             started = time.time()
             self.wait_stream(STREAM, committed, timeout=600)
             elapsed = time.time() - started
+        return {"system": "worker-1", "events": committed, "events_per_s": committed / elapsed}
+
+    def drain_prototype(self) -> dict[str, Any]:
+        """The same backlog drained by the bare design (worker/ops/prototype.py)."""
+        db = self.fresh_db()
+        committed = backlog(db, self.plan.backlog_events)
+        cmd = [sys.executable, "-m", "worker.ops.prototype", db, self.redis_url, PROTOTYPE_STREAM]
+        out = subprocess.run(cmd, check=True, timeout=600, capture_output=True, text=True)
+        published, seconds = out.stdout.split()[-2:]
+        if int(published) != committed:
+            raise RuntimeError(f"prototype drained {published} of {committed} events")
         return {
-            "system": "worker-1 backlog",
+            "system": "prototype",
             "events": committed,
-            "events_per_s": committed / elapsed,
+            "events_per_s": committed / float(seconds),
         }
 
     def run(self) -> dict[str, Any]:
@@ -239,8 +255,15 @@ class Bench:
                 self.say(f"fixed rate {rate}/s: {system} ...")
                 events = int(rate * p.seconds_per_rate)
                 results["fixed_rate"].append(self.end_to_end(system, rate, events))
-        self.say(f"backlog drain: {p.backlog_events} events committed, then one worker ...")
-        results["backlog"] = self.drain()
+        drains: list[dict[str, Any]] = []
+        for round_ in range(1, p.backlog_rounds + 1):
+            of = f" (round {round_} of {p.backlog_rounds})" if p.backlog_rounds > 1 else ""
+            self.say(f"backlog drain: {p.backlog_events} events, then one worker{of} ...")
+            drains.append({**self.drain(), "round": round_})
+            self.say(f"backlog drain: the same, by the bare prototype{of} ...")
+            drains.append({**self.drain_prototype(), "round": round_})
+        results["backlog_runs"] = drains
+        results["backlog"] = median_runs(drains)["worker-1"]
         return results
 
 

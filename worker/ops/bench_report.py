@@ -86,6 +86,16 @@ def render(results: dict[str, Any]) -> str:
         f"Backlog drain: {_f(b['events'])} events in the outbox, one worker: "
         f"{_f(b['events_per_s'], 0)} events/s",
     ]
+    drains = results.get("backlog_runs", [])
+    to_prototype = round_ratios(drains, "worker-1", "prototype")
+    if to_prototype:
+        bare = median_runs(drains)["prototype"]
+        each = " ".join(f"{x:.2f}" for x in to_prototype)
+        lines += [
+            f"  the bare prototype (claim, XADD, mark; no order check, dedupe, handlers or "
+            f"audit line): {_f(bare['events_per_s'], 0)} events/s",
+            f"  worker-1/prototype = {statistics.median(to_prototype):.2f}   (rounds: {each})",
+        ]
     lines += ["", "Ratios (throughput at saturation; median of the per-round ratios)"]
     for name in ("worker-1", "worker-3"):
         to_naive = round_ratios(runs, name, "naive")
