@@ -90,7 +90,7 @@ def event_from_row(row: Mapping[str, Any]) -> Event:
             data = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise MalformedEvent(f"event {row.get('id')}: data is not JSON: {exc}") from None
-    if not isinstance(data, Mapping):
+    if data.__class__ is not dict and not isinstance(data, Mapping):  # the ABC check is slow
         raise MalformedEvent(f"event {row.get('id')}: data is not an object")
     occurred, iso = row["occurred_at"], ""
     if isinstance(occurred, str):
@@ -178,9 +178,12 @@ def notification_for(event: Event) -> dict[str, str] | None:
     """A user-facing notification for the events users care about, or None."""
     if event.kind != "position" or event.old_status is None:
         return None
+    exit_failed = event.old_status == "closing" and event.new_status in ("open", "monitoring")
+    if not exit_failed and event.new_status not in _NOTIFICATION:
+        return None  # most events (the hot path of a backlog drain)
     side, qty = event.data.get("side", ""), event.data.get("entry_quantity", "")
     title, message, severity = _NOTIFICATION.get(event.new_status or "", (None, "", "info"))
-    if event.old_status == "closing" and event.new_status in ("open", "monitoring"):
+    if exit_failed:
         title, severity = "Exit failed: position still held", "critical"
         message = f"{event.symbol}: the exit order failed ({event.data.get('failure_reason', '')})"
         message += "; the position is open again. Request the exit again or close it by hand."
