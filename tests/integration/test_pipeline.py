@@ -348,6 +348,32 @@ def _dead(db_url: str) -> int:
         return int(row.fetchone()[0])  # type: ignore[index]
 
 
+async def test_a_publish_that_keeps_failing_backs_off_longer_each_time(
+    db_url: str, redis_url: str
+) -> None:
+    """Redis refuses every publish (the events stream is a string key): each claim
+    succeeds and rolls back, and the backoff still grows, attempt after attempt, instead of
+    restarting at its first step after every successful claim. Once Redis accepts the
+    entries again the event is published once."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with running(settings_for(db_url, redis_url)) as app:
+            assert app.dispatcher is not None
+            dispatcher = app.dispatcher
+            await client.set(EVENTS, "not a stream")
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                insert_position(conn, seed_owner(conn))
+            # delays 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.25-0.5 s (reconnect_max_seconds 0.5)
+            await eventually(lambda: dispatcher.failures_in_a_row >= 4, timeout=15)
+            assert pending_count(db_url) == 1  # rolled back every time, never lost
+            await client.delete(EVENTS)
+            await wait_for_stream(redis_url, 1, timeout=10)
+            await eventually(lambda: dispatcher.failures_in_a_row == 0, timeout=10)
+    finally:
+        await client.aclose()
+    assert_exactly_once_in_order(db_url, redis_url)
+
+
 async def test_malformed_notifications_and_unknown_events_do_not_stop_the_worker(
     db_url: str, redis_url: str
 ) -> None:

@@ -103,6 +103,12 @@ class Dispatcher:
         # told when polling starts (True) and ends (False): the listener pauses and resumes
         self.on_polling: Callable[[bool], None] = lambda polling: None
 
+    @property
+    def failures_in_a_row(self) -> int:
+        """Infrastructure failures since the last batch that committed (the backoff's
+        attempt number; a claim that succeeds and then fails to publish does not reset it)."""
+        return self._failures
+
     def _processed_by_kind(self, kind: str) -> Any:
         counter = self._kind_counters.get(kind)
         if counter is None:
@@ -230,6 +236,7 @@ class Dispatcher:
         try:
             while not self._stopping:
                 batch, full = await self._drain_chain(tg)
+                self._failures = 0  # a batch went all the way (not just its claim)
                 if self._drainers > 1:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.retry_soon:  # a position's earlier event is held by another claim
@@ -275,12 +282,12 @@ class Dispatcher:
             batch = await chain.claim(self.cfg.batch_size, floor)
         finally:
             self._claiming -= 1
-        self._failures = 0
         self.claims += 1
-        if settles:
+        if settles:  # the batch before it committed
+            self._failures = 0
             self.chained += 1
             if self._drainers > 1:
-                self._signal()  # the batch before it committed
+                self._signal()
         self._batch_started = time.monotonic()
         self._floor.observe(batch.min_pending, full=from_zero, now=self._batch_started)
         if batch.behind_floor:  # only a full claim can reach it
