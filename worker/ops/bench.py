@@ -215,9 +215,13 @@ class Bench:
             "peak_rss_mb": round(max(a.peak_rss_mb for a in after), 1),
         }
 
-    def drain(self) -> dict[str, Any]:
+    def _backlog_db(self) -> tuple[str, int]:
+        """A fresh database holding the plan's backlog; (its URL, events committed)."""
         db = self.fresh_db()
-        committed = backlog(db, self.plan.backlog_events)
+        return db, backlog(db, self.plan.backlog_events)
+
+    def drain(self) -> dict[str, Any]:
+        db, committed = self._backlog_db()
         with self.workers(db, 1):
             started = time.time()
             self.wait_stream(STREAM, committed, timeout=600)
@@ -226,8 +230,7 @@ class Bench:
 
     def drain_prototype(self) -> dict[str, Any]:
         """The same backlog drained by the bare design (worker/ops/prototype.py)."""
-        db = self.fresh_db()
-        committed = backlog(db, self.plan.backlog_events)
+        db, committed = self._backlog_db()
         cmd = [sys.executable, "-m", "worker.ops.prototype", db, self.redis_url, PROTOTYPE_STREAM]
         out = subprocess.run(cmd, check=True, timeout=600, capture_output=True, text=True)
         published, seconds = out.stdout.split()[-2:]

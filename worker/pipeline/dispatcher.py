@@ -84,7 +84,7 @@ class Dispatcher:
         self.outbox, self.publisher, self.handlers = outbox, publisher, handlers
         self.cfg, self.streams, self.metrics, self.log = pipeline, streams, metrics, log
         self.processed = 0
-        self.claims = self.chained = 0  # claims made; of them, sent with the commit before them
+        self.chained = 0  # claims sent with the commit of the batch before them
         self._wake = anyio.Event()
         self._stopping = False
         self.stopped = anyio.Event()
@@ -282,7 +282,6 @@ class Dispatcher:
             batch = await chain.claim(self.cfg.batch_size, floor)
         finally:
             self._claiming -= 1
-        self.claims += 1
         if settles:  # the batch before it committed
             self._failures = 0
             self.chained += 1

@@ -159,18 +159,7 @@ class StreamPublisher:
         if self._sha is None:
             self._sha = str(await self.client.script_load(PUBLISH_SCRIPT))
         chunks = [
-            orjson.dumps(
-                [
-                    [
-                        pub.stream,
-                        dedupe_key(pub.stream, pub.event_id),
-                        pub.position_id,
-                        str(pub.event_id),  # a Lua number would be written as %.14g
-                        [*chain.from_iterable(pub.fields.items())],
-                    ]
-                    for pub in publications[start : start + CHUNK]
-                ]
-            )
+            _payload(publications[start : start + CHUNK])
             for start in range(0, len(publications), CHUNK)
         ]
         if len(chunks) == 1:  # a pipeline of one command costs a third more than the command
@@ -181,3 +170,19 @@ class StreamPublisher:
                 pipe.evalsha(self._sha, 0, self.maxlen, self.ttl, chunk)
             results = await pipe.execute(raise_on_error=True)
         return [flag in (49, "1") for chunk in results for flag in chunk]  # b"1" or "1"
+
+
+def _payload(publications: Sequence[Publication]) -> bytes:
+    """One script call's entries, as the JSON argument the script decodes."""
+    return orjson.dumps(
+        [
+            [
+                pub.stream,
+                dedupe_key(pub.stream, pub.event_id),
+                pub.position_id,
+                str(pub.event_id),  # a Lua number would be written as %.14g
+                [*chain.from_iterable(pub.fields.items())],
+            ]
+            for pub in publications
+        ]
+    )
