@@ -184,6 +184,38 @@ async def test_a_steady_stream_pauses_the_wakeups_until_it_stops(
     assert_exactly_once_in_order(db_url, redis_url)
 
 
+async def test_wake_ups_for_events_other_workers_took_also_make_it_poll(
+    db_url: str, redis_url: str
+) -> None:
+    """Workers sharing a stream each find a share of it per claim, often nothing, while
+    every one of them hears every notification. Wake-ups coming fast enough count as a
+    steady stream even when the claims find nothing (here nothing at all: the
+    notifications carry no events), so this worker too pauses its wake-ups and polls."""
+    linger = 0.2
+    settings = settings_for(db_url, redis_url, linger_seconds=linger, poll_interval=30.0)
+    stop = threading.Event()
+
+    def notify_until_stopped() -> None:  # ten wake-ups per commit, back to back
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute(
+                    "SELECT pg_notify(%s, n::text) FROM generate_series(1, 10) n",
+                    (WAKEUP_CHANNEL,),
+                )
+
+    async with running(settings) as app:
+        assert app.listener is not None and app.dispatcher is not None
+        listener, dispatcher = app.listener, app.dispatcher
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, notify_until_stopped)
+            try:
+                await eventually(lambda: dispatcher.polling and not listener.listening, 15)
+            finally:
+                stop.set()
+        await eventually(lambda: listener.listening and not dispatcher.polling, 15)
+    assert stream_entries(redis_url) == []
+
+
 async def test_a_paused_listener_unlistens_and_resumes_with_a_wake_up(db_url: str) -> None:
     """Paused, the listener UNLISTENs (at its next notification); resumed, it LISTENs
     again and then wakes the dispatcher once, for what was committed meanwhile."""

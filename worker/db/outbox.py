@@ -61,6 +61,7 @@ class Batch:
     retry_soon: bool
     touch_every: float  # seconds; keeps the transaction from looking idle (lease_seconds / 3)
     min_pending: int | None = None  # lowest pending id >= the claim's floor (None: unknown)
+    newest: int | None = None  # the highest id claimed (held back or not; None: none)
     behind_floor: bool = False  # an event held back waits for one below the claim's floor
     settled: bool = False  # its commit was sent
     _done: list[int] = field(default_factory=list)
@@ -213,7 +214,8 @@ class ClaimChain:
         rows: list[dict[str, Any]] = await cur.fetchall()
         kept, held_back, retry_soon = in_position_order(rows)
         batch = Batch(self.conn, kept, len(rows), held_back, retry_soon, self.touch_every)
-        batch.min_pending = rows[0]["min_pending"] if rows else None
+        if rows:
+            batch.min_pending, batch.newest = rows[0]["min_pending"], int(rows[-1]["id"])
         batch.behind_floor = held_back > 0 and any(
             r["prev_pending"] and r["prev_id"] < floor for r in rows
         )

@@ -44,6 +44,7 @@ from worker.logs import lines_held
 from worker.metrics import Metrics
 from worker.pipeline.floor import ClaimFloor
 from worker.pipeline.handlers import Registry
+from worker.pipeline.pace import Arrivals, PollSwitch
 from worker.pipeline.streams import Publication, StreamPublisher
 from worker.settings import PipelineSettings, StreamSettings
 
@@ -51,13 +52,17 @@ from worker.settings import PipelineSettings, StreamSettings
 # (its drainer claims again right after) unless the batch is still running this long after
 # its claim; then another drainer starts (see Dispatcher._serve).
 HURRY_AFTER: Final = 0.005
-# A claim that found at least this many events (and was not full) means events are arriving
-# fast: the next claim waits until ``linger_seconds`` after this one began (see _serve).
+# A claim (not full) that saw at least this many events arrive since the previous one began
+# means events are arriving fast: the next claim waits until ``linger_seconds`` after this
+# one began (see _serve).
 LINGER_MIN_EVENTS: Final = 4
-# Polling: after this many claims in a row found LINGER_MIN_EVENTS or more (or were full),
-# the dispatcher claims every ``linger_seconds`` on its own and the listener's wake-ups are
-# paused, until a claim finds fewer than LINGER_MIN_EVENTS (see _serve).
+# Polling: after this many claims in a row saw LINGER_MIN_EVENTS or more arrive (or were
+# full), the dispatcher claims every ``linger_seconds`` on its own and the listener's
+# wake-ups are paused (see _serve) ...
 POLL_AFTER_BUSY_CLAIMS: Final = 3
+# ... and ends after this many claims in a row found fewer: with other workers sharing the
+# stream, a claim can come back empty while events pour in (see worker/pipeline/pace.py).
+POLL_END_AFTER_QUIET_CLAIMS: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +103,17 @@ class Dispatcher:
         self._linger_until = 0.0  # no claim before this (monotonic), unless a backlog
         self._lingering = 0  # drainers waiting for _linger_until
         self._signalled = self._pausing = 0  # the wake-up count last signalled; drainers paused
-        self.polling = False  # claiming every linger_seconds, wake-ups paused
-        self._busy_claims = 0  # claims in a row that found LINGER_MIN_EVENTS or more
+        self._arrivals = Arrivals(LINGER_MIN_EVENTS, pipeline.linger_seconds)
+        self._poll = PollSwitch(
+            POLL_AFTER_BUSY_CLAIMS, POLL_END_AFTER_QUIET_CLAIMS, pipeline.linger_seconds > 0
+        )
         # told when polling starts (True) and ends (False): the listener pauses and resumes
         self.on_polling: Callable[[bool], None] = lambda polling: None
+
+    @property
+    def polling(self) -> bool:
+        """Claiming every ``linger_seconds`` on its own, wake-ups paused (see _serve)."""
+        return self._poll.on
 
     @property
     def failures_in_a_row(self) -> int:
@@ -182,23 +194,27 @@ class Dispatcher:
         Per-position order still holds: a claim leaves alone any event whose predecessor
         another claim holds.
 
-        Linger: when a claim (not full) found at least ``LINGER_MIN_EVENTS`` events, events
-        are arriving faster than claims go round, and the next claim waits until
-        ``linger_seconds`` after that claim began. At saturation that makes claims twice
-        as large and half as many (each claim's statements cost PostgreSQL as much as a
-        few events); at a trickle (fewer events per claim) nothing waits, so latency at
-        moderate rates is untouched. A full claim (a backlog) never waits.
+        Linger: when at least ``LINGER_MIN_EVENTS`` events arrived since the previous claim
+        (what the claim found, or more when other workers share the stream: see
+        worker/pipeline/pace.py) and the claim was not full, events are arriving faster
+        than claims go round, and the next claim waits until ``linger_seconds`` after that
+        claim began. At saturation that makes claims twice as large and half as many (each
+        claim's statements cost PostgreSQL as much as a few events); at a trickle (fewer
+        events per claim) nothing waits, so latency at moderate rates is untouched. A full
+        claim (a backlog) never waits.
 
         Polling: after ``POLL_AFTER_BUSY_CLAIMS`` such claims in a row (or full ones) the
         drainer stops waiting for wake-ups and claims every ``linger_seconds`` on its own,
         and the listener is told to pause (UNLISTEN): at that rate every notification
         finds a claim already due, and receiving one costs the worker and PostgreSQL more
-        than the rest of the pipeline's work per event. The first claim that would not
-        linger ends it: the listener LISTENs again and then wakes the dispatcher, so an
-        event committed between that claim and the LISTEN is claimed right after. (A
-        network driver turns its interrupts off while it polls a busy card, the same way.)
-        At 500 events/s claims rarely find four events, so moderate rates keep their
-        latency. With ``linger_seconds = 0`` it never polls.
+        than the rest of the pipeline's work per event. ``POLL_END_AFTER_QUIET_CLAIMS``
+        claims in a row that would not linger end it (one empty claim is not enough: with
+        several workers each claim takes a share, and some find none): the listener
+        LISTENs again and then wakes the dispatcher, so an event committed between that
+        claim and the LISTEN is claimed right after. (A network driver turns its interrupts
+        off while it polls a busy card, the same way.) At 500 events/s claims rarely find
+        four events, so moderate rates keep their latency. With ``linger_seconds = 0`` it
+        never polls.
         """
         self._drainers = self._claiming = 0
         self._wakes += 1  # (re)started: drain whatever is there
@@ -273,7 +289,7 @@ class Dispatcher:
 
     async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool]:
         self._claimed_through = max(self._claimed_through, self._wakes)
-        claim_started = time.monotonic()
+        claim_started, wakes = time.monotonic(), self._wakes
         from_zero, self._full_due = self._full_due, False
         floor = 0 if from_zero else self._floor.value
         settles = chain.open is not None
@@ -295,9 +311,13 @@ class Dispatcher:
             self._signal()  # a wake-up came during the claim: another may go
         # a batch held back whole is no backlog to add drainers for
         full = batch.claimed >= self.cfg.batch_size and bool(batch.rows)
-        self._track_busy(full, len(batch.rows))
+        arrivals = self._arrivals.after_claim(
+            started=claim_started, wakes=wakes, found=len(batch.rows), newest=batch.newest
+        )
+        if self._poll.after_claim(full or arrivals >= LINGER_MIN_EVENTS):
+            self._set_polling(self._poll.on)
         if not full:
-            fast = len(batch.rows) >= LINGER_MIN_EVENTS
+            fast = arrivals >= LINGER_MIN_EVENTS
             self._linger_until = claim_started + (self.cfg.linger_seconds if fast else 0.0)
         if full and self._drainers < self.cfg.concurrency:
             self._add_drainer(tg)  # claims the next batch while this one runs
@@ -314,18 +334,8 @@ class Dispatcher:
         polls = self.polling and self._drainers == 1
         return (polls or self._uncovered()) and self._linger_until <= time.monotonic()
 
-    def _track_busy(self, full: bool, found: int) -> None:
-        """Start or end polling after a claim that found ``found`` events (see _serve)."""
-        busy = full or found >= LINGER_MIN_EVENTS
-        self._busy_claims = self._busy_claims + 1 if busy else 0
-        if self.polling:
-            if not busy:
-                self._set_polling(False)
-        elif self._busy_claims >= POLL_AFTER_BUSY_CLAIMS and self.cfg.linger_seconds > 0:
-            self._set_polling(True)
-
     def _set_polling(self, polling: bool) -> None:
-        self.polling = polling
+        self._poll.on = polling
         self.metrics.wakeups_paused.set(1 if polling else 0)
         self.on_polling(polling)
 
