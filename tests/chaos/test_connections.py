@@ -60,12 +60,17 @@ def test_terminated_connections_then_postgres_and_redis_restarts(
     rng = random.Random(2)
     terminated: Counter[str] = Counter()
 
-    # 1. pg_terminate_backend, 15 times, while the load runs.
+    # 1. pg_terminate_backend while the load runs: 15 times, and more until the listener
+    #    and the pool were each cut at least 5 times (a cut can find no listener backend:
+    #    it is still reconnecting from the previous cut, or, paused while the worker polls,
+    #    it has not yet noticed that cut: it probes every probe_after seconds).
     load = Load(db_url, rate=400, seed=2).start()
-    for i in range(15):
+    i = 0
+    while i < 15 or (min(terminated[LISTENER], terminated[POOL]) < 5 and i < 60):
         time.sleep(rng.uniform(0.1, 0.5))  # seeded random point
         target = ("listener", "pool", "both")[i % 3]
         terminated += terminate_backends(pg_admin_url, db_url, TARGETS[target])
+        i += 1
     committed = load.stop()
     wait_until(lambda: pending(db_url) == 0, timeout=60)
     recover_terminate = _recovery(db_url, seed=20)
