@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -145,6 +145,24 @@ async def test_claims_linger_under_a_steady_stream_but_not_at_a_trickle(
     assert_exactly_once_in_order(db_url, redis_url)
 
 
+@asynccontextmanager
+async def _polling_while(app: App, work: Callable[[threading.Event], None]) -> AsyncIterator[None]:
+    """Run ``work`` in a thread (until the event it is given is set) until the dispatcher
+    polls with the listener UNLISTENed; the block runs then; then stop ``work`` and wait for
+    the wake-ups to be back."""
+    assert app.listener is not None and app.dispatcher is not None
+    listener, dispatcher = app.listener, app.dispatcher
+    stop = threading.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, work, stop)
+        try:
+            await eventually(lambda: dispatcher.polling and not listener.listening, 15)
+            yield
+        finally:
+            stop.set()
+    await eventually(lambda: listener.listening and not dispatcher.polling, 15)
+
+
 async def test_a_steady_stream_pauses_the_wakeups_until_it_stops(
     db_url: str, redis_url: str
 ) -> None:
@@ -155,29 +173,21 @@ async def test_a_steady_stream_pauses_the_wakeups_until_it_stops(
     settings = settings_for(db_url, redis_url, linger_seconds=linger, poll_interval=30.0)
     with psycopg.connect(db_url, autocommit=True) as conn:
         owner = seed_owner(conn)
-    stop = threading.Event()
 
-    def commit_until_stopped() -> None:  # as fast as one connection commits
+    def commit_until_stopped(stop: threading.Event) -> None:  # as fast as one connection
         with psycopg.connect(db_url, autocommit=True) as conn:
             while not stop.is_set():
                 insert_position(conn, owner)
 
     async with running(settings) as app:
-        assert app.listener is not None and app.dispatcher is not None
-        listener, dispatcher = app.listener, app.dispatcher
+        assert app.listener is not None
 
         def paused() -> float | None:
             return app.metrics.registry.get_sample_value("position_worker_wakeups_paused")
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.to_thread.run_sync, commit_until_stopped)
-            try:
-                await eventually(lambda: dispatcher.polling and not listener.listening, 15)
-                assert paused() == 1
-            finally:
-                stop.set()
-        await eventually(lambda: listener.listening and not dispatcher.polling, 15)
-        assert paused() == 0 and listener.pauses >= 1
+        async with _polling_while(app, commit_until_stopped):
+            assert paused() == 1
+        assert paused() == 0 and app.listener.pauses >= 1
         # delivered by a wake-up: nothing else claims before the periodic poll, 30 s away
         assert await _latency_of_one_more_event(db_url, redis_url, owner) < 5
         await wait_for_stream(redis_url, len(db_event_ids(db_url)), timeout=15)
@@ -193,9 +203,8 @@ async def test_wake_ups_for_events_other_workers_took_also_make_it_poll(
     notifications carry no events), so this worker too pauses its wake-ups and polls."""
     linger = 0.2
     settings = settings_for(db_url, redis_url, linger_seconds=linger, poll_interval=30.0)
-    stop = threading.Event()
 
-    def notify_until_stopped() -> None:  # ten wake-ups per commit, back to back
+    def notify_until_stopped(stop: threading.Event) -> None:  # ten wake-ups per commit
         with psycopg.connect(db_url, autocommit=True) as conn:
             while not stop.is_set():
                 conn.execute(
@@ -203,16 +212,8 @@ async def test_wake_ups_for_events_other_workers_took_also_make_it_poll(
                     (WAKEUP_CHANNEL,),
                 )
 
-    async with running(settings) as app:
-        assert app.listener is not None and app.dispatcher is not None
-        listener, dispatcher = app.listener, app.dispatcher
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(anyio.to_thread.run_sync, notify_until_stopped)
-            try:
-                await eventually(lambda: dispatcher.polling and not listener.listening, 15)
-            finally:
-                stop.set()
-        await eventually(lambda: listener.listening and not dispatcher.polling, 15)
+    async with running(settings) as app, _polling_while(app, notify_until_stopped):
+        pass
     assert stream_entries(redis_url) == []
 
 

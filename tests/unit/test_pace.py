@@ -83,3 +83,10 @@ def test_a_disabled_switch_never_polls() -> None:
     switch = PollSwitch(start_after=1, end_after=1, enabled=False)
     assert not any(switch.after_claim(True) for _ in range(10))
     assert not switch.on
+
+
+def test_stopping_switches_polling_off_and_says_whether_it_was_on() -> None:
+    switch = PollSwitch(start_after=1, end_after=2)
+    assert switch.after_claim(True) and switch.on
+    assert switch.stop() and not switch.on
+    assert not switch.stop()

@@ -156,8 +156,8 @@ class Dispatcher:
                     async with anyio.create_task_group() as tg:
                         await self._serve(tg)
                 except* (DatabaseUnavailable, StreamUnavailable) as group:
-                    if self.polling:  # nobody claims while backing off
-                        self._set_polling(False)
+                    if self._poll.stop():  # nobody claims while backing off
+                        self._polling_switched()
                     self._failures += 1
                     await self._back_off(group.exceptions[0], self._failures)
         finally:
@@ -314,10 +314,10 @@ class Dispatcher:
         arrivals = self._arrivals.after_claim(
             started=claim_started, wakes=wakes, found=len(batch.rows), newest=batch.newest
         )
-        if self._poll.after_claim(full or arrivals >= LINGER_MIN_EVENTS):
-            self._set_polling(self._poll.on)
+        fast = arrivals >= LINGER_MIN_EVENTS
+        if self._poll.after_claim(full or fast):
+            self._polling_switched()
         if not full:
-            fast = arrivals >= LINGER_MIN_EVENTS
             self._linger_until = claim_started + (self.cfg.linger_seconds if fast else 0.0)
         if full and self._drainers < self.cfg.concurrency:
             self._add_drainer(tg)  # claims the next batch while this one runs
@@ -334,10 +334,9 @@ class Dispatcher:
         polls = self.polling and self._drainers == 1
         return (polls or self._uncovered()) and self._linger_until <= time.monotonic()
 
-    def _set_polling(self, polling: bool) -> None:
-        self._poll.on = polling
-        self.metrics.wakeups_paused.set(1 if polling else 0)
-        self.on_polling(polling)
+    def _polling_switched(self) -> None:
+        self.metrics.wakeups_paused.set(1 if self._poll.on else 0)
+        self.on_polling(self._poll.on)
 
     async def _linger(self) -> None:
         """Wait for ``_linger_until`` (a wake-up does not cut it short; a stop does)."""

@@ -64,6 +64,11 @@ class PollSwitch:
     _busy: int = 0  # busy claims in a row
     _quiet: int = 0  # quiet claims in a row
 
+    def stop(self) -> bool:
+        """Switch polling off (the dispatcher backs off: nobody claims); whether it was on."""
+        was, self.on = self.on, False
+        return was
+
     def after_claim(self, busy: bool) -> bool:
         """Record a claim; whether that switched polling (on or off: see ``on``)."""
         self._busy, self._quiet = (self._busy + 1, 0) if busy else (0, self._quiet + 1)
