@@ -4,6 +4,11 @@
   PostgreSQL: tests create databases and roles).
 * unset: start embedded PostgreSQL 18 and Valkey from the PyPI wheels for this session.
 
+Two database shapes (``db_shape``): ``plain`` (migrated by the superuser, the stand-ins of
+0001 created) and ``supabase`` (``tests/supabase_shape.sql``: auth owned by another role,
+Supabase's default privileges, migrated by a non-superuser owner). Tests run on ``plain``; a
+module that overrides ``db_shape`` with both params runs on both.
+
 One migrated template database per session; every test gets a fresh copy
 (``CREATE DATABASE ... TEMPLATE``), never a rolled-back transaction: notifications and the
 outbox only exist after a commit.
@@ -13,8 +18,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -51,9 +58,59 @@ def pg_admin_url(embedded_pg: EmbeddedPostgres | None) -> str:
     return os.environ.get("TEST_DATABASE_URL") or (embedded_pg.url if embedded_pg else "")
 
 
-def db_url_for(admin_url: str, dbname: str) -> str:
-    """The same server, another database (URLs, as DATABASE_URL would be)."""
-    return urlsplit(admin_url)._replace(path=f"/{dbname}").geturl()
+def db_url_for(admin_url: str, dbname: str, user: str | None = None) -> str:
+    """The same server, another database (URLs, as DATABASE_URL would be), and user."""
+    parts = urlsplit(admin_url)._replace(path=f"/{dbname}")
+    if user is not None:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{user}@{host}")
+    return parts.geturl()
+
+
+SUPABASE_OWNER = "supa_postgres"  # Supabase's postgres: not a superuser
+_SHAPE_SQL = Path(__file__).with_name("supabase_shape.sql")
+
+
+def _shape_blocks() -> dict[str, str]:
+    parts = re.split(r"^-- name: (\w+)$", _SHAPE_SQL.read_text(encoding="utf-8"), flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+@pytest.fixture(scope="session")
+def supabase_base_db(pg_admin_url: str) -> Iterator[str]:
+    """A Supabase-shaped database with nothing of this project in it (template)."""
+    name = f"pw_supa_base_{os.getpid()}"
+    blocks = _shape_blocks()
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(blocks["cluster"].encode())
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}" OWNER {SUPABASE_OWNER}')
+    with psycopg.connect(db_url_for(pg_admin_url, name), autocommit=True) as conn:
+        conn.execute(blocks["database"].encode())
+    yield name
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def supabase_template_db(pg_admin_url: str, supabase_base_db: str) -> Iterator[str]:
+    """The Supabase-shaped database, migrated by its non-superuser owner."""
+    name = f"pw_supa_tpl_{os.getpid()}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE "{supabase_base_db}" OWNER {SUPABASE_OWNER}'
+        )
+    migrate(db_url_for(pg_admin_url, name, SUPABASE_OWNER))
+    yield name
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_shape() -> str:
+    """Which database shape ``db_url`` and ``empty_db_url`` give (see the module doc)."""
+    return "plain"
 
 
 @pytest.fixture(scope="session")
@@ -69,24 +126,33 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def empty_db_url(pg_admin_url: str) -> Iterator[str]:
-    """A new, empty database (for migration tests)."""
-    yield from _scratch_db(pg_admin_url, None)
+def empty_db_url(request: pytest.FixtureRequest, pg_admin_url: str, db_shape: str) -> Iterator[str]:
+    """A new database without this project's schema (for migration tests), of ``db_shape``."""
+    if db_shape == "supabase":
+        base = request.getfixturevalue("supabase_base_db")
+        yield from _scratch_db(pg_admin_url, base, SUPABASE_OWNER)
+    else:
+        yield from _scratch_db(pg_admin_url, None)
 
 
 @pytest.fixture
-def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    """A fresh, migrated database for this test."""
-    yield from _scratch_db(pg_admin_url, template_db)
+def db_url(request: pytest.FixtureRequest, pg_admin_url: str, db_shape: str) -> Iterator[str]:
+    """A fresh, migrated database for this test, of ``db_shape``; the URL is the owner's."""
+    if db_shape == "supabase":
+        template = request.getfixturevalue("supabase_template_db")
+        yield from _scratch_db(pg_admin_url, template, SUPABASE_OWNER)
+    else:
+        yield from _scratch_db(pg_admin_url, request.getfixturevalue("template_db"))
 
 
-def _scratch_db(admin_url: str, template: str | None) -> Iterator[str]:
+def _scratch_db(admin_url: str, template: str | None, owner: str | None = None) -> Iterator[str]:
     name = f"pw_t_{os.getpid()}_{next(_counter)}"
     clause = f' TEMPLATE "{template}"' if template else ""
+    clause += f" OWNER {owner}" if owner else ""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"{clause}')
     try:
-        yield db_url_for(admin_url, name)
+        yield db_url_for(admin_url, name, owner)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -24,6 +24,13 @@ SPEC_INDEXES = {
 }  # fmt: skip
 
 
+@pytest.fixture(params=["plain", "supabase"])
+def db_shape(request: pytest.FixtureRequest) -> str:
+    """Migrations run on a plain PostgreSQL (as a superuser) and on a Supabase-shaped
+    database (as its non-superuser owner, auth owned by another role)."""
+    return str(request.param)
+
+
 def test_migrate_from_empty_creates_everything_and_rerun_is_a_noop(empty_db_url: str) -> None:
     applied = migrate(empty_db_url)
     assert [m.version for m in applied] == [m.version for m in discover()]
@@ -94,7 +101,7 @@ def test_run_refuses_a_database_that_misses_migrations(
     """A deploy that skipped ``migrate``: one clear line and exit 2, not a crash later."""
     older = tmp_path / "schema"
     older.mkdir()
-    for path in sorted(default_schema_dir().glob("*.sql"))[:-1]:
+    for path in sorted(default_schema_dir().glob("[0-9]*.sql"))[:-1]:
         shutil.copy(path, older / path.name)
     migrate(empty_db_url, older)
     newest = discover()[-1]

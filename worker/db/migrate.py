@@ -1,10 +1,21 @@
-"""Versioned migrations from ``schema/NNNN_name.sql``.
+"""Versioned migrations from ``schema/NNNN_name.sql``, then the repeatable ``schema/R__*.sql``.
 
 * Each migration runs in its own transaction and is recorded in ``schema_migrations``
   (version, name, SHA-256 checksum, applied_at).
+* Every table, view, sequence and function a migration creates (in schemas ``public`` and
+  ``auth``) is recorded in ``schema_objects``, in the same transaction, by comparing the
+  catalog before and after. That ledger is what the privileges file works on: an object is
+  this project's because a migration created it, not because of its name or owner (on
+  Supabase the platform's own tables in ``public`` have the same owner as ours).
+* Repeatable files (``R__name.sql``) run after the versioned ones on every ``migrate``, each in
+  its own transaction: ``R__privileges.sql`` re-asserts every grant, so an object added later,
+  or a grant changed by hand, cannot slip through.
 * A session advisory lock serializes concurrent ``migrate`` runs: two processes starting at
   once cannot both apply a migration.
-* Re-running is a no-op; a migration edited after it was applied is refused (add a new one).
+* Re-running is a no-op but for the repeatable files; a migration edited after it was applied
+  is refused (add a new one). A migration may name, in a ``-- replaces-checksum: <sha256>``
+  line, the checksum of an earlier text it supersedes when that text could not run on every
+  supported database: a ledger holding that checksum is updated instead of refused.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from worker.errors import DatabaseUnavailable, MigrationError
 # Any constant will do, as long as nothing else uses it: "position-worker migrate".
 MIGRATION_LOCK_KEY: Final = 0x7057_6D69_6772_6174
 _FILE_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_REPEATABLE_NAME: Final = re.compile(r"^R__([a-z0-9_]+)\.sql$")
+_REPLACES: Final = re.compile(r"^-- replaces-checksum: ([0-9a-f]{64})\s*$", re.MULTILINE)
 
 
 def default_schema_dir() -> Path:
@@ -39,22 +52,51 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
+    @property
+    def replaces(self) -> frozenset[str]:
+        """Checksums of earlier texts of this migration that it supersedes."""
+        return frozenset(_REPLACES.findall(self.sql))
+
+
+@dataclass(frozen=True, slots=True)
+class Repeatable:
+    name: str
+    sql: str
+
 
 def discover(schema_dir: Path | None = None) -> list[Migration]:
-    """Every migration file, in version order; a misnamed or duplicate file is an error."""
-    directory = schema_dir or default_schema_dir()
-    if not directory.is_dir():
-        raise MigrationError(f"schema directory not found: {directory}")
+    """Every versioned migration file, in version order; a misnamed or duplicate file is an
+    error."""
     found: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in _sql_files(schema_dir):
+        if _REPEATABLE_NAME.match(path.name):
+            continue
         match = _FILE_NAME.match(path.name)
         if match is None:
-            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+            raise MigrationError(
+                f"{path.name}: migration files are named NNNN_name.sql (or R__name.sql)"
+            )
         version = int(match.group(1))
         if version in found:
             raise MigrationError(f"{path.name}: version {version} appears twice")
         found[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
     return [found[v] for v in sorted(found)]
+
+
+def discover_repeatable(schema_dir: Path | None = None) -> list[Repeatable]:
+    """The repeatable files, by name."""
+    return [
+        Repeatable(match.group(1), path.read_text(encoding="utf-8"))
+        for path in _sql_files(schema_dir)
+        if (match := _REPEATABLE_NAME.match(path.name))
+    ]
+
+
+def _sql_files(schema_dir: Path | None) -> list[Path]:
+    directory = schema_dir or default_schema_dir()
+    if not directory.is_dir():
+        raise MigrationError(f"schema directory not found: {directory}")
+    return sorted(directory.glob("*.sql"))
 
 
 _CREATE_LEDGER: Final = """
@@ -63,13 +105,37 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   name       TEXT NOT NULL,
   checksum   TEXT NOT NULL,
   applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)
+);
+CREATE TABLE IF NOT EXISTS schema_objects (
+  kind       TEXT NOT NULL CHECK (kind IN ('table', 'sequence', 'function')),
+  name       TEXT NOT NULL,  -- schema-qualified, quoted; functions with their argument types
+  version    INTEGER,        -- the migration that created it (NULL: the ledger itself)
+  PRIMARY KEY (kind, name)
+);
+INSERT INTO schema_objects (kind, name) VALUES
+  ('table', 'public.schema_migrations'), ('table', 'public.schema_objects')
+ON CONFLICT DO NOTHING;
+"""
+
+# Tables, views and sequences, and functions, in the schemas migrations create objects in.
+_CATALOG: Final = """
+SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END,
+       format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('public', 'auth') AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+UNION ALL
+SELECT 'function', format('%I.%I(%s)', n.nspname, p.proname,
+                          oidvectortypes(p.proargtypes))
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname IN ('public', 'auth')
 """
 
 
 def migrate(conninfo: str, schema_dir: Path | None = None) -> list[Migration]:
-    """Apply every pending migration; return the ones applied now (empty when up to date)."""
+    """Apply every pending migration, then every repeatable file; return the migrations
+    applied now (empty when up to date)."""
     migrations = discover(schema_dir)
+    repeatable = discover_repeatable(schema_dir)
     try:
         conn = psycopg.connect(conninfo, autocommit=True)
     except psycopg.OperationalError as exc:
@@ -77,10 +143,21 @@ def migrate(conninfo: str, schema_dir: Path | None = None) -> list[Migration]:
     with conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
-            conn.execute(_CREATE_LEDGER)
-            return _apply_pending(conn, migrations)
+            _run(conn, "create the migration ledger", _CREATE_LEDGER)
+            done = _apply_pending(conn, migrations)
+            for item in repeatable:
+                _run(conn, f"R__{item.name}", item.sql)
+            return done
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _run(conn: psycopg.Connection, label: str, sql: str) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(sql.encode("utf-8"))
+    except psycopg.Error as exc:
+        raise MigrationError(f"{label} failed: {exc}".strip()) from None
 
 
 def _apply_pending(conn: psycopg.Connection, migrations: list[Migration]) -> list[Migration]:
@@ -89,31 +166,52 @@ def _apply_pending(conn: psycopg.Connection, migrations: list[Migration]) -> lis
     done: list[Migration] = []
     for migration in migrations:
         if migration.version in applied:
-            _check_unchanged(migration, *applied[migration.version])
+            _check_unchanged(conn, migration, *applied[migration.version])
             continue
         _apply_one(conn, migration)
         done.append(migration)
     return done
 
 
-def _check_unchanged(migration: Migration, name: str, checksum: str) -> None:
-    if checksum != migration.checksum:
-        raise MigrationError(
-            f"migration {migration.version:04d}_{name} was edited after it was applied "
-            f"(checksum {checksum[:12]} in the database, {migration.checksum[:12]} on disk); "
-            "never edit an applied migration: add a new one"
+def _check_unchanged(
+    conn: psycopg.Connection, migration: Migration, name: str, checksum: str
+) -> None:
+    if checksum == migration.checksum:
+        return
+    if checksum in migration.replaces:
+        conn.execute(
+            "UPDATE schema_migrations SET checksum = %s WHERE version = %s",
+            (migration.checksum, migration.version),
         )
+        return
+    raise MigrationError(
+        f"migration {migration.version:04d}_{name} was edited after it was applied "
+        f"(checksum {checksum[:12]} in the database, {migration.checksum[:12]} on disk); "
+        "never edit an applied migration: add a new one"
+    )
+
+
+def _catalog(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    return {(str(kind), str(name)) for kind, name in conn.execute(_CATALOG).fetchall()}
 
 
 def _apply_one(conn: psycopg.Connection, migration: Migration) -> None:
     label = f"{migration.version:04d}_{migration.name}"
     try:
         with conn.transaction():
+            before = _catalog(conn)
             conn.execute(migration.sql.encode("utf-8"))
+            created = sorted(_catalog(conn) - before)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (migration.version, migration.name, migration.checksum),
             )
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO schema_objects (kind, name, version) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    [(kind, name, migration.version) for kind, name in created],
+                )
     except psycopg.Error as exc:
         raise MigrationError(f"migration {label} failed: {exc}".strip()) from None
 
