@@ -32,6 +32,7 @@ def db_shape(request: pytest.FixtureRequest) -> str:
     """Every test here runs on a plain PostgreSQL and on a Supabase-shaped database."""
     return str(request.param)
 
+
 POSITION_STATES = lifecycle.POSITION_STATUSES
 ORDER_STATES = lifecycle.ORDER_STATUSES
 NOTIFY_KEYS = {"position_id", "old_status", "new_status", "user_id", "symbol"}
