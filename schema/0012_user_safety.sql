@@ -206,6 +206,19 @@ CREATE TRIGGER check_entry_amounts
   FOR EACH ROW EXECUTE FUNCTION check_entry_amounts();
 
 -- ---------------------------------------------------------------------------------------
+-- The worker's own orders: rows whose client order id is exactly the one the worker gives a
+-- row it writes, 'pw-' || <purpose code> || <the row's uuid in 32 hex digits>
+-- (worker/execution/rules.py: client_order_id, is_worker_order). Every engine query reads
+-- orders through it, so a row written any other way is never sent, cancelled or counted.
+-- Re-create it when orders gains a column (SELECT * is expanded at creation).
+CREATE VIEW worker_orders AS
+SELECT * FROM orders o
+WHERE o.client_order_id = 'pw-' || CASE o.purpose
+    WHEN 'entry' THEN 'e' WHEN 'exit' THEN 'x' WHEN 'scale_in' THEN 'i'
+    WHEN 'scale_out' THEN 'o' WHEN 'stop_loss' THEN 's' WHEN 'take_profit' THEN 't'
+  END || replace(o.id::text, '-', '');
+
+-- ---------------------------------------------------------------------------------------
 -- Quotas: per-user limits on what an end user may ask for. Defaults in one row; a row per
 -- user overrides them (NULL: the default). Privileged callers are not limited (the worker's
 -- own stop-loss exit must never be refused). SQLSTATE PW015, nothing written.

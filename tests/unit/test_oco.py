@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -10,8 +12,7 @@ from typing import Any
 import pytest
 
 from worker.exchanges.base import OcoRequest
-from worker.execution.engine import oco_list_id
-from worker.execution.rules import oco_partner
+from worker.execution.rules import client_order_id, oco_list_id, oco_partner
 
 D = Decimal
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -75,7 +76,14 @@ def test_invalid_requests(args: tuple[str, str, str], kw: dict[str, str]) -> Non
         oco(*args, **kw)
 
 
-def test_list_client_id_names_both_legs() -> None:
-    hex_id = "0" * 24
-    assert oco_list_id(f"pw-{hex_id}-s3", f"pw-{hex_id}-t12") == f"pw-{hex_id}-s3-t12"
-    assert len(oco_list_id(f"pw-{hex_id}-s999", f"pw-{hex_id}-t999")) <= 36
+def test_list_client_id_is_the_stop_legs_uuid() -> None:
+    stop = uuid.uuid4()
+    list_id = oco_list_id(stop)
+    assert list_id == f"pw-l{stop.hex}" == oco_list_id(str(stop))
+    assert re.fullmatch(r"[a-zA-Z0-9_-]{1,36}", list_id)
+    assert len(list_id) == 36
+    # never one of the legs' ids, nor another list's
+    assert list_id not in {client_order_id(stop, p) for p in ("stop_loss", "take_profit")}
+    assert oco_list_id(uuid.uuid4()) != list_id
+    request = oco(list_id=list_id, stop_id=client_order_id(stop, "stop_loss"))
+    assert request.list_client_order_id == list_id  # passes the request's own checks

@@ -1,4 +1,12 @@
 -- Queries of the execution engine (worker/execution/). Named blocks, %(name)s parameters.
+--
+-- Every query that looks orders up reads only the worker's own, through the view
+-- `worker_orders` (schema/0012): rows whose client order id is exactly the one the worker
+-- gives a row of that id and purpose (worker/execution/rules.py: client_order_id,
+-- is_worker_order). Rows written by anyone else are never sent, cancelled, driven, counted
+-- in a position's figures, nor waited for; only exec_foreign_orders_of_position lists them,
+-- for the log. The view is inlined, so conditions on position_id, request_id and status
+-- still use the indexes of orders.
 
 -- name: exec_try_lock_position
 -- One actor per position at a time, across every worker process: held on one connection
@@ -20,16 +28,24 @@ WHERE id = %(position_id)s AND status = %(old)s
 RETURNING id
 
 -- name: exec_orders_of_position
-SELECT * FROM orders WHERE position_id = %(position_id)s
+SELECT * FROM worker_orders WHERE position_id = %(position_id)s
 ORDER BY created_at, client_order_id, id  -- the legs of an OCO pair share created_at
 
+-- name: exec_foreign_orders_of_position
+-- The position's order rows the worker did not write (only logged).
+SELECT o.id FROM orders o
+WHERE o.position_id = %(position_id)s
+  AND NOT EXISTS (SELECT 1 FROM worker_orders w WHERE w.id = o.id)
+ORDER BY o.created_at, o.id
+
 -- name: exec_insert_order
-INSERT INTO orders (position_id, user_id, client_order_id, symbol, side, type, quantity,
+-- The id is drawn by the worker: the client order id is made from it (rules.client_order_id).
+INSERT INTO orders (id, position_id, user_id, client_order_id, symbol, side, type, quantity,
                     quote_quantity, price, stop_price, status, purpose, is_paper_trade,
                     request_id)
-VALUES (%(position_id)s, %(user_id)s, %(client_order_id)s, %(symbol)s, %(side)s, %(type)s,
-        %(quantity)s, %(quote_quantity)s, %(price)s, %(stop_price)s, 'created', %(purpose)s,
-        %(is_paper_trade)s, %(request_id)s)
+VALUES (%(id)s, %(position_id)s, %(user_id)s, %(client_order_id)s, %(symbol)s, %(side)s,
+        %(type)s, %(quantity)s, %(quote_quantity)s, %(price)s, %(stop_price)s, 'created',
+        %(purpose)s, %(is_paper_trade)s, %(request_id)s)
 RETURNING *
 
 -- name: exec_bump_send
@@ -79,7 +95,7 @@ WHERE order_id = %(order_id)s AND binance_trade_id IS NOT NULL
 -- name: exec_fills_of_position
 SELECT t.side, t.price, t.quantity, t.fee, t.fee_asset, t.fee_quote, t.binance_trade_id,
        t.executed_at, o.purpose, o.binance_order_id
-FROM trades t JOIN orders o ON o.id = t.order_id
+FROM trades t JOIN worker_orders o ON o.id = t.order_id AND o.position_id = t.position_id
 WHERE t.position_id = %(position_id)s
 ORDER BY t.executed_at, o.created_at, t.binance_trade_id
 
@@ -109,22 +125,21 @@ WHERE position_id = %(position_id)s AND status = 'pending'
 ORDER BY created_at
 
 -- name: exec_order_of_request
-SELECT id FROM orders WHERE request_id = %(request_id)s LIMIT 1
+SELECT id FROM worker_orders WHERE request_id = %(request_id)s LIMIT 1
 
 -- name: exec_pending_requests
 -- Requests no order has been made for yet (their event may be waiting out a ban, or dead).
 SELECT position_id, id FROM position_requests r
 WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(grace)s)
-  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.request_id = r.id)
+  AND NOT EXISTS (SELECT 1 FROM worker_orders o WHERE o.request_id = r.id)
 ORDER BY created_at
 LIMIT 200
 
 -- name: exec_orders_to_reconcile
--- Orders not final that the worker itself created (users' rows have no client id). A
--- fresh 'created' order is left to the actor that is sending it right now.
-SELECT id, position_id FROM orders
+-- The worker's own orders not final. A fresh 'created' order is left to the actor that is
+-- sending it right now.
+SELECT id, position_id FROM worker_orders
 WHERE status IN ('created', 'submitted', 'partially_filled')
-  AND client_order_id IS NOT NULL
   AND (status <> 'created' OR created_at < now() - make_interval(secs => %(grace)s))
 ORDER BY created_at
 LIMIT 200
@@ -135,7 +150,7 @@ LIMIT 200
 SELECT p.id FROM positions p
 WHERE p.status IN ('created', 'submitting', 'closing')
   AND p.updated_at < now() - make_interval(secs => %(grace)s)
-  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+  AND NOT EXISTS (SELECT 1 FROM worker_orders o WHERE o.position_id = p.id
                   AND o.status IN ('created', 'submitted', 'partially_filled'))
 LIMIT 200
 
@@ -164,14 +179,14 @@ SELECT request_position_exit(%(position_id)s, NULL, %(reason)s)
 -- (measured from the holding orders, not from the position's updated_at).
 SELECT p.id FROM positions p
 CROSS JOIN LATERAL (
-    SELECT max(o.created_at) AS made, max(o.updated_at) AS settled FROM orders o
+    SELECT max(o.created_at) AS made, max(o.updated_at) AS settled FROM worker_orders o
     WHERE o.position_id = p.id AND o.purpose IN ('entry', 'scale_in', 'scale_out', 'exit')
 ) AS changed
 WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_quantity > 0
   AND (p.stop_loss_price IS NOT NULL OR p.take_profit_price IS NOT NULL
        OR p.max_loss_usdt IS NOT NULL)
   AND changed.settled < now() - make_interval(secs => %(grace)s)
-  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+  AND NOT EXISTS (SELECT 1 FROM worker_orders o WHERE o.position_id = p.id
                   AND o.purpose NOT IN ('stop_loss', 'take_profit')
                   AND o.status IN ('created', 'submitted', 'partially_filled'))
   AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = p.id
@@ -181,13 +196,13 @@ WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_qua
     SELECT 1 FROM (VALUES ('stop_loss', coalesce(p.stop_loss_price, p.max_loss_usdt)),
                           ('take_profit', p.take_profit_price)) AS k (purpose, price)
     WHERE k.price IS NOT NULL AND (
-      EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id AND o.purpose = k.purpose
+      EXISTS (SELECT 1 FROM worker_orders o WHERE o.position_id = p.id AND o.purpose = k.purpose
               AND o.status IN ('created', 'submitted', 'partially_filled')
               AND o.created_at < changed.made)
-      OR (NOT EXISTS (SELECT 1 FROM orders o WHERE o.position_id = p.id
+      OR (NOT EXISTS (SELECT 1 FROM worker_orders o WHERE o.position_id = p.id
                       AND o.purpose = k.purpose AND o.created_at > changed.made
                       AND o.status IN ('created', 'submitted', 'partially_filled'))
-          AND NOT EXISTS (SELECT 1 FROM (SELECT o.status, o.stop_price FROM orders o
+          AND NOT EXISTS (SELECT 1 FROM (SELECT o.status, o.stop_price FROM worker_orders o
                                          WHERE o.position_id = p.id AND o.purpose = k.purpose
                                            AND o.created_at > changed.made
                                          ORDER BY o.created_at DESC, o.id DESC LIMIT 1) AS last

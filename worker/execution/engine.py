@@ -5,15 +5,20 @@ Rules that make it crash-safe and replica-safe:
 * **One actor per position.** Every action on a position (entry, exit, reconcile) runs
   while holding that position's session advisory lock, exchange calls included; a crashed
   process's lock dies with its connection.
-* **Intent before send.** An order row with its deterministic client order id is committed
-  before the order is sent, and ``send_attempts`` is bumped (committed) right before each
-  send. An order with ``send_attempts > 0`` may exist on the exchange: it is looked up by
-  client order id first, and re-sent only after it was missing for
-  ``missing_lookups_before_resend`` lookups in a row.
+* **Intent before send.** An order row with its client order id (made from the row's uuid,
+  drawn here: ``rules.client_order_id``) is committed before the order is sent, and
+  ``send_attempts`` is bumped (committed) right before each send. An order with
+  ``send_attempts > 0`` may exist on the exchange: it is looked up by client order id
+  first, and re-sent only after it was missing for ``missing_lookups_before_resend``
+  lookups in a row.
 * **Outcome unknown is not failure.** Timeouts, 5xx, -1006/-1007 leave the order as it is;
   the reconciler looks it up later. Only a definitive rejection marks it failed.
 * **The database decides.** Fills are recorded with the position's figures refolded from all
   of its fills; the triggers turn every change into events for the pipeline.
+* **Only the worker's own orders.** Every read of a position's orders keeps the rows the
+  worker wrote (``rules.is_worker_order``; in SQL the ``own`` CTE): a row written by anyone
+  else is never sent, cancelled, driven, counted or waited for, only logged
+  (``foreign_order_ignored``, once per drive).
 * **Protection follows the holding.** Stop-loss / take-profit orders are placed after every
   change of the holding; a crash in between is repaired by the watcher
   (:meth:`Engine.restore_protection`).
@@ -24,6 +29,7 @@ Rules that make it crash-safe and replica-safe:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -62,6 +68,8 @@ from worker.execution.rules import (
     entry_problem,
     entry_side,
     exit_side,
+    is_worker_order,
+    oco_list_id,
     oco_partner,
     order_status_for,
     protection_plan,
@@ -112,6 +120,18 @@ class Engine:
         await cur.execute(q(name), params)
         rows: list[Row] = await cur.fetchall()
         return rows
+
+    async def _orders(self, conn: Conn, position_id: Any) -> list[Row]:
+        """The position's orders the worker wrote itself, oldest first (the stop-loss leg of
+        an OCO pair before its take-profit leg)."""
+        rows = await self._rows(conn, "exec_orders_of_position", position_id=position_id)
+        return [o for o in rows if is_worker_order(o["id"], o["purpose"], o["client_order_id"])]
+
+    async def _log_foreign(self, conn: Conn, position: Row) -> None:
+        """Log the position's order rows the worker did not write (they are ignored)."""
+        pid = position["id"]
+        for row in await self._rows(conn, "exec_foreign_orders_of_position", position_id=pid):
+            self.log.warning("foreign_order_ignored", order_id=str(row["id"]), position_id=str(pid))
 
     async def _position(self, conn: Conn, position_id: str) -> Row:
         row = await self._row(conn, "exec_position", position_id=position_id)
@@ -189,16 +209,12 @@ class Engine:
         stop: Decimal | None = None,
         request_id: Any = None,
     ) -> Row:
-        cur = await conn.execute(
-            "SELECT count(*) FROM orders WHERE position_id = %s AND purpose = %s",
-            (position["id"], purpose),
-        )
-        row = await cur.fetchone()
-        n = (int(row[0]) if row else 0) + 1
+        order_id = uuid.uuid4()
         params = {
+            "id": order_id,
             "position_id": position["id"],
             "user_id": position["user_id"],
-            "client_order_id": client_order_id(position["id"], purpose, n),
+            "client_order_id": client_order_id(order_id, purpose),
             "symbol": position["symbol"],
             "side": side,
             "type": kind,
@@ -216,22 +232,26 @@ class Engine:
 
     # -- driving orders ---------------------------------------------------------------------
     async def drive_open_orders(self, conn: Conn, position: Row) -> None:
+        await self._log_foreign(conn, position)
         if position["status"] in ("closed", "failed"):
             # nothing may stay resting after a close (e.g. a stop's sibling, if the worker
             # stopped between recording the fill and cancelling it)
             await self.cancel_protection(conn, position)
             return
-        for order in await self._rows(conn, "exec_orders_of_position", position_id=position["id"]):
-            if order["status"] not in FINAL_ORDER and order["client_order_id"]:
+        for order in await self._orders(conn, position["id"]):
+            if order["status"] not in FINAL_ORDER:
                 await self.drive(conn, position, order)
         await self.protect(conn, position)  # put back what a failed exit or the exchange took
 
     async def drive(self, conn: Conn, position: Row, order: Row) -> None:
         """Bring one order up to date with the exchange (sending it if it never was).
         A leg of an OCO pair (``rules.oco_partner``) not yet known on the exchange is
-        sent, or reconciled, together with its partner (:meth:`_drive_leg`)."""
+        sent, or reconciled, together with its partner (:meth:`_drive_leg`). A row the
+        worker did not write is left alone."""
+        if not is_worker_order(order["id"], order["purpose"], order["client_order_id"]):
+            return
         if order["status"] == "created" and order["purpose"] in PROTECTIVE:
-            rows = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
+            rows = await self._orders(conn, position["id"])
             fresh = next((o for o in rows if o["id"] == order["id"]), order)
             if fresh["status"] != "created":
                 return  # driven a moment ago with its OCO partner
@@ -385,7 +405,7 @@ class Engine:
             symbol=stop["symbol"],
             side=stop["side"],
             quantity=stop["quantity"],
-            list_client_order_id=oco_list_id(stop["client_order_id"], take["client_order_id"]),
+            list_client_order_id=oco_list_id(stop["id"]),
             stop_client_order_id=stop["client_order_id"],
             stop_price=stop["stop_price"],
             take_profit_client_order_id=take["client_order_id"],
@@ -511,7 +531,7 @@ class Engine:
         qty = round_quantity(rules, position["held_quantity"] or Decimal(0))
         if qty <= 0:
             return
-        orders = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
+        orders = await self._orders(conn, position["id"])
         stops = {
             "stop_loss": stop_price(position, rules),
             "take_profit": position["take_profit_price"],
@@ -545,7 +565,8 @@ class Engine:
         order of the position is in flight."""
         async with self.locked(position_id) as conn:
             position = await self._position(conn, position_id)
-            orders = await self._rows(conn, "exec_orders_of_position", position_id=position_id)
+            await self._log_foreign(conn, position)
+            orders = await self._orders(conn, position_id)
             busy = any(
                 o["status"] not in FINAL_ORDER and o["purpose"] not in PROTECTIVE for o in orders
             )
@@ -592,7 +613,7 @@ class Engine:
         looked up and what the exchange says is recorded, never the cancel assumed."""
         tried: set[Any] = set()
         while True:
-            rows = await self._rows(conn, "exec_orders_of_position", position_id=position["id"])
+            rows = await self._orders(conn, position["id"])
             order = next(
                 (
                     o
@@ -733,12 +754,6 @@ def _unchanged(order: Row, state: OrderState) -> bool:
         and order["missing_lookups"] == 0
         and order["binance_order_id"] == (state.exchange_order_id or order["binance_order_id"])
     )
-
-
-def oco_list_id(stop_client_id: str, take_client_id: str) -> str:
-    """The OCO list's client id: the stop leg's id plus the take-profit leg's counter
-    (``pw-<hex>-s3`` + ``pw-<hex>-t2`` -> ``pw-<hex>-s3-t2``), at most 36 characters."""
-    return f"{stop_client_id}-{take_client_id.rsplit('-', 1)[-1]}"[:36]
 
 
 def _last_trade_id(known: dict[str, Decimal]) -> str | None:
