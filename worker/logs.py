@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import structlog
 
-from worker.redact import SECRET_KEYS, mask_secrets
+from worker.redact import is_secret_key, mask_secrets
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}  # fmt: skip
@@ -30,16 +30,33 @@ def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMap
     texts = [v for v in event_dict.values() if isinstance(v, str)]
     suspicious = _maybe_secret("\x00".join(texts))  # one scan per line
     for key, value in event_dict.items():
-        if key in SECRET_KEYS or key.lower() in SECRET_KEYS:
+        if is_secret_key(key):
             event_dict[key] = "***"
         elif suspicious and isinstance(value, str):
             event_dict[key] = mask_secrets(value)
+        elif isinstance(value, Mapping | list | tuple):
+            event_dict[key] = _scrub(value)
     return event_dict
 
 
-# Cheap pre-check: only strings that could hold a URL password or a key=value secret are run
-# through the full regexes (this runs for every value of every audit line; timestamps and
-# ids, which hold ':' and '-', must not pay for it). Substring tests beat a regex here.
+def _scrub(value: Any) -> Any:
+    """A nested value with every secret in it masked (e.g. ``headers={...}``)."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return {
+            k: "***" if isinstance(k, str) and is_secret_key(k) else _scrub(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+# Cheap pre-check: only strings that could hold a URL password, an Authorization header or a
+# key=value secret are run through the full regexes (this runs for every value of every audit
+# line; timestamps and ids, which hold ':' and '-', must not pay for it). Substring tests
+# beat a regex here.
 def _maybe_secret(text: str) -> bool:
     t = text.lower()
     return (
@@ -48,7 +65,8 @@ def _maybe_secret(text: str) -> bool:
         or "secret" in t
         or "key" in t
         or "token" in t
-        or ("signature" in t)
+        or "signature" in t
+        or "authoriz" in t
     )
 
 
@@ -64,10 +82,27 @@ def write_info(context: Mapping[str, Any], event: str, fields: dict[str, Any]) -
         return False
     line = {**context, **fields, "event": event, "level": "info", "timestamp": _utc_now_iso()}
     texts = [v for v in line.values() if v.__class__ is str]
-    if _maybe_secret("\x00".join(texts)) or not SECRET_KEYS.isdisjoint(fields):  # rare
+    nested = len(texts) < len(line) and any(
+        isinstance(v, Mapping | list | tuple) for v in line.values()
+    )
+    if _maybe_secret("\x00".join(texts)) or _has_secret_key(tuple(line)) or nested:  # rare
         _redact(None, "info", line)
     _emit(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE).decode())
     return True
+
+
+# Whether a line with these field names (in this order) has one under which _redact hides
+# the value: an audit line's names repeat from event to event, so one lookup answers.
+_secret_key_seen: dict[tuple[str, ...], bool] = {}
+
+
+def _has_secret_key(keys: tuple[str, ...]) -> bool:
+    found = _secret_key_seen.get(keys)
+    if found is None:
+        if len(_secret_key_seen) >= 1024:  # arbitrary names: keep the table bounded
+            _secret_key_seen.clear()
+        found = _secret_key_seen[keys] = any(map(is_secret_key, keys))
+    return found
 
 
 def _emit(text: str) -> None:
