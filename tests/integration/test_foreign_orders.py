@@ -165,17 +165,21 @@ async def test_foreign_rows_are_never_sent_driven_or_counted(
             " VALUES (%s, %s, '1', 'BTCUSDT', 'buy', 50, 2, 100, 0, 'USDT', 0, now())",
             (forged_entry, pid),
         )
-    with structlog.testing.capture_logs() as logs:
-        async with live_worker(exec_settings(db_url, redis_url), fake) as app:
-            await wait_status(db_url, pid, "monitoring")
-            exit_cid = "evil-exit-1"
-            forged_exit = foreign_order(db_url, pid, "exit", exit_cid, age_seconds=60)
-            await wait_passes(app, 2)  # the reconciler looked at orders in flight since
-            assert position(db_url, pid)["status"] == "monitoring"
-            fake.set_price("BTCUSDT", "120")
-            await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
-            await wait_status(db_url, pid, "closed")
-            await wait_passes(app, 2)
+    capture = structlog.testing.LogCapture()
+    logs = capture.entries
+    async with live_worker(exec_settings(db_url, redis_url), fake) as app:
+        # the engine's own lines, whatever the process-wide structlog configuration is
+        assert app.engine is not None
+        app.engine.log = structlog.wrap_logger(None, processors=[capture])
+        await wait_status(db_url, pid, "monitoring")
+        exit_cid = "evil-exit-1"
+        forged_exit = foreign_order(db_url, pid, "exit", exit_cid, age_seconds=60)
+        await wait_passes(app, 2)  # the reconciler looked at orders in flight since
+        assert position(db_url, pid)["status"] == "monitoring"
+        fake.set_price("BTCUSDT", "120")
+        await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
+        await wait_status(db_url, pid, "closed")
+        await wait_passes(app, 2)
     for cid in (entry_cid, exit_cid):
         assert mentioned(fake, cid) == [], cid
         assert fake.order_count(cid) == 0
