@@ -251,7 +251,11 @@ CREATE TRIGGER update_user_limit_defaults_updated_at
 CREATE INDEX idx_positions_user_live ON positions (user_id)
   WHERE status NOT IN ('closed', 'failed');
 CREATE INDEX idx_position_requests_user ON position_requests (user_id, created_at);
+CREATE INDEX idx_position_requests_user_pending ON position_requests (user_id)
+  WHERE status = 'pending';
 
+-- Counts stop at the limit: a check costs at most `limit` index entries, however much
+-- history the user has.
 CREATE FUNCTION _quota_exceeded(p_what text, p_limit integer, p_user uuid) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
@@ -273,8 +277,9 @@ BEGIN
   PERFORM pg_advisory_xact_lock(hashtextextended(NEW.user_id::text, 7366));
   SELECT coalesce(u.max_open_positions, d.max_open_positions) INTO lim
   FROM user_limit_defaults d LEFT JOIN user_limits u ON u.user_id = NEW.user_id;
-  IF (SELECT count(*) FROM positions
-      WHERE user_id = NEW.user_id AND status NOT IN ('closed', 'failed')) >= lim THEN
+  IF (SELECT count(*) FROM (SELECT 1 FROM positions
+      WHERE user_id = NEW.user_id AND status NOT IN ('closed', 'failed') LIMIT lim) s) >= lim
+  THEN
     PERFORM _quota_exceeded('open positions', lim, NEW.user_id);
   END IF;
   RETURN NEW;
@@ -299,13 +304,14 @@ BEGIN
          coalesce(u.max_requests_per_minute, d.max_requests_per_minute)
   INTO pending_limit, rate_limit
   FROM user_limit_defaults d LEFT JOIN user_limits u ON u.user_id = NEW.user_id;
-  IF (SELECT count(*) FROM position_requests
-      WHERE user_id = NEW.user_id AND status = 'pending') >= pending_limit THEN
+  IF (SELECT count(*) FROM (SELECT 1 FROM position_requests
+      WHERE user_id = NEW.user_id AND status = 'pending' LIMIT pending_limit) s)
+     >= pending_limit THEN
     PERFORM _quota_exceeded('pending requests', pending_limit, NEW.user_id);
   END IF;
-  IF (SELECT count(*) FROM position_requests
-      WHERE user_id = NEW.user_id AND created_at > now() - interval '1 minute') >= rate_limit
-  THEN
+  IF (SELECT count(*) FROM (SELECT 1 FROM position_requests
+      WHERE user_id = NEW.user_id AND created_at > now() - interval '1 minute'
+      LIMIT rate_limit) s) >= rate_limit THEN
     PERFORM _quota_exceeded('requests per minute', rate_limit, NEW.user_id);
   END IF;
   RETURN NEW;
