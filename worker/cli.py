@@ -118,8 +118,9 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), args.quick, say
     )
     print(render(results))
-    write_json(results, Path(args.out))
-    print(f"\nwritten to {args.out}")
+    if args.out is not None:
+        write_json(results, Path(args.out))
+        print(f"\nwritten to {args.out}")
     return 0
 
 
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         _cmd_run,
         "run the worker: listen, publish every event to Redis Streams, run the handlers "
-        "(SIGTERM/SIGINT stop it gracefully)",
+        "(SIGTERM/SIGINT stop it gracefully); a database whose schema is not the one this "
+        "worker needs is refused with one line and exit 2",
         "position-worker run\n  DATABASE_URL=postgresql://u@db:5432/app REDIS_URL=redis://cache "
         "position-worker run",
     )
@@ -164,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "check",
         _cmd_check,
-        "health probe: exit 0 only when the database, Redis and a LISTEN/NOTIFY round trip work",
+        "health probe: exit 0 only when the database, Redis and a LISTEN/NOTIFY round trip "
+        "work; exit 2 with one line, as run, when the database's schema is not the one this "
+        "worker needs (run migrate, or upgrade the worker)",
         "position-worker check && echo healthy",
     )
     check.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
@@ -235,11 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_bench,
         "benchmark: NOTIFY ceiling vs a naive listener vs the worker (1 and 3 processes), "
         "throughput, latency at fixed rates, backlog drain; embedded servers unless "
-        "DATABASE_URL/REDIS_URL are set (it creates its own databases and bench: streams)",
+        "DATABASE_URL/REDIS_URL are set (it creates its own databases and bench: streams); "
+        "prints the report, and writes the results as JSON only with --out",
         "position-worker bench --quick\n  position-worker bench --out bench-results.json",
     )
     bench.add_argument("--quick", action="store_true", help="small run (< 1 min), for CI")
-    bench.add_argument("--out", default="bench-results.json", help="where to write the JSON")
+    bench.add_argument(
+        "--out",
+        metavar="PATH",
+        help="also write the results as JSON to PATH (directories created; default: no file)",
+    )
     return parser
 
 

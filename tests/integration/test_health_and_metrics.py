@@ -47,8 +47,9 @@ def test_check_fails_when_redis_is_unreachable_and_names_it(db_url: str) -> None
 
 def test_check_fails_on_an_unmigrated_database(pg_admin_url: str, empty_db_url: str) -> None:
     result = check({"DATABASE_URL": empty_db_url, "REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert result.returncode == 1
-    assert "run position-worker migrate" in result.stdout
+    assert result.returncode == 2
+    assert "run position-worker migrate" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 async def test_metrics_endpoint_exposes_pipeline_counters(db_url: str, redis_url: str) -> None:

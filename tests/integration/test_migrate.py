@@ -7,13 +7,23 @@ import shutil
 import subprocess
 import sys
 import threading
+from importlib import resources
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from worker.db.migrate import default_schema_dir, discover, migrate
+from worker.db.migrate import (
+    Migration,
+    default_schema_dir,
+    discover,
+    discover_repeatable,
+    migrate,
+    schema_mismatch,
+)
 from worker.errors import MigrationError
+
+SCHEMA_ON_DISK = Path(__file__).resolve().parents[2] / "schema"
 
 SPEC_INDEXES = {
     "idx_positions_user_id", "idx_positions_trader_id", "idx_positions_signal_id",
@@ -95,16 +105,69 @@ def test_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
         discover(tmp_path)
 
 
+def test_a_directory_without_migrations_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "R__privileges.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="no migrations found in"):
+        discover(tmp_path)
+    with pytest.raises(MigrationError, match=r"no migrations found: .* is not a directory"):
+        discover(tmp_path / "missing")
+
+
+def test_the_package_ships_every_file_of_schema() -> None:
+    """The migrations are read as the package's resources (``worker.schema``, which is the
+    top-level ``schema/``), never by a path relative to the code: what a wheel carries."""
+    shipped = resources.files("worker.schema")
+    assert str(default_schema_dir()) == str(shipped)
+    on_disk = {p.name: p.read_text(encoding="utf-8") for p in SCHEMA_ON_DISK.glob("*.sql")}
+    found = {f"{m.version:04d}_{m.name}.sql": m.sql for m in discover()} | {
+        f"R__{r.name}.sql": r.sql for r in discover_repeatable()
+    }
+    assert found == on_disk
+    assert any(name.startswith("R__") for name in found)
+    assert {p.name for p in shipped.iterdir() if p.name.endswith(".sql")} == set(on_disk)
+
+
+def test_schema_mismatch_says_what_to_do() -> None:
+    known = [Migration(v, f"m{v}", "SELECT 1;") for v in (1, 2, 3, 5, 6)]
+    assert schema_mismatch({1: "m1", 2: "m2", 3: "m3", 5: "m5", 6: "m6"}, known) is None
+    assert schema_mismatch({}, known) == (
+        "the database has no schema yet, this worker needs 0006_m6: run position-worker migrate"
+    )
+    assert schema_mismatch({1: "m1", 2: "m2"}, known) == (
+        "the database schema is at version 0002, this worker needs 0006_m6: "
+        "run position-worker migrate"
+    )
+    assert schema_mismatch({1: "m1", 6: "m6"}, known) == (
+        "the database schema is at version 0006 but lacks 0002_m2, 0003_m3, 0005_m5, which "
+        "this worker needs: run position-worker migrate"
+    )
+    assert schema_mismatch({6: "m6"}, known) == (
+        "the database schema is at version 0006 but lacks 0001_m1, 0002_m2, 0003_m3 and 1 "
+        "more, which this worker needs: run position-worker migrate"
+    )
+    everything = {m.version: m.name for m in known}
+    assert schema_mismatch({**everything, 4: "branch", 9: "later"}, known) == (
+        "the database schema is newer than this worker (0009 > 0006): upgrade the worker"
+    )
+    assert schema_mismatch({**everything, 4: "branch"}, known) == (
+        "the database schema has 0004_branch, which this worker (up to 0006) does not know: "
+        "upgrade the worker"
+    )
+    assert schema_mismatch({1: "m1", 9: "later"}, known) == (  # newer wins: migrate cannot help
+        "the database schema is newer than this worker (0009 > 0006): upgrade the worker"
+    )
+
+
 def test_run_refuses_a_database_that_misses_migrations(
     empty_db_url: str, tmp_path: Path, redis_url: str
 ) -> None:
     """A deploy that skipped ``migrate``: one clear line and exit 2, not a crash later."""
     older = tmp_path / "schema"
     older.mkdir()
-    for path in sorted(default_schema_dir().glob("[0-9]*.sql"))[:-1]:
-        shutil.copy(path, older / path.name)
+    *before, newest = discover()
+    for m in before:
+        (older / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
     migrate(empty_db_url, older)
-    newest = discover()[-1]
     env = {**os.environ, "DATABASE_URL": empty_db_url, "REDIS_URL": redis_url}
     done = subprocess.run(
         [sys.executable, "-m", "worker", "run"],

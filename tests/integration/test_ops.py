@@ -10,6 +10,7 @@ import io
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,10 @@ from psycopg_pool import AsyncConnectionPool
 from tests.pipeline_support import burst, eventually, settings_for
 from tests.support import insert_position, seed_owner
 from worker.app import App, ExtraHandlers
+from worker.db import migrate as migrations
+from worker.errors import MigrationError
 from worker.events import Event, stream_fields
+from worker.ops.check import run_checks
 from worker.ops.status import CLEAR_SCREEN, collect_status, watch_status
 from worker.ops.tail import (
     Entry,
@@ -262,6 +266,98 @@ async def test_status_watch_stops_on_ctrl_c(db_url: str, redis_url: str, tmp_pat
     assert seen[1].startswith("positions:")
     assert code == 130
     assert "Traceback" not in err
+
+
+# -- the schema guard of run and check -----------------------------------------------------
+
+
+def write_migrations(directory: Path, items: list[migrations.Migration]) -> Path:
+    directory.mkdir()
+    for m in items:
+        (directory / f"{m.version:04d}_{m.name}.sql").write_text(m.sql)
+    return directory
+
+
+def needs() -> str:
+    newest = migrations.discover()[-1]
+    return f"this worker needs {newest.version:04d}_{newest.name}: run position-worker migrate"
+
+
+def never_migrated(db_url: str, tmp_path: Path) -> str:
+    return f"the database has no schema yet, {needs()}"
+
+
+def behind(db_url: str, tmp_path: Path) -> str:
+    """A deploy that skipped ``migrate``: the newest migration is missing."""
+    *older, _ = migrations.discover()
+    migrations.migrate(db_url, write_migrations(tmp_path / "older", older))
+    return f"the database schema is at version {older[-1].version:04d}, {needs()}"
+
+
+def with_a_gap(db_url: str, tmp_path: Path) -> str:
+    """Every version but one in the middle (a migration merged after a later one ran)."""
+    known = migrations.discover()
+    migrations.migrate(db_url)
+    gap = known[len(known) // 2]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (gap.version,))
+    return (
+        f"the database schema is at version {known[-1].version:04d} but lacks "
+        f"{gap.version:04d}_{gap.name}, which this worker needs: run position-worker migrate"
+    )
+
+
+def newer(db_url: str, tmp_path: Path) -> str:
+    """Migrated by a later release: an older worker must not run on it."""
+    known = migrations.discover()
+    future = migrations.Migration(known[-1].version + 2, "from_the_future", "SELECT 1;")
+    migrations.migrate(db_url, write_migrations(tmp_path / "newer", [*known, future]))
+    return (
+        f"the database schema is newer than this worker ({future.version:04d} > "
+        f"{known[-1].version:04d}): upgrade the worker"
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+@pytest.mark.parametrize("state", [never_migrated, behind, with_a_gap, newer])
+def test_run_and_check_refuse_a_schema_that_is_not_this_workers_in_one_line(
+    empty_db_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    command: str,
+    state: Callable[[str, Path], str],
+) -> None:
+    """One line that says what to do and exit 2: no traceback, no log, no health report."""
+    expected = state(empty_db_url, tmp_path)
+    done = cli(empty_db_url, redis_url, command, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr.splitlines()) == (
+        2,
+        "",
+        [f"position-worker: {expected}"],
+    )
+
+
+def test_check_names_the_schema_it_found(db_url: str, redis_url: str, tmp_path: Path) -> None:
+    newest = migrations.discover()[-1]
+    done = cli(db_url, redis_url, "check", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == (
+        f"ok   database: connected, schema at {newest.version:04d}_{newest.name}"
+    )
+
+
+@pytest.mark.anyio
+async def test_run_and_check_refuse_when_the_package_has_no_migrations(
+    db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installation without its migrations cannot vouch for any database: fail closed."""
+    monkeypatch.setattr(migrations, "default_schema_dir", lambda: tmp_path)
+    settings = settings_for(db_url, redis_url)
+    refusal = f"no migrations found in {re.escape(str(tmp_path))}$"
+    with pytest.raises(MigrationError, match=refusal):
+        await App(settings, handle_signals=False).run()
+    with pytest.raises(MigrationError, match=refusal):
+        await run_checks(settings, 5.0)
 
 
 # -- replay -------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Versioned migrations from ``schema/NNNN_name.sql``, then the repeatable ``schema/R__*.sql``.
 
+* The files ship with the package as ``worker.schema`` (the project's top-level ``schema/``,
+  mapped in pyproject.toml) and are read through ``importlib.resources``: the same code finds
+  them in a wheel installed anywhere, in an editable install and in a checkout.
 * Each migration runs in its own transaction and is recorded in ``schema_migrations``
   (version, name, SHA-256 checksum, applied_at).
 * Every table, view, sequence and function a migration creates (in schemas ``public`` and
@@ -22,7 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,9 +43,19 @@ _REPEATABLE_NAME: Final = re.compile(r"^R__([a-z0-9_]+)\.sql$")
 _REPLACES: Final = re.compile(r"^-- replaces-checksum: ([0-9a-f]{64})\s*$", re.MULTILINE)
 
 
-def default_schema_dir() -> Path:
-    """``schema/`` beside the package (a checkout or an editable install)."""
-    return Path(__file__).resolve().parents[2] / "schema"
+SCHEMA_PACKAGE: Final = "worker.schema"
+
+
+def default_schema_dir() -> Traversable:
+    """The migrations this code ships with: the package ``worker.schema`` (a directory on disk
+    for a wheel or an editable install). A checkout put on ``sys.path`` without installing has
+    no such package: there they are read from ``schema/`` beside ``worker/``."""
+    try:
+        return resources.files(SCHEMA_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != SCHEMA_PACKAGE:
+            raise
+        return Path(__file__).resolve().parents[2] / "schema"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +80,13 @@ class Repeatable:
     sql: str
 
 
-def discover(schema_dir: Path | None = None) -> list[Migration]:
-    """Every versioned migration file, in version order; a misnamed or duplicate file is an
-    error."""
+def discover(schema_dir: Traversable | None = None) -> list[Migration]:
+    """Every versioned migration file, in version order (``schema_dir``: a directory, by
+    default the package's own). A misnamed or duplicate file is an error, and so is a
+    directory without any migration: no code of this project runs on an empty schema."""
+    directory = default_schema_dir() if schema_dir is None else schema_dir
     found: dict[int, Migration] = {}
-    for path in _sql_files(schema_dir):
+    for path in _sql_files(directory):
         if _REPEATABLE_NAME.match(path.name):
             continue
         match = _FILE_NAME.match(path.name)
@@ -80,23 +98,26 @@ def discover(schema_dir: Path | None = None) -> list[Migration]:
         if version in found:
             raise MigrationError(f"{path.name}: version {version} appears twice")
         found[version] = Migration(version, match.group(2), path.read_text(encoding="utf-8"))
+    if not found:
+        raise MigrationError(f"no migrations found in {directory}")
     return [found[v] for v in sorted(found)]
 
 
-def discover_repeatable(schema_dir: Path | None = None) -> list[Repeatable]:
+def discover_repeatable(schema_dir: Traversable | None = None) -> list[Repeatable]:
     """The repeatable files, by name."""
+    directory = default_schema_dir() if schema_dir is None else schema_dir
     return [
         Repeatable(match.group(1), path.read_text(encoding="utf-8"))
-        for path in _sql_files(schema_dir)
+        for path in _sql_files(directory)
         if (match := _REPEATABLE_NAME.match(path.name))
     ]
 
 
-def _sql_files(schema_dir: Path | None) -> list[Path]:
-    directory = schema_dir or default_schema_dir()
+def _sql_files(directory: Traversable) -> list[Traversable]:
     if not directory.is_dir():
-        raise MigrationError(f"schema directory not found: {directory}")
-    return sorted(directory.glob("*.sql"))
+        raise MigrationError(f"no migrations found: {directory} is not a directory")
+    files = [p for p in directory.iterdir() if p.name.endswith(".sql") and p.is_file()]
+    return sorted(files, key=lambda p: p.name)
 
 
 _CREATE_LEDGER: Final = """
@@ -131,7 +152,7 @@ WHERE n.nspname IN ('public', 'auth')
 """
 
 
-def migrate(conninfo: str, schema_dir: Path | None = None) -> list[Migration]:
+def migrate(conninfo: str, schema_dir: Traversable | None = None) -> list[Migration]:
     """Apply every pending migration, then every repeatable file; return the migrations
     applied now (empty when up to date)."""
     migrations = discover(schema_dir)
@@ -228,22 +249,59 @@ def applied_versions(conninfo: str) -> list[tuple[int, str, str]]:
     return [(int(v), str(n), str(a)) for v, n, a in rows]
 
 
-async def require_current_schema(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Refuse to run on a database that lacks migrations this code relies on (a deploy that
-    skipped ``migrate``): one clear error instead of a worker that crashes on the first
-    query that needs them."""
-    try:
-        newest = discover()[-1]
-    except (MigrationError, IndexError):  # no schema/ beside the package: nothing to compare
-        return
-    cur = await conn.execute(
-        "SELECT CASE WHEN to_regclass('schema_migrations') IS NULL THEN 0"
-        " ELSE (SELECT coalesce(max(version), 0) FROM schema_migrations) END"
-    )
+async def require_current_schema(conn: psycopg.AsyncConnection[Any]) -> Migration:
+    """Refuse a database whose schema is not the one this code was written for: never
+    migrated, missing a migration (a deploy that skipped ``migrate``), or holding migrations
+    this code does not know (an older worker on a newer schema). One clear error instead of
+    a worker that fails on the first query that needs them. Returns the newest migration,
+    which the database has."""
+    migrations = discover()  # none shipped with the package: MigrationError, never a pass
+    cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
     row = await cur.fetchone()
-    current = int(row[0]) if row else 0
-    if current < newest.version:
-        raise MigrationError(
-            f"the database schema is at version {current:04d}, this worker needs "
-            f"{newest.version:04d}_{newest.name}: run position-worker migrate"
+    applied: dict[int, str] = {}
+    if row and row[0]:
+        cur = await conn.execute("SELECT version, name FROM schema_migrations")
+        applied = {int(version): str(name) for version, name in await cur.fetchall()}
+    problem = schema_mismatch(applied, migrations)
+    if problem is not None:
+        raise MigrationError(problem)
+    return migrations[-1]
+
+
+def schema_mismatch(applied: Mapping[int, str], migrations: Sequence[Migration]) -> str | None:
+    """What is wrong with a database whose ledger holds ``applied`` (version: name) for code
+    that ships ``migrations``, as one line that says what to do; None when they match."""
+    newest = migrations[-1]
+    known = {m.version for m in migrations}
+    unknown = sorted(v for v in applied if v not in known)
+    if unknown and unknown[-1] > newest.version:
+        return (
+            f"the database schema is newer than this worker ({unknown[-1]:04d} > "
+            f"{newest.version:04d}): upgrade the worker"
         )
+    if unknown:
+        names = _listed(f"{v:04d}_{applied[v]}" for v in unknown)
+        return (
+            f"the database schema has {names}, which this worker (up to "
+            f"{newest.version:04d}) does not know: upgrade the worker"
+        )
+    missing = [m for m in migrations if m.version not in applied]
+    if not missing:
+        return None
+    needs = f"this worker needs {newest.version:04d}_{newest.name}: run position-worker migrate"
+    if not applied:
+        return f"the database has no schema yet, {needs}"
+    current = max(applied)
+    if missing[0].version > current:
+        return f"the database schema is at version {current:04d}, {needs}"
+    names = _listed(f"{m.version:04d}_{m.name}" for m in missing)
+    return (
+        f"the database schema is at version {current:04d} but lacks {names}, which this "
+        "worker needs: run position-worker migrate"
+    )
+
+
+def _listed(names: Iterable[str], at_most: int = 3) -> str:
+    items = list(names)
+    shown = ", ".join(items[:at_most])
+    return shown if len(items) <= at_most else f"{shown} and {len(items) - at_most} more"

@@ -1,5 +1,10 @@
 """``position-worker check``: a health probe. Exit 0 only when the database, Redis and a
-LISTEN/NOTIFY round trip all work within the timeout."""
+LISTEN/NOTIFY round trip all work within the timeout.
+
+The database check applies the guard ``run`` starts with: a database whose schema is not the
+one this code needs (never migrated, missing a migration, newer than the code) is not a
+failed check but a refusal, raised as ``MigrationError`` before the other checks (one line,
+exit 2, as ``run``)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import psycopg
 import redis.asyncio as aioredis
 from psycopg import sql
 
+from worker.db.migrate import require_current_schema
+from worker.errors import MigrationError
 from worker.settings import Settings
 
 
@@ -37,6 +44,8 @@ async def _guard(name: str, probe: Awaitable[str], timeout: float) -> CheckResul
         return CheckResult(name, True, str(detail))
     except TimeoutError:
         return CheckResult(name, False, f"no answer within {timeout:g} s")
+    except MigrationError:
+        raise
     except Exception as exc:
         return CheckResult(
             name, False, str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
@@ -45,11 +54,8 @@ async def _guard(name: str, probe: Awaitable[str], timeout: float) -> CheckResul
 
 async def _check_database(settings: Settings) -> str:
     async with await psycopg.AsyncConnection.connect(settings.database.url) as conn:
-        cur = await conn.execute("SELECT to_regclass('position_events') IS NOT NULL")
-        row = await cur.fetchone()
-    if not row or not row[0]:
-        raise RuntimeError("connected, but the schema is missing: run position-worker migrate")
-    return "connected, schema present"
+        newest = await require_current_schema(conn)
+    return f"connected, schema at {newest.version:04d}_{newest.name}"
 
 
 async def _check_redis(settings: Settings) -> str:
