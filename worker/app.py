@@ -34,13 +34,13 @@ from worker.execution.handlers import add_execution_handlers
 from worker.execution.setup import build_router
 from worker.execution.watcher import Watcher
 from worker.logs import get_logger
-from worker.metrics import Metrics
+from worker.metrics import POSITIONS_SAMPLE_SECONDS, Metrics
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.handlers import Registry, any_event, position_opened
 from worker.pipeline.handlers.ai_monitoring import make_start_monitoring
 from worker.pipeline.handlers.audit_log import make_audit_log
 from worker.pipeline.listener import KEEPALIVES, Listener
-from worker.pipeline.streams import StreamPublisher
+from worker.pipeline.streams import RedisClient, StreamPublisher
 from worker.settings import Settings
 
 HEARTBEAT_PREFIX = "pw:worker:"
@@ -91,7 +91,16 @@ def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
     )
 
 
-def make_redis(settings: Settings) -> aioredis.Redis:
+def make_redis(settings: Settings) -> RedisClient:
+    """The worker's Redis client: a :class:`redis.asyncio.RedisCluster` when
+    ``redis.cluster`` is set (the URL names one node; the others are discovered)."""
+    if settings.redis.cluster:
+        return aioredis.RedisCluster.from_url(
+            settings.redis.url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+        )
     return aioredis.Redis.from_url(
         settings.redis.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
     )
@@ -138,27 +147,32 @@ class App:
         client = make_redis(s)
         await pool.open(wait=False)
         await outbox_pool.open(wait=False)
+        started = False
         try:
+            # Before anything starts: a database whose schema is not this code's is refused
+            # with one MigrationError (one line and exit 2 from the CLI), nothing else logged.
+            async with translated_errors(), pool.connection() as conn:
+                await require_current_schema(conn)
+            started = True
             await self._run(pool, outbox_pool, client, task_status)
         finally:
             with anyio.move_on_after(5, shield=True):
                 await pool.close()
                 await outbox_pool.close()
                 await client.aclose()
-            self.log.info(
-                "worker_stopped", processed=self.dispatcher.processed if self.dispatcher else 0
-            )
+            if started:
+                self.log.info(
+                    "worker_stopped", processed=self.dispatcher.processed if self.dispatcher else 0
+                )
 
     async def _run(
         self,
         pool: AsyncConnectionPool[Any],
         outbox_pool: AsyncConnectionPool[Any],
-        client: aioredis.Redis,
+        client: RedisClient,
         task_status: TaskStatus[None],
     ) -> None:
         s = self.settings
-        async with translated_errors(), pool.connection() as conn:
-            await require_current_schema(conn)
         if s.execution.enabled:
             router = self.router or build_router(s)
             self.engine = Engine(
@@ -243,7 +257,7 @@ class App:
                 self.log.info("signal_received", signal=signal.Signals(signum).name)
                 self.stop()
 
-    async def _heartbeat(self, client: aioredis.Redis) -> None:
+    async def _heartbeat(self, client: RedisClient) -> None:
         """``pw:worker:<name>`` in Redis, for ``status``: who runs, since when, last
         reconnect. It expires three intervals after the worker stops refreshing it."""
         key, started = f"{HEARTBEAT_PREFIX}{self.name}", time.time()
@@ -265,14 +279,19 @@ class App:
         """Outbox lag for the metrics, every ``poll_interval``. A large backlog also gets the
         outbox analyzed (at most every 30 s): a burst can outrun autovacuum's statistics.
         (The claim no longer depends on them for its worst trap, the waiting lookup:
-        schema/0010; its plan is generic and cached, schema/0011.)"""
-        analyzed_at = -1e9
+        schema/0010; its plan is generic and cached, schema/0011.) Positions are counted by
+        status on the same connection, at most every ``POSITIONS_SAMPLE_SECONDS``."""
+        analyzed_at = counted_at = -1e9
         while True:
             try:
                 async with translated_errors(), pool.connection() as conn:
                     cur = await conn.execute(q("outbox_lag"))
                     row = await cur.fetchone()
                     pending = int(row[1]) if row is not None else 0
+                    if time.monotonic() - counted_at >= POSITIONS_SAMPLE_SECONDS:
+                        cur = await conn.execute(q("positions_by_status"))
+                        self.metrics.set_positions({s: int(n) for s, n in await cur.fetchall()})
+                        counted_at = time.monotonic()
                     if pending >= ANALYZE_BACKLOG and time.monotonic() - analyzed_at > 30:
                         await conn.execute("ANALYZE position_events")
                         analyzed_at = time.monotonic()

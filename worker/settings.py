@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from worker.errors import SettingsError
 from worker.redact import mask_secrets
@@ -44,6 +45,10 @@ class DatabaseSettings:
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
     url: str = "redis://127.0.0.1:6379/0"
+    # Redis Cluster (a managed Redis in cluster mode): ``url`` names any one node; the client
+    # discovers the others. The URL must use database 0 (or name none), and a stream name
+    # must have no braces, or a non-empty hash tag ``{...}``.
+    cluster: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +204,10 @@ def _build(raw: dict[str, dict[str, Any]]) -> Settings:
             raise SettingsError(f"config: unknown section [{name}] (known: {', '.join(sections)})")
         cls = sections[name].default_factory
         built[name] = _build_section(name, cls, values)
-    return Settings(**built)
+    settings = Settings(**built)
+    if settings.redis.cluster:
+        _check_cluster(settings)
+    return settings
 
 
 def _build_section(section: str, cls: Any, values: dict[str, Any]) -> Any:
@@ -287,3 +295,36 @@ def _check_string(key: str, value: str) -> None:
     if schemes is not None and value and not value.startswith(schemes):
         shown = mask_secrets(value)
         raise SettingsError(f"config: {key} must start with {' or '.join(schemes)}, got {shown!r}")
+
+
+def _check_cluster(settings: Settings) -> None:
+    """What Redis Cluster needs of the URL and of the stream names."""
+    url = settings.redis.url
+    if not url.startswith(("redis://", "rediss://")):
+        shown = mask_secrets(url)
+        raise SettingsError(
+            f"config: redis.url must start with redis:// or rediss:// when redis.cluster is"
+            f" true, got {shown!r}"
+        )
+    path = urlsplit(url).path.strip("/")
+    if path not in ("", "0"):
+        shown = mask_secrets(url)
+        raise SettingsError(
+            f"config: redis.url must name database 0 (or none) when redis.cluster is true,"
+            f" got {shown!r}"
+        )
+    streams = settings.streams
+    for key in ("events", "notifications", "ai_monitoring"):
+        name = getattr(streams, key)
+        if ("{" in name or "}" in name) and not has_hash_tag(name):
+            raise SettingsError(
+                f"config: streams.{key} must have no braces, or a non-empty hash tag {{...}},"
+                f" when redis.cluster is true, got {name!r}"
+            )
+
+
+def has_hash_tag(key: str) -> bool:
+    """Whether Redis Cluster hashes only a part of ``key``: the text between its first
+    ``{`` and the first ``}`` after it, when that text is not empty."""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1

@@ -118,22 +118,6 @@ async def test_the_dedupe_hashes_expire_after_the_ttl(
         client.close()
 
 
-async def test_markers_of_an_older_worker_are_honoured(
-    publisher: StreamPublisher, redis_url: str
-) -> None:
-    """Before the hashes, one string key per stream and position held the last published id:
-    an upgrade must not publish again what an old worker already did."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.set(f"pw:published:{STREAM}:a", "7", ex=3600)
-    finally:
-        client.close()
-    flags = await publisher.publish([pub(6, "a"), pub(7, "a"), pub(8, "a"), pub(3, "b")])
-    assert flags == [False, False, True, True]
-    assert await publisher.publish([pub(7, "a"), pub(8, "a")]) == [False, False]
-    assert entries(redis_url) == [("a", "8"), ("b", "3")]
-
-
 async def test_an_xadd_that_fails_mid_chunk_leaves_nothing_to_append_twice(
     publisher: StreamPublisher, redis_url: str
 ) -> None:

