@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from worker.lifecycle import POSITION_STATUSES
+
+POSITIONS_SAMPLE_SECONDS: Final = 30.0  # how often the app counts positions by status
 
 
 class BatchHistogram(Collector):
@@ -97,6 +102,35 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
             registry=r,
         )
+        self.outage = Gauge(
+            "position_worker_outage",
+            "1 while the worker waits out an outage of the target (database, redis)",
+            ["target"],
+            registry=r,
+        )
+        self.outage_deferrals = Counter(
+            "position_worker_outage_deferrals",
+            "Events deferred, without counting an attempt, because of an outage",
+            ["target"],
+            registry=r,
+        )
+        for target in ("database", "redis"):
+            self.outage.labels(target).set(0)  # exported before the first outage
+            self.outage_deferrals.labels(target)
+        self.positions = Gauge(
+            "position_worker_positions",
+            f"Positions by status, counted every {POSITIONS_SAMPLE_SECONDS:.0f} s "
+            "(the whole table: every replica reports the same counts)",
+            ["status"],
+            registry=r,
+        )
+
+    def set_positions(self, counts: Mapping[str, int]) -> None:
+        """One sample of ``positions_by_status``: a status with no positions reads 0, so a
+        series that drops to nothing does not keep its last count."""
+        others = sorted(counts.keys() - set(POSITION_STATUSES))  # none while the CHECK holds
+        for status in (*POSITION_STATUSES, *others):
+            self.positions.labels(status).set(counts.get(status, 0))
 
     def serve(self, host: str, port: int) -> None:
         """Expose ``/metrics`` on ``host:port`` (a daemon thread)."""

@@ -1,9 +1,17 @@
-"""The benchmark report: medians over interleaved rounds, ratios paired by round."""
+"""The benchmark report: medians over interleaved rounds, ratios paired by round; the JSON
+only where ``bench --out`` says."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from worker.cli import build_parser, main
+from worker.ops import bench
 from worker.ops.bench_report import median_runs, render, round_ratios
 
 
@@ -44,29 +52,31 @@ def test_ratios_are_paired_by_round() -> None:
     ]
 
 
+RESULTS: dict[str, Any] = {
+    "saturation": RUNS,
+    "fixed_rate": [
+        {
+            "system": "worker-1",
+            "rate": 500.0,
+            "events": 5000,
+            "p50_ms": 1.0,
+            "p95_ms": 2.0,
+            "p99_ms": 3.0,
+            "missing": 0,
+        },
+    ],
+    "backlog": {"events": 100_000, "events_per_s": 21_000.0},
+    "backlog_runs": [
+        _run("worker-1", 21_000.0, 1),
+        _run("prototype", 25_000.0, 1),
+        _run("worker-1", 16_000.0, 2),
+        _run("prototype", 20_000.0, 2),
+    ],
+}
+
+
 def test_the_report_gives_medians_rounds_and_every_loss() -> None:
-    results = {
-        "saturation": RUNS,
-        "fixed_rate": [
-            {
-                "system": "worker-1",
-                "rate": 500.0,
-                "events": 5000,
-                "p50_ms": 1.0,
-                "p95_ms": 2.0,
-                "p99_ms": 3.0,
-                "missing": 0,
-            },
-        ],
-        "backlog": {"events": 100_000, "events_per_s": 21_000.0},
-        "backlog_runs": [
-            _run("worker-1", 21_000.0, 1),
-            _run("prototype", 25_000.0, 1),
-            _run("worker-1", 16_000.0, 2),
-            _run("prototype", 20_000.0, 2),
-        ],
-    }
-    text = render(results)
+    text = render(RESULTS)
     assert "3 interleaved rounds" in text
     # the median of the paired ratios (0.95), not the ratio of the medians (1710/1800)
     assert "worker-1/naive = 0.95" in text
@@ -77,3 +87,49 @@ def test_the_report_gives_medians_rounds_and_every_loss() -> None:
     # the drain against the bare design: the lower median, the ratio paired by round
     assert "the bare prototype" in text and "20,000 events/s" in text
     assert "worker-1/prototype = 0.82   (rounds: 0.84 0.80)" in text
+
+
+def test_write_json_writes_the_results_where_asked_creating_directories(tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "today" / "bench.json"
+    bench.write_json({**RESULTS, "servers": {"cpus": "2"}}, out)
+    assert json.loads(out.read_text())["backlog"] == RESULTS["backlog"]
+
+
+@pytest.fixture
+def fake_bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[bool]:
+    """``bench`` without running one: run_bench returns RESULTS at once. The command runs
+    from an empty directory, to see what it leaves there."""
+    calls: list[bool] = []
+
+    def run_bench(
+        database_url: str | None, redis_url: str | None, quick: bool, say: Callable[[str], None]
+    ) -> dict[str, Any]:
+        calls.append(quick)
+        return RESULTS
+
+    monkeypatch.setattr(bench, "run_bench", run_bench)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return calls
+
+
+def test_bench_without_out_prints_the_report_and_writes_no_file(
+    fake_bench: list[bool], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert build_parser().parse_args(["bench"]).out is None
+    assert main(["bench", "--quick"]) == 0
+    assert fake_bench == [True]
+    assert "Saturation" in capsys.readouterr().out
+    assert list(Path.cwd().iterdir()) == []
+
+
+def test_bench_writes_its_json_only_at_out(
+    fake_bench: list[bool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results" / "bench.json"
+    assert main(["bench", "--out", str(out)]) == 0
+    assert fake_bench == [False]
+    assert json.loads(out.read_text())["saturation"] == RESULTS["saturation"]
+    assert f"written to {out}" in capsys.readouterr().out
+    assert list(Path.cwd().iterdir()) == []

@@ -304,4 +304,7 @@ def _server_versions(admin_url: str, client: redis.Redis) -> dict[str, str]:
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:
+    """The results as JSON at ``path`` (``bench --out``), its directory created if missing.
+    Nothing else writes a results file: without ``--out`` the bench only prints."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
