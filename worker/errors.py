@@ -25,17 +25,31 @@ class IllegalTransition(WorkerError):
 
 
 class RetryLater(WorkerError):
-    """Not the event's fault (an exchange ban, an outage): handle it again after ``delay``
-    seconds, without counting an attempt toward parking it as dead."""
+    """Not the event's fault (an exchange ban, an exchange outage): handle it again after
+    ``delay`` seconds, without counting an attempt toward parking it as dead."""
 
     def __init__(self, delay: float, reason: str) -> None:
         self.delay = delay
         super().__init__(reason)
 
 
-class DatabaseUnavailable(WorkerError):
+class Outage(WorkerError):
+    """A server the worker needs is unavailable (``target``: ``database`` or ``redis``).
+
+    Never the event's fault: raised from a handler (or classified as one by the dispatcher,
+    ``worker.pipeline.dispatcher.outage_of``), the event is deferred without counting an
+    attempt, with a backoff shared by every event that meets the same outage."""
+
+    target = "unknown"
+
+
+class DatabaseUnavailable(Outage):
     """PostgreSQL cannot be reached or dropped the connection."""
 
+    target = "database"
 
-class StreamUnavailable(WorkerError):
+
+class StreamUnavailable(Outage):
     """Redis cannot be reached or dropped the connection."""
+
+    target = "redis"

@@ -1,7 +1,11 @@
 """The engine's entry points in the event pipeline.
 
 A handler that finds the position busy (another actor holds it) waits for it a little;
-if it stays busy the pipeline retries the event with backoff like any failure.
+if it stays busy the pipeline retries the event with backoff like any failure. Exchange
+trouble defers the event (RetryLater). Database and Redis trouble (the engine's psycopg
+errors, its pool's timeouts) propagates as it is: the dispatcher classifies it as an outage
+(``worker.pipeline.dispatcher.outage_of``) and defers the event without counting an
+attempt, so a trade waits out a PostgreSQL restart instead of being parked as dead.
 """
 
 from __future__ import annotations

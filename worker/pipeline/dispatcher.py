@@ -12,9 +12,14 @@ transaction (oldest first, in per-position order; see :class:`worker.db.outbox.O
    next claim is due at once (a backlog, or events that came in meanwhile), the commit and
    the next claim go in one round trip.
 
-Infrastructure failures (PostgreSQL or Redis unreachable) are not the event's fault: the
-claim rolls back (the events go back untouched), the loop backs off and tries again; it
-never kills the process.
+Infrastructure failures (PostgreSQL or Redis unreachable) are not the event's fault and
+never kill the process. When the dispatcher's own claim, settlement or publish fails, the
+claim rolls back (the events go back untouched), the loop backs off and tries again. When a
+handler meets one (:func:`outage_of` classifies its exception: the engine's psycopg errors,
+the pool's timeouts, Redis connection errors), the event is deferred like a RetryLater,
+without counting an attempt, and the dispatcher waits the outage out (see ``_handle``). If
+the outage broke the claim's own connection too, the deferral fails with it and the whole
+claim rolls back instead: either way, an outage never parks an event.
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import anyio
+import psycopg
+import redis.exceptions
 from anyio.abc import TaskGroup
 
 from worker.db.outbox import Batch, ClaimChain, Outbox
-from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable
+from worker.errors import DatabaseUnavailable, Outage, RetryLater, StreamUnavailable
 from worker.events import (
     Event,
     MalformedEvent,
@@ -63,6 +70,104 @@ POLL_AFTER_BUSY_CLAIMS: Final = 3
 # ... and ends after this many claims in a row found fewer: with other workers sharing the
 # stream, a claim can come back empty while events pour in (see worker/pipeline/pace.py).
 POLL_END_AFTER_QUIET_CLAIMS: Final = 2
+# An outage met by a handler defers its event this long at first, twice as long after each
+# call of a handler that met it again, up to ``reconnect_max_seconds`` (with jitter, like the
+# dispatcher's own reconnection backoff).
+OUTAGE_BASE_SECONDS: Final = 0.1
+# Who met an outage, besides handlers (by name): the dispatcher's claims, settlements and
+# publishes.
+DISPATCHER: Final = "dispatcher"
+
+# -- what a handler's exception says about the servers (outage_of) ------------------------
+# PostgreSQL SQLSTATE classes of a server that is unavailable or cut the session: 08
+# connection exception, 53 insufficient resources (too many connections, out of memory,
+# disk full), 57 operator intervention (admin or crash shutdown, cannot connect now,
+# database dropped, idle session timeout), 58 system error (I/O).
+_PG_OUTAGE_CLASSES: Final = frozenset({"08", "53", "57", "58"})
+# ... single states: a session ended by idle_in_transaction_session_timeout (25P03); a
+# read-only server (25006: a standby after a failover, or a primary made read-only, as
+# Supabase does when its disk is full).
+_PG_OUTAGE_STATES: Final = frozenset({"25P03", "25006"})
+# 57014 query_canceled (statement_timeout, pg_cancel_backend) may be the event's own slow
+# statement: it counts as the event's failure, so an event cannot be retried forever for
+# it. So do the other OperationalErrors with a SQLSTATE: 40 (serialization failure,
+# deadlock), 54 (program limit exceeded), 55 (lock not available, object in use).
+_PG_EVENT_STATES: Final = frozenset({"57014"})
+# Redis: unreachable, dropped, timed out, loading (BusyLoadingError is a ConnectionError),
+# a cluster without a quorum, a replica that became read-only after a failover.
+_REDIS_OUTAGES: Final = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.ReadOnlyError,
+)
+
+
+def outage_of(exc: BaseException) -> Outage | None:
+    """The outage behind a handler's exception, or None when the error is the event's own
+    (it then counts toward ``max_attempts``). Pure.
+
+    An outage is :class:`Outage` itself (DatabaseUnavailable, StreamUnavailable); any
+    ``psycopg.OperationalError`` without a SQLSTATE (raised by the client: connection
+    refused, lost or closed, and the pool's PoolTimeout, TooManyRequests, PoolClosed); a
+    PostgreSQL error of the classes or states above; a Redis error of ``_REDIS_OUTAGES``.
+    The exception is looked at, then what it was raised from or while handling
+    (``__cause__``, ``__context__``: the engine's unlock failing on the connection that
+    broke the statement before it) and the members of an exception group; the first outage
+    found wins. Returns an Outage that names the original error."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found = _outage(current)
+        if found is not None:
+            return found
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+        elif current.__context__ is not None and not current.__suppress_context__:
+            todo.append(current.__context__)
+    return None
+
+
+def _outage(exc: BaseException) -> Outage | None:
+    """:func:`outage_of` for one exception, without its chain."""
+    if isinstance(exc, Outage):
+        return exc
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate
+        if state is None:
+            cut = isinstance(exc, psycopg.OperationalError)
+        else:
+            cut = state not in _PG_EVENT_STATES and (
+                state[:2] in _PG_OUTAGE_CLASSES or state in _PG_OUTAGE_STATES
+            )
+        return DatabaseUnavailable(_described(exc)) if cut else None
+    if isinstance(exc, _REDIS_OUTAGES):
+        return StreamUnavailable(_described(exc))
+    return None
+
+
+def _described(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())  # driver messages span lines
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class OutageState:
+    """An outage of one target as this dispatcher meets it, from its first sign to its end
+    (see Dispatcher._outage_met and _outage_over)."""
+
+    target: str  # database | redis
+    started: float  # monotonic
+    met_by: set[str] = field(default_factory=set)  # handler names, DISPATCHER
+    failed_calls: int = 0  # handler calls that met it: the backoff's attempt number
+    deferred: int = 0  # events deferred for it
+    retry_at: float = 0.0  # handlers in met_by are not called before this (monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +214,7 @@ class Dispatcher:
         )
         # told when polling starts (True) and ends (False): the listener pauses and resumes
         self.on_polling: Callable[[bool], None] = lambda polling: None
+        self.outages: dict[str, OutageState] = {}  # by target, while they last
 
     @property
     def polling(self) -> bool:
@@ -159,12 +265,16 @@ class Dispatcher:
                     if self._poll.stop():  # nobody claims while backing off
                         self._polling_switched()
                     self._failures += 1
-                    await self._back_off(group.exceptions[0], self._failures)
+                    exc = group.exceptions[0]
+                    while isinstance(exc, ExceptionGroup):  # from a nested task group
+                        exc = exc.exceptions[0]
+                    self._outage_met(exc, DISPATCHER)
+                    await self._back_off(exc, self._failures)
         finally:
             self.stopped.set()
 
-    async def _back_off(self, exc: BaseException, failures: int) -> None:
-        target = "database" if isinstance(exc, DatabaseUnavailable) else "redis"
+    async def _back_off(self, exc: Outage, failures: int) -> None:
+        target = exc.target
         delay = retry_delay(failures, 0.1, self.cfg.reconnect_max_seconds, self._rng)
         self.metrics.reconnects.labels(target).inc()
         self.log.warning(
@@ -252,7 +362,7 @@ class Dispatcher:
         try:
             while not self._stopping:
                 batch, full = await self._drain_chain(tg)
-                self._failures = 0  # a batch went all the way (not just its claim)
+                self._committed()  # a batch went all the way (not just its claim)
                 if self._drainers > 1:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.retry_soon:  # a position's earlier event is held by another claim
@@ -299,7 +409,7 @@ class Dispatcher:
         finally:
             self._claiming -= 1
         if settles:  # the batch before it committed
-            self._failures = 0
+            self._committed()
             self.chained += 1
             if self._drainers > 1:
                 self._signal()
@@ -322,6 +432,13 @@ class Dispatcher:
         if full and self._drainers < self.cfg.concurrency:
             self._add_drainer(tg)  # claims the next batch while this one runs
         return batch, full
+
+    def _committed(self) -> None:
+        """A batch committed: the dispatcher's backoff starts over, and an outage that only
+        the dispatcher met is over."""
+        self._failures = 0
+        if self.outages:
+            self._outage_over(DISPATCHER)
 
     def _next_claim_due(self, batch: Batch, full: bool) -> bool:
         """Whether to claim again right away, committing ``batch`` on the way: a full batch
@@ -416,11 +533,26 @@ class Dispatcher:
         return sum(by_kind.values())
 
     async def _handle(self, batch: Batch, event: Event) -> bool:
-        for handler in self.handlers.for_event(event):
+        """Run the event's handlers in order; False when one did not succeed (the event is
+        deferred or failed, and its position's later events wait).
+
+        A handler that meets an outage (:func:`outage_of`) defers the event without
+        counting an attempt, for a backoff that grows with each call that meets it again
+        (capped at ``reconnect_max_seconds``); until that backoff runs out, events for the
+        handlers that met it are deferred without calling them, so an outage costs one
+        failing call per backoff step instead of one per event (a pool timeout per event
+        would hold the batch for minutes). That is decided before any of the event's
+        handlers runs, so the ones before it (the audit log) do not repeat themselves."""
+        handlers = self.handlers.for_event(event)
+        if self.outages:
+            for handler in handlers:
+                waiting = self._waiting_out(handler.name)
+                if waiting is not None:
+                    await self._defer_for_outage(batch, event, handler.name, waiting, None)
+                    return False
+        for handler in handlers:
             try:
                 await handler.handle(event)
-            except DatabaseUnavailable:
-                raise
             except RetryLater as exc:
                 self.log.warning(
                     "event_deferred",
@@ -432,9 +564,93 @@ class Dispatcher:
                 await batch.defer(event.event_id, exc.delay, f"{handler.name}: {exc}")
                 return False
             except Exception as exc:
-                await self._failed(batch, event, handler.name, exc)
+                outage = outage_of(exc)
+                if outage is None:
+                    await self._failed(batch, event, handler.name, exc)
+                    return False
+                state = self._outage_met(outage, handler.name, event.event_id)
+                state.failed_calls += 1
+                cap = self.cfg.reconnect_max_seconds
+                backoff = retry_delay(state.failed_calls, OUTAGE_BASE_SECONDS, cap, self._rng)
+                state.retry_at = time.monotonic() + backoff
+                await self._defer_for_outage(batch, event, handler.name, state, outage)
                 return False
+            if self.outages:
+                self._outage_over(handler.name)
         return True
+
+    def _waiting_out(self, handler: str) -> OutageState | None:
+        """The outage this handler met whose backoff has not run out yet, if any."""
+        now = time.monotonic()
+        for state in self.outages.values():
+            if handler in state.met_by and now < state.retry_at:
+                return state
+        return None
+
+    async def _defer_for_outage(
+        self,
+        batch: Batch,
+        event: Event,
+        handler: str,
+        state: OutageState,
+        outage: Outage | None,
+    ) -> None:
+        """Defer the event until the outage's backoff runs out, without counting an attempt.
+        ``outage``: what the handler's call just met; None when it was not called. Logged
+        at debug level only: the outage itself is logged once (``outage_started``)."""
+        delay = max(state.retry_at - time.monotonic(), 0.0)
+        reason = f"{state.target} unavailable" + (f": {outage}" if outage is not None else "")
+        await batch.defer(event.event_id, delay, f"{handler}: {reason}")
+        state.deferred += 1
+        self.metrics.outage_deferrals.labels(state.target).inc()
+        self.log.debug(
+            "event_waiting_out_outage",
+            event_id=event.event_id,
+            position_id=event.position_id,
+            handler=handler,
+            target=state.target,
+            called=outage is not None,
+            retry_in_seconds=round(delay, 3),
+        )
+
+    def _outage_met(self, outage: Outage, who: str, event_id: int | None = None) -> OutageState:
+        """``who`` (a handler, or DISPATCHER) met an outage: the first sign of one is logged
+        (``outage_started``) and shown (``position_worker_outage{target} 1``)."""
+        state = self.outages.get(outage.target)
+        if state is None:
+            state = self.outages[outage.target] = OutageState(outage.target, time.monotonic())
+            self.metrics.outage.labels(outage.target).set(1)
+            self.log.warning(
+                "outage_started",
+                target=outage.target,
+                met_by=who,
+                event_id=event_id,
+                error=str(outage),
+            )
+        state.met_by.add(who)
+        return state
+
+    def _outage_over(self, who: str) -> None:
+        """``who`` succeeded. An outage that a handler met is over when such a handler
+        succeeds (the dispatcher's claims go through another pool: one that commits says
+        nothing about the handlers' connections); one that only the dispatcher met is over
+        when a batch commits. Logged once (``outage_over``)."""
+        now = time.monotonic()
+        for target, state in list(self.outages.items()):
+            if who not in state.met_by:
+                continue
+            if who == DISPATCHER and len(state.met_by) > 1:
+                state.met_by.discard(who)  # a handler met it too: it ends with its success
+                continue
+            del self.outages[target]
+            self.metrics.outage.labels(target).set(0)
+            self.log.info(
+                "outage_over",
+                target=target,
+                seconds=round(now - state.started, 3),
+                deferred=state.deferred,
+                failed_calls=state.failed_calls,
+            )
 
     async def _failed(self, batch: Batch, event: Event, handler: str, exc: Exception) -> None:
         self.metrics.handler_failures.labels(handler).inc()
