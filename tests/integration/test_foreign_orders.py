@@ -168,9 +168,12 @@ async def test_foreign_rows_are_never_sent_driven_or_counted(
     capture = structlog.testing.LogCapture()
     logs = capture.entries
     async with live_worker(exec_settings(db_url, redis_url), fake) as app:
-        # the engine's own lines, whatever the process-wide structlog configuration is
+        # the engine's own lines, whatever the process-wide structlog configuration is (an
+        # earlier test may have configured an ERROR-level filtering logger)
         assert app.engine is not None
-        app.engine.log = structlog.wrap_logger(None, processors=[capture])
+        app.engine.log = structlog.wrap_logger(
+            None, processors=[capture], wrapper_class=structlog.BoundLogger
+        )
         await wait_status(db_url, pid, "monitoring")
         exit_cid = "evil-exit-1"
         forged_exit = foreign_order(db_url, pid, "exit", exit_cid, age_seconds=60)
