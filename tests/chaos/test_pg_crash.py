@@ -276,10 +276,17 @@ async def test_a_crash_while_draining_a_backlog_publishes_every_event_exactly_on
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         await wait_for_stream(redis_url, 1, timeout=30)  # the drain has begun
-        crash_postgres()
+        # Hold Redis writes (the publish script included) so the crash lands mid-drain
+        # however fast this server drains: the batch in hand stays claimed, its entries
+        # not yet appended, while PostgreSQL goes down.
         client = redis.Redis.from_url(redis_url)
         try:
-            published_at_crash = int(client.xlen(EVENTS))
+            client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            try:
+                crash_postgres()
+                published_at_crash = int(client.xlen(EVENTS))
+            finally:
+                client.execute_command("CLIENT", "UNPAUSE")
         finally:
             client.close()
         crashed = time.monotonic()
