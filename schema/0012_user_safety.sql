@@ -208,7 +208,7 @@ CREATE TRIGGER check_entry_amounts
 -- ---------------------------------------------------------------------------------------
 -- The worker's own orders: rows whose client order id is exactly the one the worker gives a
 -- row it writes, 'pw-' || <purpose code> || <the row's uuid in 32 hex digits>
--- (worker/execution/rules.py: client_order_id, is_worker_order). Every engine query reads
+-- (worker/execution/client_ids.py: client_order_id, is_worker_order). Every engine query reads
 -- orders through it, so a row written any other way is never sent, cancelled or counted.
 -- Re-create it when orders gains a column (SELECT * is expanded at creation).
 CREATE VIEW worker_orders AS

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,13 +19,44 @@ from tests.pipeline_support import eventually, settings_for
 from tests.support import Owner, insert_position, seed_owner
 from worker.app import App
 from worker.exchanges.binance import BinanceClient
-from worker.execution.exchanges import ExchangeRouter
-from worker.execution.rules import order_status_for
+from worker.execution.client_ids import Purpose, client_order_id
+from worker.execution.routing import ExchangeRouter
+from worker.execution.rows import Order
+from worker.execution.statuses import order_status_for
 from worker.settings import ExecutionSettings, Settings
 from worker.testing.fake_binance import FakeBinance
 
 KEY, SECRET = "test-key", "test-secret"
 ORDER = "/api/v3/order"
+
+
+def order_row(purpose: Purpose, status: str = "filled", **fields: Any) -> Order:
+    """An order row as the engine loads it, for the tests of its pure decisions: a sell of
+    0.5 BTCUSDT made now, with ``fields`` over these defaults."""
+    order_id = fields.pop("id", uuid.uuid4())
+    defaults: dict[str, Any] = {
+        "id": order_id,
+        "position_id": uuid.UUID(int=0),
+        "client_order_id": client_order_id(order_id, purpose),
+        "binance_order_id": None,
+        "symbol": "BTCUSDT",
+        "side": "sell",
+        "type": "market",
+        "quantity": Decimal("0.5"),
+        "quote_quantity": None,
+        "price": None,
+        "stop_price": None,
+        "status": status,
+        "exchange_status": None,
+        "filled_quantity": Decimal(0),
+        "purpose": purpose,
+        "is_paper_trade": False,
+        "request_id": None,
+        "send_attempts": 0,
+        "missing_lookups": 0,
+        "created_at": datetime.now(UTC),
+    }
+    return Order(**{**defaults, **fields})
 
 
 def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
@@ -35,12 +67,15 @@ def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
 
 @asynccontextmanager
 async def live_worker(
-    settings: Settings, fake: FakeBinance, **client_options: Any
+    settings: Settings, fake: FakeBinance, *, log: Any = None, **client_options: Any
 ) -> AsyncIterator[App]:
-    """A worker trading on ``fake``; ``client_options`` go to its BinanceClient."""
+    """A worker trading on ``fake``, logging to ``log`` when given (instead of its own
+    logger); ``client_options`` go to its BinanceClient."""
     options = {"timeout_s": 2.0, **client_options}
     async with BinanceClient(KEY, SECRET, base_url=fake.base_url, **options) as client:
         app = App(settings, handle_signals=False, router=ExchangeRouter(paper=None, live=client))
+        if log is not None:
+            app.log = log
         async with app.serving():
             yield app
 

@@ -1,10 +1,12 @@
 """kill -9 of a real worker process in the middle of the execution flow, then restart:
 the database converges to the exchange, with exactly one exchange order per intent.
 
-The kills are deterministic: a worker started with ``POSITION_WORKER_CRASH_AT=<point>``
-SIGKILLs itself when it reaches that named step (``worker/testing/crashpoints.py``). A
-second worker, without the crash point, must then bring every position to the state and
-figures computed by hand below (BTCUSDT, 0.1 % commission in USDT):
+The kills are deterministic: a worker whose engine is given the crash points
+(:class:`ArmedWorker`: ``python -m worker.testing.armed_worker run``), started with
+``POSITION_WORKER_CRASH_AT=<point>``, SIGKILLs itself when it reaches that named step
+(``worker/testing/crashpoints.py``). A second worker, without the crash point, must then bring
+every position to the state and figures computed by hand below (BTCUSDT, 0.1 % commission
+in USDT):
 
 * opened: buy 0.5 @ 100, fee 0.05: entry cost 50.05;
 * closed at 120: sell 0.5, fee 0.06: realized 60 - 0.06 - 50.05 = 9.89 (19.7602 %);
@@ -18,6 +20,8 @@ figures computed by hand below (BTCUSDT, 0.1 % commission in USDT):
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,7 +48,7 @@ from tests.execution_support import (
     wait_status,
 )
 from tests.pipeline_support import eventually, worker_env
-from tests.test_helpers_sync import wait_until
+from tests.waits import wait_until
 from worker.testing.crashpoints import ENV as CRASH_AT
 from worker.testing.fake_binance import FakeBinance, Fault
 from worker.testing.processes import WorkerProcess
@@ -78,6 +82,19 @@ def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) ->
         "BINANCE_API_KEY": KEY,
         "BINANCE_API_SECRET": SECRET,
     }
+
+
+class ArmedWorker(WorkerProcess):
+    """A worker process whose execution engine calls the crash points."""
+
+    def _spawn(self, args: tuple[str, ...], stdout: Any) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.testing.armed_worker", *args],
+            env=self.env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
 
 def posted(fake: FakeBinance) -> int:
@@ -325,7 +342,7 @@ async def _crash_then_restart(
     env: dict[str, str], tmp_path: Path, point: str, before_crash: Callable[[], Awaitable[None]]
 ) -> WorkerProcess:
     """Run a worker armed with ``point`` until it SIGKILLs itself there; start a clean one."""
-    first = WorkerProcess({**env, CRASH_AT: point}, tmp_path / "first.log").start()
+    first = ArmedWorker({**env, CRASH_AT: point}, tmp_path / "first.log").start()
     try:
         await before_crash()
         code = first.wait(20)
@@ -396,32 +413,32 @@ async def test_three_workers_one_killed_between_send_and_record_every_position_c
     first wave almost always reaches it). Every position then opens with its protection,
     and closes on an exit requested for all of them, with one exchange order per intent."""
     env = live_env(db_url, redis_url, fake, batch_size=1)
-    armed = WorkerProcess({**env, CRASH_AT: "entry.sent"}, tmp_path / "armed.log")
+    armed = ArmedWorker({**env, CRASH_AT: "entry.sent"}, tmp_path / "armed.log")
     others = [WorkerProcess(env, tmp_path / f"worker{i}.log") for i in (1, 2)]
     fleet = [armed, *others]
     pids: dict[uuid.UUID, bool] = {}  # position -> is paper
     try:
         async with anyio.create_task_group() as tg:
             for worker in fleet:
-                tg.start_soon(anyio.to_thread.run_sync, worker.start)
+                tg.start_soon(_start_in_a_thread, worker)
         for _ in range(6):
             for paper in (False, False, False, False, True, True):
                 pids[new_position(db_url, **(PAPER if paper else LIVE))[1]] = paper
             await eventually(
-                lambda: armed.process.poll() is not None or _all(db_url, fake, pids, "entry"),
+                lambda: _exited(armed) or _all(db_url, fake, pids, "entry"),
                 timeout=30,
             )
-            if armed.process.poll() is not None:
+            if _exited(armed):
                 break
         assert armed.wait(5) == -signal.SIGKILL
         assert any('"point": "entry.sent"' in line for line in armed.lines)
-        assert all(w.process.poll() is None for w in others), "the other two keep running"
+        assert not any(_exited(w) for w in others), "the other two keep running"
         await _converge(db_url, fake, pids, "entry", *others)
         fake.set_price("BTCUSDT", "120")
         for pid in pids:
             call(db_url, "SELECT request_position_exit(%s)", pid)
         await _converge(db_url, fake, pids, "exit", *others)
-        assert all(w.process.poll() is None for w in others)
+        assert not any(_exited(w) for w in others)
     finally:
         for worker in fleet:
             worker.kill()
@@ -436,6 +453,16 @@ async def test_three_workers_one_killed_between_send_and_record_every_position_c
         assert all(o["status"] == "filled" and o["send_attempts"] in (1, 2) for o in rows)
     assert set(posts_by_client_id(fake).values()) == {1}
     assert not [o for o in fake.orders() if o["status"] in ("NEW", "PARTIALLY_FILLED")]
+
+
+async def _start_in_a_thread(worker: WorkerProcess) -> None:
+    await anyio.to_thread.run_sync(worker.start)
+
+
+def _exited(worker: WorkerProcess) -> bool:
+    """The started worker's process has ended."""
+    assert worker.process is not None, "the worker was never started"
+    return worker.process.poll() is not None
 
 
 def _all(db_url: str, fake: FakeBinance, pids: dict[uuid.UUID, bool], flow: str) -> bool:

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
-import anyio
 import pytest
 
 from tests.execution_support import (
@@ -23,7 +22,7 @@ from tests.pipeline_support import eventually
 from worker.app import App
 from worker.exchanges.paper import PaperExchange
 from worker.exchanges.prices import FixedPrices
-from worker.execution.exchanges import ExchangeRouter
+from worker.execution.routing import ExchangeRouter
 from worker.settings import Settings
 from worker.testing.fake_binance import FakeBinance
 
@@ -140,20 +139,47 @@ async def paper_worker(settings: Settings, paper: PaperExchange) -> AsyncIterato
         yield app
 
 
+class WatchedPrices(FixedPrices):
+    """Fixed prices that record every price they were asked for."""
+
+    def __init__(self, prices: dict[str, Decimal]) -> None:
+        super().__init__(prices)
+        self.reads: list[tuple[str, Decimal]] = []
+
+    async def price(self, symbol: str) -> Decimal:
+        price = await super().price(symbol)
+        self.reads.append((symbol, price))
+        return price
+
+
+async def wait_passes(app: App, n: int) -> None:
+    """Until ``n`` more passes of the watcher (reconciliation, paper protection) are done."""
+    watcher = app.watcher
+    assert watcher is not None
+    target = watcher.passes + n
+    await eventually(lambda: watcher.passes >= target, 15)
+
+
 async def test_paper_max_loss_closes_the_position_when_the_loss_reaches_the_limit(
     db_url: str, redis_url: str
 ) -> None:
-    prices = FixedPrices({"BTCUSDT": D("100"), "BNBUSDT": D("500")})
+    prices = WatchedPrices({"BTCUSDT": D("100"), "BNBUSDT": D("500")})
     paper = PaperExchange(prices, clock=lambda: 1_760_000_000_000)
     _, pid = new_position(
         db_url, quantity=D("1"), max_loss_usdt=D("5"), is_paper_trade=True
     )  # max loss 5 USDT on 1 BTC bought at 100: stop at 95
-    async with paper_worker(exec_settings(db_url, redis_url), paper):
+    async with paper_worker(exec_settings(db_url, redis_url), paper) as app:
         await wait_status(db_url, pid, "monitoring")
         prices.set("BTCUSDT", D("96"))
-        with anyio.move_on_after(1):  # 96 is above the max-loss stop: nothing may happen
-            await wait_status(db_url, pid, "closing", "closed")
+        seen = len(prices.reads)
+        # 96 is above the max-loss stop: two whole passes of the paper protection (the first
+        # may have begun before the price moved) look at it, and nothing may happen
+        await wait_passes(app, 2)
+        assert ("BTCUSDT", D("96")) in prices.reads[seen:], "the protection never read 96"
         assert position(db_url, pid)["status"] == "monitoring"
+        assert [o["purpose"] for o in orders(db_url, pid)] == ["entry"], "an order was sent"
+        requests = "SELECT count(*) FROM position_requests WHERE position_id = %s"
+        assert call(db_url, requests, pid) == 0, "an exit was requested"
         prices.set("BTCUSDT", D("94"))
         await wait_status(db_url, pid, "closed")
     assert position(db_url, pid)["close_reason"] == "max_loss"

@@ -33,7 +33,7 @@ from tests.pipeline_support import eventually
 from tests.support import insert_position, seed_owner
 from worker.app import App
 from worker.db.queries import q
-from worker.execution.rules import client_order_id, is_worker_order
+from worker.execution.client_ids import client_order_id, is_worker_order
 from worker.testing.fake_binance import FakeBinance
 
 pytestmark = pytest.mark.anyio
@@ -167,13 +167,10 @@ async def test_foreign_rows_are_never_sent_driven_or_counted(
         )
     capture = structlog.testing.LogCapture()
     logs = capture.entries
-    async with live_worker(exec_settings(db_url, redis_url), fake) as app:
-        # the engine's own lines, whatever the process-wide structlog configuration is (an
-        # earlier test may have configured an ERROR-level filtering logger)
-        assert app.engine is not None
-        app.engine.log = structlog.wrap_logger(
-            None, processors=[capture], wrapper_class=structlog.BoundLogger
-        )
+    # the worker's own lines, whatever the process-wide structlog configuration is (an
+    # earlier test may have configured an ERROR-level filtering logger)
+    log = structlog.wrap_logger(None, processors=[capture], wrapper_class=structlog.BoundLogger)
+    async with live_worker(exec_settings(db_url, redis_url), fake, log=log) as app:
         await wait_status(db_url, pid, "monitoring")
         exit_cid = "evil-exit-1"
         forged_exit = foreign_order(db_url, pid, "exit", exit_cid, age_seconds=60)
@@ -269,7 +266,7 @@ async def test_a_foreign_exit_never_stands_for_a_change_of_the_holding(
 
 
 def test_the_queries_read_only_the_workers_own_orders(db_url: str) -> None:
-    """``exec_*`` queries keep exactly the rows ``rules.is_worker_order`` accepts."""
+    """``exec_*`` queries keep exactly the rows ``client_ids.is_worker_order`` accepts."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         owner = seed_owner(conn)
         pid = insert_position(conn, owner, is_paper_trade=False)
@@ -322,7 +319,7 @@ def test_the_queries_read_only_the_workers_own_orders(db_url: str) -> None:
         assert ids("exec_order_of_request", request_id=request_id) == set()
         assert rows("exec_pending_requests", grace=0) == [{"position_id": pid, "id": request_id}]
         [fill] = rows("exec_fills_of_position", position_id=pid)
-        assert fill["purpose"] == mine[next(iter(mine))]
+        assert fill["order_purpose"] == mine[next(iter(mine))]
 
 
 def _insert(

@@ -1,4 +1,4 @@
-"""Client order ids (worker.execution.rules): made from the order row's own uuid, so unique
+"""Client order ids (worker.execution.client_ids): made from the order row's own uuid, so unique
 by construction; ``is_worker_order`` accepts exactly the id the worker gives a row."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.execution.rules import Purpose, client_order_id, is_worker_order, oco_list_id
+from worker.execution.client_ids import Purpose, client_order_id, is_worker_order, oco_list_id
 
 BINANCE_CLIENT_ID = re.compile(r"^[a-zA-Z0-9-_]{1,36}$")  # Binance's documented pattern
 PURPOSES: tuple[str, ...] = get_args(Purpose)

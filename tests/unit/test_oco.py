@@ -1,4 +1,4 @@
-"""OCO pairs: ``rules.oco_partner`` (which protective rows were created as one list),
+"""OCO pairs: ``protection_plan.oco_partner`` (which protective rows were created as one list),
 ``OcoRequest`` validation, and the list client id."""
 
 from __future__ import annotations
@@ -11,15 +11,18 @@ from typing import Any
 
 import pytest
 
+from tests.execution_support import order_row
 from worker.exchanges.base import OcoRequest
-from worker.execution.rules import client_order_id, oco_list_id, oco_partner
+from worker.execution.client_ids import Purpose, client_order_id, oco_list_id
+from worker.execution.protection_plan import oco_partner
+from worker.execution.rows import Order
 
 D = Decimal
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def row(n: int, purpose: str, at: datetime = T0, qty: str = "0.5") -> dict[str, Any]:
-    return {"id": n, "purpose": purpose, "created_at": at, "quantity": D(qty)}
+def row(n: int, purpose: Purpose, at: datetime = T0, qty: str = "0.5") -> Order:
+    return order_row(purpose, "created", id=uuid.UUID(int=n), created_at=at, quantity=D(qty))
 
 
 def test_legs_created_together_are_partners() -> None:
@@ -38,7 +41,7 @@ def test_legs_created_together_are_partners() -> None:
         row(2, "exit"),  # not protective
     ],
 )
-def test_no_partner(other: dict[str, Any]) -> None:
+def test_no_partner(other: Order) -> None:
     sl = row(1, "stop_loss")
     assert oco_partner([sl, other], sl) is None
 

@@ -1,5 +1,6 @@
-"""``rules.protection_plan``: which stop-loss / take-profit orders a live position needs, after
-any crash between changing its holding and protecting it. And the crash-point hook."""
+"""``protection_plan.protection_plan``: which stop-loss / take-profit orders a live position
+needs, after any crash between changing its holding and protecting it. And the crash-point
+hook."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import os
 import subprocess
 import sys
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from worker.execution.rules import protection_plan
+from tests.execution_support import order_row
+from worker.execution.client_ids import Purpose
+from worker.execution.protection_plan import protection_plan
+from worker.execution.rows import Order
 from worker.testing import crashpoints
 
 SL, TP = Decimal("90"), Decimal("130")
 
 
-def o(purpose: str, status: str = "filled") -> dict[str, Any]:
+def o(purpose: Purpose, status: str = "filled") -> Order:
     stop = {"stop_loss": SL, "take_profit": TP}.get(purpose)
-    return {"purpose": purpose, "status": status, "quantity": Decimal("0.5"), "stop_price": stop}
+    return order_row(purpose, status, stop_price=stop)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +65,7 @@ def o(purpose: str, status: str = "filled") -> dict[str, Any]:
     ],
 )
 def test_protection_plan(
-    orders: list[dict[str, Any]],
+    orders: list[Order],
     stop_loss: Decimal | None,
     take_profit: Decimal | None,
     stale: list[int],

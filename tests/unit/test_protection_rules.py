@@ -1,4 +1,4 @@
-"""Which protective orders to place again (worker.execution.rules.protection_plan): pure.
+"""Which protective orders to place again (worker.execution.protection_plan): pure.
 
 Each case is the orders placed after the entry (the latest holding change)."""
 
@@ -9,15 +9,18 @@ from typing import Any
 
 import pytest
 
-from worker.execution.rules import protection_plan
+from tests.execution_support import order_row
+from worker.execution.client_ids import Purpose
+from worker.execution.protection_plan import protection_plan
+from worker.execution.rows import Order
 
 D = Decimal
 BOTH = {"stop_loss": D("90"), "take_profit": D("130")}
 
 
-def order(purpose: str, status: str, qty: str = "0.5", stop: str | None = None) -> dict[str, Any]:
+def order(purpose: Purpose, status: str, qty: str = "0.5", stop: str | None = None) -> Order:
     price = stop or ("90" if purpose == "stop_loss" else "130")
-    return {"purpose": purpose, "status": status, "quantity": D(qty), "stop_price": D(price)}
+    return order_row(purpose, status, quantity=D(qty), stop_price=D(price))
 
 
 SL_RESTING = order("stop_loss", "submitted")
@@ -47,7 +50,7 @@ SL_RESTING = order("stop_loss", "submitted")
     ],
 )  # fmt: skip
 def test_protection_to_place(
-    stops: dict[str, Decimal | None], orders: list[dict[str, Any]], expected: Any
+    stops: dict[str, Decimal | None], orders: list[Order], expected: Any
 ) -> None:
     entered = [order("entry", "filled"), *orders]
     _, missing = protection_plan(entered, stops["stop_loss"], stops["take_profit"], D("0.5"))

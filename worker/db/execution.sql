@@ -1,8 +1,10 @@
 -- Queries of the execution engine (worker/execution/). Named blocks, %(name)s parameters.
+-- A query that loads a row of worker/execution/rows.py (Position, Order, Request, Trade)
+-- selects exactly that dataclass's fields, by name.
 --
 -- Every query that looks orders up reads only the worker's own, through the view
 -- `worker_orders` (schema/0012): rows whose client order id is exactly the one the worker
--- gives a row of that id and purpose (worker/execution/rules.py: client_order_id,
+-- gives a row of that id and purpose (worker/execution/client_ids.py: client_order_id,
 -- is_worker_order). Rows written by anyone else are never sent, cancelled, driven, counted
 -- in a position's figures, nor waited for; only exec_foreign_orders_of_position lists them,
 -- for the log. The view is inlined, so conditions on position_id, request_id and status
@@ -17,7 +19,12 @@ SELECT pg_try_advisory_lock(hashtextextended(%(position_id)s::text, 7365))
 SELECT pg_advisory_unlock(hashtextextended(%(position_id)s::text, 7365))
 
 -- name: exec_position
-SELECT * FROM positions WHERE id = %(position_id)s
+-- A Position (worker/execution/rows.py).
+SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
+       stop_loss_price, take_profit_price, max_loss_usdt,
+       coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
+       entry_value
+FROM positions WHERE id = %(position_id)s
 
 -- name: exec_set_position_status
 UPDATE positions
@@ -28,7 +35,11 @@ WHERE id = %(position_id)s AND status = %(old)s
 RETURNING id
 
 -- name: exec_orders_of_position
-SELECT * FROM worker_orders WHERE position_id = %(position_id)s
+-- Orders (worker/execution/rows.py).
+SELECT id, position_id, client_order_id, binance_order_id, symbol, side, type, quantity,
+       quote_quantity, price, stop_price, status, exchange_status, filled_quantity, purpose,
+       is_paper_trade, request_id, send_attempts, missing_lookups, created_at
+FROM worker_orders WHERE position_id = %(position_id)s
 ORDER BY created_at, client_order_id, id  -- the legs of an OCO pair share created_at
 
 -- name: exec_foreign_orders_of_position
@@ -39,14 +50,16 @@ WHERE o.position_id = %(position_id)s
 ORDER BY o.created_at, o.id
 
 -- name: exec_insert_order
--- The id is drawn by the worker: the client order id is made from it (rules.client_order_id).
+-- The id is drawn by the worker: the client order id is made from it (client_order_id).
 INSERT INTO orders (id, position_id, user_id, client_order_id, symbol, side, type, quantity,
                     quote_quantity, price, stop_price, status, purpose, is_paper_trade,
                     request_id)
 VALUES (%(id)s, %(position_id)s, %(user_id)s, %(client_order_id)s, %(symbol)s, %(side)s,
         %(type)s, %(quantity)s, %(quote_quantity)s, %(price)s, %(stop_price)s, 'created',
         %(purpose)s, %(is_paper_trade)s, %(request_id)s)
-RETURNING *
+RETURNING id, position_id, client_order_id, binance_order_id, symbol, side, type, quantity,
+          quote_quantity, price, stop_price, status, exchange_status, filled_quantity, purpose,
+          is_paper_trade, request_id, send_attempts, missing_lookups, created_at
 
 -- name: exec_bump_send
 -- Committed before every send: from now on the order may exist on the exchange.
@@ -60,6 +73,9 @@ RETURNING missing_lookups
 
 -- name: exec_set_order_status
 UPDATE orders SET status = %(status)s WHERE id = %(order_id)s AND status = %(old)s
+
+-- name: exec_set_order_error
+UPDATE orders SET error_message = %(error)s WHERE id = %(order_id)s
 
 -- name: exec_update_order_fills
 UPDATE orders
@@ -93,8 +109,9 @@ SELECT binance_trade_id, quantity FROM trades
 WHERE order_id = %(order_id)s AND binance_trade_id IS NOT NULL
 
 -- name: exec_fills_of_position
+-- Trades (worker/execution/rows.py), in the order they are folded.
 SELECT t.side, t.price, t.quantity, t.fee, t.fee_asset, t.fee_quote, t.binance_trade_id,
-       t.executed_at, o.purpose, o.binance_order_id
+       t.executed_at, o.purpose AS order_purpose, o.binance_order_id AS exchange_order_id
 FROM trades t JOIN worker_orders o ON o.id = t.order_id AND o.position_id = t.position_id
 WHERE t.position_id = %(position_id)s
 ORDER BY t.executed_at, o.created_at, t.binance_trade_id
@@ -112,7 +129,8 @@ SET entry_price = %(entry_price)s, entry_quantity = %(entry_quantity)s,
 WHERE id = %(position_id)s
 
 -- name: exec_request
-SELECT * FROM position_requests WHERE id = %(request_id)s
+-- A Request (worker/execution/rows.py).
+SELECT id, position_id, kind, quantity, quote_quantity, reason, status FROM position_requests WHERE id = %(request_id)s
 
 -- name: exec_finish_request
 UPDATE position_requests SET status = %(status)s, error = %(error)s,
@@ -120,7 +138,7 @@ UPDATE position_requests SET status = %(status)s, error = %(error)s,
 WHERE id = %(request_id)s AND status = 'pending'
 
 -- name: exec_pending_requests_of_position
-SELECT * FROM position_requests
+SELECT id, position_id, kind, quantity, quote_quantity, reason, status FROM position_requests
 WHERE position_id = %(position_id)s AND status = 'pending'
 ORDER BY created_at
 
@@ -137,8 +155,8 @@ LIMIT 200
 
 -- name: exec_orders_to_reconcile
 -- The worker's own orders not final. A fresh 'created' order is left to the actor that is
--- sending it right now.
-SELECT id, position_id FROM worker_orders
+-- sending it right now. One row per order: the caller drops the repeated positions.
+SELECT position_id, id FROM worker_orders
 WHERE status IN ('created', 'submitted', 'partially_filled')
   AND (status <> 'created' OR created_at < now() - make_interval(secs => %(grace)s))
 ORDER BY created_at
@@ -155,9 +173,12 @@ WHERE p.status IN ('created', 'submitting', 'closing')
 LIMIT 200
 
 -- name: exec_paper_watch
--- Paper positions with protection to enforce: the simulated exchange watches its feed.
-SELECT id, symbol, side, stop_loss_price, take_profit_price, max_loss_usdt, held_quantity,
-       entry_cost, entry_value, entry_quantity
+-- Paper positions (Position rows) with protection to enforce: the simulated exchange
+-- watches its feed.
+SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
+       stop_loss_price, take_profit_price, max_loss_usdt,
+       coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
+       entry_value
 FROM positions
 WHERE is_paper_trade AND status IN ('open', 'monitoring') AND held_quantity > 0
   AND (stop_loss_price IS NOT NULL OR take_profit_price IS NOT NULL
@@ -170,7 +191,7 @@ SELECT request_position_exit(%(position_id)s, NULL, %(reason)s)
 
 -- name: exec_unprotected_positions
 -- Live positions whose exchange-side protection needs work (the engine decides again under
--- the position's lock: rules.protection_plan). For a kind with a price set: a working order
+-- the position's lock: protection_plan.protection_plan). For a kind with a price set: a working order
 -- placed before the latest entry, scale or exit order (stale: the holding changed), or no
 -- working order placed since (never placed after a crash, cancelled for an exit that then
 -- failed, cancelled or expired on the exchange), unless the latest one since was rejected

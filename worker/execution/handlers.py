@@ -4,7 +4,7 @@ A handler that finds the position busy (another actor holds it) waits for it a l
 if it stays busy the pipeline retries the event with backoff like any failure. Exchange
 trouble defers the event (RetryLater). Database and Redis trouble (the engine's psycopg
 errors, its pool's timeouts) propagates as it is: the dispatcher classifies it as an outage
-(``worker.pipeline.dispatcher.outage_of``) and defers the event without counting an
+(``worker.driver_errors.outage_of``) and defers the event without counting an
 attempt, so a trade waits out a PostgreSQL restart instead of being parked as dead.
 """
 
@@ -17,7 +17,8 @@ import anyio
 from worker.errors import RetryLater
 from worker.events import Event
 from worker.exchanges.base import ExchangeError, RateLimited
-from worker.execution.engine import Engine, PositionBusy
+from worker.execution.context import PositionBusy
+from worker.execution.engine import Engine
 from worker.pipeline.handlers import Registry
 
 BUSY_WAIT_SECONDS = 15.0

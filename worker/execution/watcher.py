@@ -11,24 +11,28 @@
 * Paper positions with a stop-loss, take-profit or max loss: the simulated exchange watches
   its price feed; when the price crosses, an exit is requested (``request_position_exit``,
   reason ``stop_loss`` / ``take_profit`` / ``max_loss``) and handled like any exit.
+
+One position's failure is logged with its traceback and skipped; it never stops the pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from worker.db.outbox import translated_errors
 from worker.db.queries import q
+from worker.driver_errors import translated_errors
 from worker.errors import DatabaseUnavailable
 from worker.exchanges.base import Exchange, ExchangeError
-from worker.execution.engine import Engine, PositionBusy
-from worker.execution.rules import effective_stop, protection_trigger
+from worker.execution.context import PositionBusy
+from worker.execution.engine import Engine
+from worker.execution.protection_plan import effective_stop, protection_trigger
+from worker.execution.rows import Position, fetch_all
 from worker.settings import ExecutionSettings
 
 
@@ -54,40 +58,30 @@ class Watcher:
             self.passes += 1
             await anyio.sleep(self.cfg.reconcile_interval)
 
-    async def _ids(self, name: str, **params: Any) -> list[str]:
-        async with translated_errors(), self.pool.connection() as conn:
-            cur = await conn.execute(q(name), params)
-            return [
-                str(r[-1] if name == "exec_orders_to_reconcile" else r[0])
-                for r in await cur.fetchall()
-            ]
-
     async def reconcile_once(self) -> None:
         grace = self.cfg.reconcile_grace_seconds
-        for position_id in dict.fromkeys(await self._ids("exec_orders_to_reconcile", grace=grace)):
-            await self._guarded(self._drive, position_id)
-        for position_id in await self._ids("exec_stuck_positions", grace=grace):
+        for position_id in dict.fromkeys(await self._ids("exec_orders_to_reconcile", grace)):
+            await self._guarded(self.engine.reconcile, position_id)
+        for position_id in await self._ids("exec_stuck_positions", grace):
             await self._guarded(self.engine.enter, position_id)
-        for position_id, request_id in await self._pairs("exec_pending_requests", grace=grace):
+        for position_id, request_id in await self._rows("exec_pending_requests", grace):
             await self._guarded(self.engine.handle_request, position_id, request_id)
         if self.engine.router.live is not None:  # exchange-side protection: Binance only
-            for position_id in await self._ids("exec_unprotected_positions", grace=grace):
+            for position_id in await self._ids("exec_unprotected_positions", grace):
                 await self._guarded(self.engine.restore_protection, position_id)
 
-    async def _pairs(self, name: str, **params: Any) -> list[tuple[str, str]]:
+    async def _rows(self, name: str, grace: float) -> list[tuple[str, ...]]:
+        """The named query's rows, every column as a string."""
         async with translated_errors(), self.pool.connection() as conn:
-            cur = await conn.execute(q(name), params)
-            return [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+            cur = await conn.execute(q(name), {"grace": grace})
+            return [tuple(str(value) for value in row) for row in await cur.fetchall()]
 
-    async def _drive(self, position_id: str) -> None:
-        async with self.engine.locked(position_id) as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("exec_position"), {"position_id": position_id})
-            position = await cur.fetchone()
-            if position is not None:
-                await self.engine.drive_open_orders(conn, position)
+    async def _ids(self, name: str, grace: float) -> list[str]:
+        return [row[0] for row in await self._rows(name, grace)]
 
-    async def _guarded(self, action: Any, position_id: str, *args: Any) -> None:
+    async def _guarded(
+        self, action: Callable[..., Awaitable[None]], position_id: str, *args: str
+    ) -> None:
         """One position's trouble is logged and skipped; it never stops the watcher."""
         try:
             async with translated_errors():
@@ -96,41 +90,46 @@ class Watcher:
             return  # somebody is on it right now; the next pass looks again
         except DatabaseUnavailable:
             raise
-        except ExchangeError as exc:
+        except ExchangeError as exc:  # the exchange's trouble, not the engine's: one line
             self.log.warning("reconcile_exchange_error", position_id=position_id, error=str(exc))
         except Exception as exc:
             self.log.error(
-                "reconcile_failed", position_id=position_id, error=f"{type(exc).__name__}: {exc}"
+                "reconcile_failed",
+                position_id=position_id,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
             )
 
     async def paper_protection_once(self) -> None:
         if self.paper is None:
             return
         async with translated_errors(), self.pool.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("exec_paper_watch"))
-            rows = await cur.fetchall()
-        for row in rows:
+            positions = await fetch_all(conn, Position, "exec_paper_watch")
+        for position in positions:
             try:
-                reason = await self._paper_trigger(row)
+                reason = await self._paper_trigger(position)
             except Exception as exc:  # one bad row must not stop the others
                 self.log.error(
                     "protection_check_failed",
-                    position_id=str(row["id"]),
+                    position_id=str(position.id),
                     error=f"{type(exc).__name__}: {exc}",
+                    exc_info=True,
                 )
                 continue
             if reason is not None:
-                await self._request_exit(str(row["id"]), reason)
+                await self._request_exit(str(position.id), reason)
 
-    async def _paper_trigger(self, row: dict[str, Any]) -> str | None:
+    async def _paper_trigger(self, position: Position) -> str | None:
         assert self.paper is not None
-        price = await self.paper.price(row["symbol"])
-        held = row["held_quantity"] or Decimal(0)
-        avg = (row["entry_value"] / row["entry_quantity"]) if row["entry_quantity"] else price
-        stop = effective_stop(row["side"], row["stop_loss_price"], row["max_loss_usdt"], avg, held)
-        reason = protection_trigger(row["side"], price, stop, row["take_profit_price"])
-        if reason == "stop_loss" and stop != row["stop_loss_price"]:
+        price = await self.paper.price(position.symbol)
+        held = position.held_quantity or Decimal(0)
+        entered, value = position.entry_quantity, position.entry_value
+        avg = value / entered if entered and value is not None else price
+        stop = effective_stop(
+            position.side, position.stop_loss_price, position.max_loss_usdt, avg, held
+        )
+        reason = protection_trigger(position.side, price, stop, position.take_profit_price)
+        if reason == "stop_loss" and stop != position.stop_loss_price:
             reason = "max_loss"
         return reason
 

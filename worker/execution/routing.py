@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from worker.errors import WorkerError
 from worker.exchanges.base import Exchange
+from worker.execution.rows import Position
 
 
 class NotConfigured(WorkerError):
@@ -16,8 +15,8 @@ class ExchangeRouter:
     def __init__(self, paper: Exchange | None, live: Exchange | None) -> None:
         self.paper, self.live = paper, live
 
-    def for_position(self, position: dict[str, Any]) -> Exchange:
-        if position.get("is_paper_trade"):
+    def for_position(self, position: Position) -> Exchange:
+        if position.is_paper_trade:
             if self.paper is None:
                 raise NotConfigured("paper trading is not configured in this worker")
             return self.paper

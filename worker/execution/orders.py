@@ -1,0 +1,295 @@
+"""Driving one order: record the intent, send it, look it up, and bring its row up to date
+with the exchange; a stop-loss and a take-profit placed together go as one OCO list.
+
+* **Intent before send.** An order row with its client order id (made from the row's uuid,
+  drawn here: ``client_ids.client_order_id``) is committed before the order is sent, and
+  ``send_attempts`` is bumped (committed) right before each send. An order with
+  ``send_attempts > 0`` may exist on the exchange: it is looked up by client order id
+  first, and re-sent only after it was missing for ``resend_after`` lookups in a row.
+* **Outcome unknown is not failure.** Timeouts, 5xx, -1006/-1007 leave the order as it is;
+  the reconciler looks it up later. Only a definitive rejection marks it failed.
+* **Only the worker's own orders** are driven (``client_ids.is_worker_order``).
+
+Whatever the exchange answers is recorded (``recording.py``); once an order settles, the
+follow-ups (``after_settled``: protection placed or cancelled) run before the next step.
+Every method returns the position as it is afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from worker.db.queries import q
+from worker.exchanges.base import (
+    Exchange,
+    ExchangeError,
+    OcoRequest,
+    OrderRejected,
+    OrderRequest,
+    OrderState,
+)
+from worker.exchanges.base import Side as OrderSide
+from worker.execution.client_ids import client_order_id, is_worker_order, oco_list_id
+from worker.execution.context import Context, LookLater
+from worker.execution.locks import load_orders
+from worker.execution.protection_plan import PROTECTIVE, oco_partner
+from worker.execution.recording import Outcome, finish_request, record_answer, record_rejection
+from worker.execution.rows import Conn, Order, Position, fetch_one, fetch_value
+
+AfterSettled = Callable[[Conn, Order, Outcome], Awaitable[Position]]
+
+
+async def new_order(
+    conn: Conn,
+    position: Position,
+    purpose: str,
+    side: OrderSide,
+    kind: str,
+    quantity: Decimal,
+    *,
+    quote: Decimal | None = None,
+    price: Decimal | None = None,
+    stop: Decimal | None = None,
+    request_id: uuid.UUID | None = None,
+) -> Order:
+    """Record the intent: a new order row (status ``created``), its id drawn here."""
+    order_id = uuid.uuid4()
+    order = await fetch_one(
+        conn,
+        Order,
+        "exec_insert_order",
+        id=order_id,
+        position_id=position.id,
+        user_id=position.user_id,
+        client_order_id=client_order_id(order_id, purpose),
+        symbol=position.symbol,
+        side=side,
+        type=kind,
+        quantity=quantity,
+        quote_quantity=quote,
+        price=price,
+        stop_price=stop,
+        purpose=purpose,
+        is_paper_trade=position.is_paper_trade,
+        request_id=request_id,
+    )
+    assert order is not None  # INSERT ... RETURNING always returns the row
+    return order
+
+
+class Driver:
+    def __init__(self, ctx: Context, after_settled: AfterSettled) -> None:
+        self.ctx, self.after_settled = ctx, after_settled
+
+    async def drive(self, conn: Conn, position: Position, order: Order) -> Position:
+        """Bring one order up to date with the exchange (sending it if it never was).
+        A leg of an OCO pair (``oco_partner``) not yet known on the exchange is sent, or
+        reconciled, together with its partner (:meth:`_drive_leg`). A row the worker did
+        not write is left alone."""
+        if not is_worker_order(order.id, order.purpose, order.client_order_id):
+            return position
+        if order.status == "created" and order.purpose in PROTECTIVE:
+            rows = await load_orders(conn, position.id)
+            fresh = next((o for o in rows if o.id == order.id), order)
+            if fresh.status != "created":
+                return position  # driven a moment ago with its OCO partner
+            partner = oco_partner(rows, fresh)
+            if partner is not None:
+                return await self._drive_leg(conn, position, fresh, partner)
+        exchange = self.ctx.router.for_position(position)
+        try:
+            state = await self._current_state(conn, exchange, order)
+            if state is None and order.status == "created":
+                state = await self._send(conn, position, order, exchange)
+                self.ctx.crash_point(f"{order.purpose}.sent")
+        except OrderRejected as exc:
+            return await self._rejected(conn, position, (order,), exc)
+        except ExchangeError as exc:  # outcome unknown, rate limited: look again later
+            self._outcome_unknown(order, exc)
+            return position
+        if state is None:
+            return position
+        return await self.record(conn, exchange, position, order, state)
+
+    async def record(
+        self, conn: Conn, exchange: Exchange, position: Position, order: Order, state: OrderState
+    ) -> Position:
+        """Record what the exchange says of ``order``, then the follow-ups of its outcome."""
+        outcome = await record_answer(conn, exchange, position, order, state, self.ctx.crash_point)
+        if outcome is None:
+            return position
+        return await self.after_settled(conn, order, outcome)
+
+    async def _rejected(
+        self, conn: Conn, position: Position, orders: tuple[Order, ...], exc: OrderRejected
+    ) -> Position:
+        """The exchange refused ``orders`` (one, or both legs of an OCO list) outright."""
+        async with conn.transaction():
+            for order in orders:
+                position = await record_rejection(conn, position, order, exc.code, exc.msg)
+                error = str(exc)
+                await finish_request(conn, order.request_id, "rejected", error, order_id=order.id)
+        extra = {"oco": str(orders[1].id)} if len(orders) > 1 else {}
+        self.ctx.log.warning("order_rejected", order_id=str(orders[0].id), error=str(exc), **extra)
+        return position
+
+    def _outcome_unknown(self, order: Order, exc: Exception, **extra: Any) -> None:
+        """Outcome unknown or rate limited: the order is looked at again on the next pass."""
+        self.ctx.log.warning(
+            "order_outcome_unknown",
+            order_id=str(order.id),
+            client_order_id=order.client_order_id,
+            error=str(exc),
+            **extra,
+        )
+
+    async def _current_state(
+        self, conn: Conn, exchange: Exchange, order: Order
+    ) -> OrderState | None:
+        """The exchange's view of an order that may exist; None when it should be sent now."""
+        if order.status == "created" and order.send_attempts == 0:
+            return None
+        state = await exchange.get_order(order.symbol, order.client_order_id)
+        if state is not None:
+            return state
+        misses = await self._missing(conn, order)
+        if order.status == "created" and misses >= self.ctx.resend_after:
+            return None  # never arrived: safe to send with the same client id
+        raise LookLater(f"order {order.client_order_id} not visible yet ({misses} lookups)")
+
+    async def _missing(self, conn: Conn, order: Order) -> int:
+        """Count one more lookup that did not find ``order``; how many in a row now."""
+        return int(await fetch_value(conn, "exec_bump_missing", order_id=order.id) or 0)
+
+    async def _send(
+        self, conn: Conn, position: Position, order: Order, exchange: Exchange
+    ) -> OrderState:
+        self.ctx.crash_point(f"{order.purpose}.committed")
+        await conn.execute(q("exec_bump_send"), {"order_id": order.id})
+        request = order_request(order)
+        self.ctx.log.info(
+            "order_sending",
+            order_id=str(order.id),
+            position_id=str(position.id),
+            client_order_id=order.client_order_id,
+            purpose=order.purpose,
+            side=order.side,
+            quantity=str(order.quantity),
+        )
+        return await exchange.place_order(request)
+
+    # -- OCO pairs (a stop-loss and a take-profit placed as one order list) -----------------
+    async def _drive_leg(
+        self, conn: Conn, position: Position, order: Order, partner: Order
+    ) -> Position:
+        """A created OCO leg. With its partner also created the pair is sent (or, sent
+        before, reconciled) as one list. Otherwise the list reached the exchange (its other
+        leg is known there), so this leg exists too: look it up, never send it alone."""
+        if partner.status == "created":
+            stop, take = (order, partner) if order.purpose == "stop_loss" else (partner, order)
+            return await self.drive_pair(conn, position, stop, take)
+        exchange = self.ctx.router.for_position(position)
+        try:
+            state = await exchange.get_order(order.symbol, order.client_order_id)
+            if state is None:
+                await self._missing(conn, order)
+                raise LookLater(f"OCO leg {order.client_order_id} not visible yet")
+        except ExchangeError as exc:
+            self._outcome_unknown(order, exc)
+            return position
+        return await self.record(conn, exchange, position, order, state)
+
+    async def drive_pair(
+        self, conn: Conn, position: Position, stop: Order, take: Order
+    ) -> Position:
+        """Send a stop-loss and a take-profit as one OCO list, or bring a list that may
+        exist up to date; a rejection fails both legs."""
+        exchange = self.ctx.router.for_position(position)
+        try:
+            states = await self._pair_states(conn, exchange, stop, take)
+            if states is None:
+                states = await self._send_pair(conn, position, stop, take, exchange)
+                self.ctx.crash_point("stop_loss.sent")
+                self.ctx.crash_point("take_profit.sent")
+        except OrderRejected as exc:
+            return await self._rejected(conn, position, (stop, take), exc)
+        except ExchangeError as exc:  # outcome unknown, rate limited: look again later
+            self._outcome_unknown(stop, exc, oco=take.client_order_id)
+            return position
+        found = {s.client_order_id: s for s in states}
+        for leg in (stop, take):
+            state = found.get(leg.client_order_id)
+            if state is not None:
+                position = await self.record(conn, exchange, position, leg, state)
+        return position
+
+    async def _pair_states(
+        self, conn: Conn, exchange: Exchange, stop: Order, take: Order
+    ) -> tuple[OrderState, ...] | None:
+        """The exchange's view of a pair that may have been sent; None: send it now. The
+        legs are created together, so one leg found means the list exists; it is sent
+        again only when neither was found for ``resend_after`` lookups in a row."""
+        if stop.send_attempts == 0 and take.send_attempts == 0:
+            return None
+        states = []
+        for leg in (stop, take):
+            state = await exchange.get_order(leg.symbol, leg.client_order_id)
+            if state is not None:
+                states.append(state)
+        if states:
+            return tuple(states)
+        misses = [await self._missing(conn, leg) for leg in (stop, take)]
+        if min(misses) >= self.ctx.resend_after:
+            return None  # never arrived: safe to send with the same client ids
+        raise LookLater(f"OCO {stop.client_order_id} not visible yet ({min(misses)} lookups)")
+
+    async def _send_pair(
+        self, conn: Conn, position: Position, stop: Order, take: Order, exchange: Exchange
+    ) -> tuple[OrderState, ...]:
+        self.ctx.crash_point("stop_loss.committed")
+        async with conn.transaction():
+            for leg in (stop, take):
+                await conn.execute(q("exec_bump_send"), {"order_id": leg.id})
+        request = oco_request(stop, take)
+        self.ctx.log.info(
+            "oco_sending",
+            position_id=str(position.id),
+            list_client_order_id=request.list_client_order_id,
+            stop_client_order_id=request.stop_client_order_id,
+            take_profit_client_order_id=request.take_profit_client_order_id,
+            side=stop.side,
+            quantity=str(stop.quantity),
+        )
+        return await exchange.place_oco(request)
+
+
+def order_request(order: Order) -> OrderRequest:
+    """What is sent to the exchange for one order row."""
+    return OrderRequest(
+        symbol=order.symbol,
+        side=order.side,
+        type=order.type,
+        client_order_id=order.client_order_id,
+        quantity=None if order.quote_quantity else order.quantity,
+        quote_quantity=order.quote_quantity,
+        price=order.price,
+        stop_price=order.stop_price,
+    )
+
+
+def oco_request(stop: Order, take: Order) -> OcoRequest:
+    """What is sent to the exchange for an OCO pair: its stop-loss and take-profit rows."""
+    assert stop.stop_price is not None and take.stop_price is not None  # protective rows
+    return OcoRequest(
+        symbol=stop.symbol,
+        side=stop.side,
+        quantity=stop.quantity,
+        list_client_order_id=oco_list_id(stop.id),
+        stop_client_order_id=stop.client_order_id,
+        stop_price=stop.stop_price,
+        take_profit_client_order_id=take.client_order_id,
+        take_profit_price=take.stop_price,
+    )
