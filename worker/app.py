@@ -1,10 +1,13 @@
-"""The one place that wires the real adapters together and owns the task group.
+"""The composition root: the one place that builds the real adapters (pools, Redis, the
+exchanges), wires them together, owns the task group, and closes every client, server and
+thread it made.
 
-``App.run()`` is ``position-worker run``: pool + Redis + listener + dispatcher + lag sampler
-(+ the metrics endpoint), all children of one anyio task group. A child that crashes takes
-the process down with a non-zero exit (the supervisor restarts it) instead of leaving a
-half-alive daemon. SIGTERM/SIGINT: stop claiming, finish the batch in hand within
-``shutdown_grace_seconds``, close connections, return normally (exit 0).
+``App.run()`` is ``position-worker run``: pools + Redis + exchanges + listener + dispatcher +
+lag sampler + heartbeat (+ the engine's watcher, + the metrics endpoint), all children of
+one anyio task group. A child that crashes takes the process down with a non-zero exit (the
+supervisor restarts it) instead of leaving a half-alive daemon. SIGTERM/SIGINT: stop
+claiming, finish the batch in hand within ``shutdown_grace_seconds``, close the connections,
+the exchanges' HTTP clients and the metrics server, return normally (exit 0).
 """
 
 from __future__ import annotations
@@ -16,22 +19,26 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, Final
 
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
+from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
-from redis.exceptions import RedisError
 
 from worker.db.migrate import require_current_schema
-from worker.db.outbox import Outbox, translated_errors
+from worker.db.outbox import Outbox
 from worker.db.queries import q
-from worker.errors import DatabaseUnavailable
+from worker.driver_errors import translated_errors, translated_redis_errors
+from worker.errors import DatabaseUnavailable, StreamUnavailable
+from worker.exchanges.binance import BinanceClient
+from worker.exchanges.paper import from_settings as paper_from_settings
+from worker.execution.context import CrashPoint, no_crash_point
 from worker.execution.engine import Engine
-from worker.execution.exchanges import ExchangeRouter
 from worker.execution.handlers import add_execution_handlers
-from worker.execution.setup import build_router
+from worker.execution.routing import ExchangeRouter
 from worker.execution.watcher import Watcher
 from worker.logs import get_logger
 from worker.metrics import POSITIONS_SAMPLE_SECONDS, Metrics
@@ -106,10 +113,49 @@ def make_redis(settings: Settings) -> RedisClient:
     )
 
 
+def build_router(settings: Settings, owned: contextlib.AsyncExitStack) -> ExchangeRouter:
+    """The exchanges: paper always; Binance spot when BINANCE_API_KEY and BINANCE_API_SECRET
+    are set. Their HTTP clients are closed with ``owned``."""
+    paper = paper_from_settings(settings)
+    owned.push_async_callback(paper.aclose)
+    live = None
+    key, secret = os.environ.get("BINANCE_API_KEY"), os.environ.get("BINANCE_API_SECRET")
+    if key and secret:
+        live = BinanceClient(
+            key,
+            secret,
+            base_url=settings.binance.base_url,
+            recv_window_ms=settings.binance.recv_window_ms,
+            timeout_s=settings.binance.timeout_seconds,
+        )
+        owned.push_async_callback(live.aclose)
+    return ExchangeRouter(paper=paper, live=live)
+
+
+async def serve_metrics(
+    metrics: Metrics, host: str, port: int, *, task_status: TaskStatus[None]
+) -> None:
+    """``/metrics`` on ``host:port`` for as long as this task runs: prometheus_client's
+    server answers in its own thread, which is shut down and joined when the task ends."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    task_status.started()
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(server.shutdown)  # returns once serving stopped
+            server.server_close()
+            await anyio.to_thread.run_sync(thread.join)
+
+
 ANALYZE_BACKLOG: Final = 5_000  # pending events from which the outbox is analyzed
 
 
 class App:
+    """One worker process. ``extra_handlers`` registers more handlers (tests); ``router``
+    gives the exchanges to trade on (tests, the demo: whoever made them closes them); when
+    None they are built from the settings and the environment, and closed by the app."""
+
     def __init__(
         self,
         settings: Settings,
@@ -117,6 +163,7 @@ class App:
         extra_handlers: ExtraHandlers | None = None,
         handle_signals: bool = True,
         router: ExchangeRouter | None = None,
+        crash_point: CrashPoint = no_crash_point,
     ) -> None:
         self.settings = settings
         self.name = worker_name()
@@ -125,6 +172,7 @@ class App:
         self.extra_handlers = extra_handlers
         self.handle_signals = handle_signals
         self.router = router
+        self.crash_point = crash_point  # the engine's, for recovery tests (testing/armed_worker)
         self.engine: Engine | None = None
         self.watcher: Watcher | None = None
         self.dispatcher: Dispatcher | None = None
@@ -143,23 +191,28 @@ class App:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        pool, outbox_pool = make_pool(s), make_outbox_pool(s)
-        client = make_redis(s)
-        await pool.open(wait=False)
-        await outbox_pool.open(wait=False)
+        owned = contextlib.AsyncExitStack()  # closed last to first, whatever happens
         started = False
         try:
+            pool, outbox_pool = make_pool(s), make_outbox_pool(s)
+            client = make_redis(s)
+            owned.push_async_callback(pool.close)
+            owned.push_async_callback(outbox_pool.close)
+            owned.push_async_callback(client.aclose)
+            await pool.open(wait=False)
+            await outbox_pool.open(wait=False)
             # Before anything starts: a database whose schema is not this code's is refused
             # with one MigrationError (one line and exit 2 from the CLI), nothing else logged.
             async with translated_errors(), pool.connection() as conn:
                 await require_current_schema(conn)
             started = True
-            await self._run(pool, outbox_pool, client, task_status)
+            router = self.router
+            if router is None and s.execution.enabled:
+                router = build_router(s, owned)
+            await self._run(pool, outbox_pool, client, router, task_status)
         finally:
             with anyio.move_on_after(5, shield=True):
-                await pool.close()
-                await outbox_pool.close()
-                await client.aclose()
+                await owned.aclose()
             if started:
                 self.log.info(
                     "worker_stopped", processed=self.dispatcher.processed if self.dispatcher else 0
@@ -170,13 +223,17 @@ class App:
         pool: AsyncConnectionPool[Any],
         outbox_pool: AsyncConnectionPool[Any],
         client: RedisClient,
+        router: ExchangeRouter | None,
         task_status: TaskStatus[None],
     ) -> None:
         s = self.settings
-        if s.execution.enabled:
-            router = self.router or build_router(s)
+        if s.execution.enabled and router is not None:
             self.engine = Engine(
-                pool, router, resend_after=s.execution.missing_lookups_before_resend, log=self.log
+                pool,
+                router,
+                resend_after=s.execution.missing_lookups_before_resend,
+                log=self.log,
+                crash_point=self.crash_point,
             )
             self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
         outbox = Outbox(outbox_pool, s.pipeline.lease_seconds)
@@ -201,10 +258,10 @@ class App:
         )
         listener = self.listener  # the dispatcher polls a steady stream: no wake-ups meanwhile
         self.dispatcher.on_polling = lambda on: listener.pause() if on else listener.resume()
-        if s.metrics.port:
-            self.metrics.serve(s.metrics.host, s.metrics.port)
         async with anyio.create_task_group() as tg:
             self._scope = tg.cancel_scope
+            if s.metrics.port:
+                await tg.start(partial(serve_metrics, self.metrics, s.metrics.host, s.metrics.port))
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
             await tg.start(self.listener.run)
@@ -270,15 +327,16 @@ class App:
                 "last_reconnect": "" if reconnect is None else str(reconnect),
                 "processed": str(self.dispatcher.processed if self.dispatcher else 0),
             }
-            with contextlib.suppress(RedisError):
-                await client.hset(key, mapping=fields)  # type: ignore[arg-type]
-                await client.expire(key, max(5, int(3 * interval)))
+            with contextlib.suppress(StreamUnavailable):
+                async with translated_redis_errors("heartbeat"):
+                    await client.hset(key, mapping=fields)  # type: ignore[arg-type]
+                    await client.expire(key, max(5, int(3 * interval)))
             await anyio.sleep(interval)
 
     async def _sample_lag(self, pool: AsyncConnectionPool[Any]) -> None:
         """Outbox lag for the metrics, every ``poll_interval``. A large backlog also gets the
         outbox analyzed (at most every 30 s): a burst can outrun autovacuum's statistics.
-        (The claim no longer depends on them for its worst trap, the waiting lookup:
+        (The claim does not depend on them for its worst trap, the waiting lookup:
         schema/0010; its plan is generic and cached, schema/0011.) Positions are counted by
         status on the same connection, at most every ``POSITIONS_SAMPLE_SECONDS``."""
         analyzed_at = counted_at = -1e9

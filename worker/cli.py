@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,12 @@ examples:
 
 
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """apply pending schema migrations (safe to re-run; concurrent runs are serialized)
+
+    example:
+      position-worker migrate
+      DATABASE_URL=postgresql://postgres@127.0.0.1/app position-worker migrate
+    """
     from worker.db.migrate import migrate
 
     applied = migrate(settings.database.url)
@@ -47,6 +54,14 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """run the worker: listen, publish every event to Redis Streams, run the handlers
+    (SIGTERM/SIGINT stop it gracefully); a database whose schema is not the one this
+    worker needs is refused with one line and exit 2
+
+    example:
+      position-worker run
+      DATABASE_URL=postgresql://u@db:5432/app REDIS_URL=redis://cache position-worker run
+    """
     import anyio
 
     from worker.app import App
@@ -57,6 +72,13 @@ def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """health probe: exit 0 only when the database, Redis and a LISTEN/NOTIFY round trip
+    work; exit 2 with one line, as run, when the database's schema is not the one this
+    worker needs (run migrate, or upgrade the worker)
+
+    example:
+      position-worker check && echo healthy
+    """
     import anyio
 
     from worker.ops.check import run_checks
@@ -69,6 +91,14 @@ def _cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    """positions by state, orders in flight, outbox lag, dead events, streams and their
+    consumer groups (pending entries, dead-letter streams)
+
+    example:
+      position-worker status
+      position-worker status --json | jq .outbox
+      position-worker status --watch --interval 5
+    """
     from worker.ops.status import collect_status, render_status, status_json, watch_status
 
     if args.watch:
@@ -80,6 +110,15 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    """follow a stream and print its entries as they arrive: one coloured line each on a
+    terminal, JSON lines otherwise
+
+    example:
+      position-worker tail                      # positions:events, new entries only
+      position-worker tail notifications --from-start
+      position-worker tail events --json | jq -r .fields.type
+      position-worker tail positions:events --from 1718000000000-0 --count 20
+    """
     from worker.ops.tail import run_tail
 
     return run_tail(
@@ -93,6 +132,12 @@ def _cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """re-queue parked (dead) events so the workers handle them again
+
+    example:
+      position-worker replay 1234
+      position-worker replay --all-dead
+    """
     import anyio
 
     from worker.ops.replay import replay_events
@@ -106,9 +151,19 @@ def _cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    """benchmark: NOTIFY ceiling vs a naive listener vs the worker (1 and 3 processes),
+    throughput, latency at fixed rates, backlog drain; embedded servers unless
+    DATABASE_URL/REDIS_URL are set (it creates its own databases and bench: streams);
+    prints the report, and writes the results as JSON (and a plot, SVG) only with --out
+
+    example:
+      position-worker bench --quick
+      position-worker bench --out bench-results.json
+    """
     from pathlib import Path
 
     from worker.ops.bench import run_bench, write_json
+    from worker.ops.bench_plot import svg_path_for, write_svg
     from worker.ops.bench_report import render
 
     def say(line: str) -> None:
@@ -120,11 +175,20 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     print(render(results))
     if args.out is not None:
         write_json(results, Path(args.out))
-        print(f"\nwritten to {args.out}")
+        plot = svg_path_for(Path(args.out))
+        write_svg(results, plot)
+        print(f"\nwritten to {args.out} (plot: {plot})")
     return 0
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """play a short session end to end on embedded PostgreSQL and Redis (no setup needed;
+    uses DATABASE_URL/REDIS_URL instead when set)
+
+    example:
+      position-worker demo
+      position-worker demo --keep   # leave the servers up, print URLs
+    """
     from worker.ops.demo import run_demo
 
     run_demo(keep=args.keep)
@@ -143,65 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="TOML settings file (optional)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add(
-        sub,
-        "migrate",
-        _cmd_migrate,
-        "apply pending schema migrations (safe to re-run; concurrent runs are serialized)",
-        "position-worker migrate\n  DATABASE_URL=postgresql://postgres@127.0.0.1/app "
-        "position-worker migrate",
-    )
-    run = _add(
-        sub,
-        "run",
-        _cmd_run,
-        "run the worker: listen, publish every event to Redis Streams, run the handlers "
-        "(SIGTERM/SIGINT stop it gracefully); a database whose schema is not the one this "
-        "worker needs is refused with one line and exit 2",
-        "position-worker run\n  DATABASE_URL=postgresql://u@db:5432/app REDIS_URL=redis://cache "
-        "position-worker run",
-    )
-    del run
-    check = _add(
-        sub,
-        "check",
-        _cmd_check,
-        "health probe: exit 0 only when the database, Redis and a LISTEN/NOTIFY round trip "
-        "work; exit 2 with one line, as run, when the database's schema is not the one this "
-        "worker needs (run migrate, or upgrade the worker)",
-        "position-worker check && echo healthy",
-    )
+    _add(sub, "migrate", _cmd_migrate)
+    _add(sub, "run", _cmd_run)
+    check = _add(sub, "check", _cmd_check)
     check.add_argument("--timeout", type=float, default=5.0, help="seconds per check")
-    status = _add(
-        sub,
-        "status",
-        _cmd_status,
-        "positions by state, orders in flight, outbox lag, dead events, streams and their "
-        "consumer groups (pending entries, dead-letter streams)",
-        "position-worker status\n  position-worker status --json | jq .outbox\n"
-        "  position-worker status --watch --interval 5",
-    )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument(
+    status = _add(sub, "status", _cmd_status)
+    _flag(status, "--json", "machine-readable output")
+    _flag(
+        status,
         "--watch",
-        action="store_true",
-        help="refresh until Ctrl-C: in place on a terminal, reports one after the other "
+        "refresh until Ctrl-C: in place on a terminal, reports one after the other "
         "elsewhere (one JSON line each with --json)",
     )
     status.add_argument(
         "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes"
     )
-    tail = _add(
-        sub,
-        "tail",
-        _cmd_tail,
-        "follow a stream and print its entries as they arrive: one coloured line each on a "
-        "terminal, JSON lines otherwise",
-        "position-worker tail                      # positions:events, new entries only\n"
-        "  position-worker tail notifications --from-start\n"
-        "  position-worker tail events --json | jq -r .fields.type\n"
-        "  position-worker tail positions:events --from 1718000000000-0 --count 20",
-    )
+    tail = _add(sub, "tail", _cmd_tail)
     tail.add_argument(
         "stream",
         nargs="?",
@@ -212,62 +233,45 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--from", dest="from_id", metavar="ID", help="start at this entry id (default: now)"
     )
-    start.add_argument("--from-start", action="store_true", help="start at the first entry")
+    _flag(start, "--from-start", "start at the first entry")
     tail.add_argument("--count", type=int, metavar="N", help="stop after N entries")
-    tail.add_argument("--json", action="store_true", help="JSON lines, even on a terminal")
-    replay = _add(
-        sub,
-        "replay",
-        _cmd_replay,
-        "re-queue parked (dead) events so the workers handle them again",
-        "position-worker replay 1234\n  position-worker replay --all-dead",
-    )
+    _flag(tail, "--json", "JSON lines, even on a terminal")
+    replay = _add(sub, "replay", _cmd_replay)
     replay.add_argument("event_id", nargs="?", type=int, help="the event id to re-queue")
-    replay.add_argument("--all-dead", action="store_true", help="re-queue every dead event")
-    demo = _add(
-        sub,
-        "demo",
-        _cmd_demo,
-        "play a short session end to end on embedded PostgreSQL and Redis (no setup needed; "
-        "uses DATABASE_URL/REDIS_URL instead when set)",
-        "position-worker demo\n  position-worker demo --keep   # leave the servers up, print URLs",
-    )
-    demo.add_argument("--keep", action="store_true", help="leave the servers running")
-    bench = _add(
-        sub,
-        "bench",
-        _cmd_bench,
-        "benchmark: NOTIFY ceiling vs a naive listener vs the worker (1 and 3 processes), "
-        "throughput, latency at fixed rates, backlog drain; embedded servers unless "
-        "DATABASE_URL/REDIS_URL are set (it creates its own databases and bench: streams); "
-        "prints the report, and writes the results as JSON only with --out",
-        "position-worker bench --quick\n  position-worker bench --out bench-results.json",
-    )
-    bench.add_argument("--quick", action="store_true", help="small run (< 1 min), for CI")
+    _flag(replay, "--all-dead", "re-queue every dead event")
+    demo = _add(sub, "demo", _cmd_demo)
+    _flag(demo, "--keep", "leave the servers running")
+    bench = _add(sub, "bench", _cmd_bench)
+    _flag(bench, "--quick", "small run (< 1 min), for CI")
     bench.add_argument(
         "--out",
         metavar="PATH",
-        help="also write the results as JSON to PATH (directories created; default: no file)",
+        help="also write the results as JSON to PATH and their plot beside it as SVG "
+        "(PATH with .svg; directories created; default: no file)",
     )
     return parser
 
 
 def _add(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    func: Command,
-    help_text: str,
-    example: str,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: Command
 ) -> argparse.ArgumentParser:
+    """The sub-command ``name``, run by ``func``: its docstring is the help (first
+    paragraph) and the examples (after ``example:``)."""
+    help_text, _, example = inspect.cleandoc(func.__doc__ or "").partition("\n\nexample:\n")
     parser = sub.add_parser(
         name,
-        help=help_text,
-        description=help_text,
-        epilog=f"example:\n  {example}",
+        help=" ".join(help_text.split()),
+        description=" ".join(help_text.split()),
+        epilog="example:\n" + "".join(f"{line}\n" for line in example.splitlines()).rstrip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)
     return parser
+
+
+def _flag(parser: argparse._ActionsContainer, name: str, help_text: str) -> None:
+    """An option that is off unless given."""
+    parser.add_argument(name, action="store_true", help=help_text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

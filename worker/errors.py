@@ -37,7 +37,7 @@ class Outage(WorkerError):
     """A server the worker needs is unavailable (``target``: ``database`` or ``redis``).
 
     Never the event's fault: raised from a handler (or classified as one by the dispatcher,
-    ``worker.pipeline.dispatcher.outage_of``), the event is deferred without counting an
+    ``worker.driver_errors.outage_of``), the event is deferred without counting an
     attempt, with a backoff shared by every event that meets the same outage."""
 
     target = "unknown"

@@ -1,4 +1,5 @@
-"""Prometheus metrics for operators (endpoint off by default: ``metrics.port``)."""
+"""Prometheus metrics for operators (endpoint off by default: ``metrics.port``; the app
+serves it, see worker/app.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,8 +21,8 @@ class BatchHistogram(Collector):
     """A histogram fed a batch of observations at a time (``observe_many``).
 
     prometheus_client's ``Histogram.observe`` takes a lock and walks the buckets for every
-    value (~2.5 us); the dispatcher observes one value per event, so it was a tenth of the
-    per-event cost of a backlog drain. Here a batch costs one lock and a bisect per value.
+    value (~2.5 us); the dispatcher observes one value per event, which would be a tenth of
+    the per-event cost of a backlog drain. Here a batch costs one lock and a bisect per value.
     Exposed exactly like a ``Histogram`` (``_bucket{le=...}``, ``_sum``, ``_count``).
     """
 
@@ -58,72 +59,62 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
+PREFIX: Final = "position_worker_"
+
+
 class Metrics:
     """One registry per worker (tests run several in one process)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.events_processed = Counter(
-            "position_worker_events_processed",
-            "Events published and handled",
-            ["kind"],
-            registry=r,
-        )
-        self.handler_failures = Counter(
-            "position_worker_handler_failures", "Handler failures", ["handler"], registry=r
-        )
-        self.events_dead = Counter(
-            "position_worker_events_dead", "Events parked as dead", registry=r
-        )
-        self.reconnects = Counter(
-            "position_worker_reconnects", "Reconnections", ["target"], registry=r
-        )
-        self.outbox_lag = Gauge(
-            "position_worker_outbox_lag_seconds", "Age of the oldest pending event", registry=r
-        )
-        self.outbox_pending = Gauge(
-            "position_worker_outbox_pending", "Events waiting to be handled", registry=r
-        )
-        self.wakeups_paused = Gauge(
-            "position_worker_wakeups_paused",
+        counter, gauge = self._counter, self._gauge
+        self.events_processed = counter("events_processed", "Events published and handled", "kind")
+        self.handler_failures = counter("handler_failures", "Handler failures", "handler")
+        self.events_dead = counter("events_dead", "Events parked as dead")
+        self.reconnects = counter("reconnects", "Reconnections", "target")
+        self.outbox_lag = gauge("outbox_lag_seconds", "Age of the oldest pending event")
+        self.outbox_pending = gauge("outbox_pending", "Events waiting to be handled")
+        self.wakeups_paused = gauge(
+            "wakeups_paused",
             "1 while the dispatcher polls on its own and the listener's wake-ups are paused",
-            registry=r,
         )
         self.publish_latency = Histogram(
-            "position_worker_publish_seconds",
+            f"{PREFIX}publish_seconds",
             "Time to publish one batch to Redis",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=r,
+            registry=self.registry,
         )
         self.commit_to_stream = BatchHistogram(
-            "position_worker_commit_to_stream_seconds",
+            f"{PREFIX}commit_to_stream_seconds",
             "From the event's database write to its stream entry",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
-            registry=r,
+            registry=self.registry,
         )
-        self.outage = Gauge(
-            "position_worker_outage",
+        self.outage = gauge(
+            "outage",
             "1 while the worker waits out an outage of the target (database, redis)",
-            ["target"],
-            registry=r,
+            "target",
         )
-        self.outage_deferrals = Counter(
-            "position_worker_outage_deferrals",
+        self.outage_deferrals = counter(
+            "outage_deferrals",
             "Events deferred, without counting an attempt, because of an outage",
-            ["target"],
-            registry=r,
+            "target",
         )
         for target in ("database", "redis"):
             self.outage.labels(target).set(0)  # exported before the first outage
             self.outage_deferrals.labels(target)
-        self.positions = Gauge(
-            "position_worker_positions",
+        self.positions = gauge(
+            "positions",
             f"Positions by status, counted every {POSITIONS_SAMPLE_SECONDS:.0f} s "
             "(the whole table: every replica reports the same counts)",
-            ["status"],
-            registry=r,
+            "status",
         )
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(f"{PREFIX}{name}", documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(f"{PREFIX}{name}", documentation, labels, registry=self.registry)
 
     def set_positions(self, counts: Mapping[str, int]) -> None:
         """One sample of ``positions_by_status``: a status with no positions reads 0, so a
@@ -131,7 +122,3 @@ class Metrics:
         others = sorted(counts.keys() - set(POSITION_STATUSES))  # none while the CHECK holds
         for status in (*POSITION_STATUSES, *others):
             self.positions.labels(status).set(counts.get(status, 0))
-
-    def serve(self, host: str, port: int) -> None:
-        """Expose ``/metrics`` on ``host:port`` (a daemon thread)."""
-        start_http_server(port, addr=host, registry=self.registry)

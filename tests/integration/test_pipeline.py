@@ -26,12 +26,13 @@ from tests.pipeline_support import (
     stream_entries,
     wait_for_stream,
 )
+from tests.stream_reads import entries_of
 from tests.support import insert_position, seed_owner
 from worker.app import App, ExtraHandlers
 from worker.events import Event
 from worker.lifecycle import position_transition_allowed
 from worker.metrics import Metrics
-from worker.pipeline.dispatcher import LINGER_MIN_EVENTS
+from worker.pipeline.claim_schedule import LINGER_MIN_EVENTS
 from worker.pipeline.handlers import Registry
 from worker.pipeline.listener import WAKEUP_CHANNEL, Listener
 from worker.settings import Settings
@@ -73,14 +74,14 @@ async def test_an_event_committed_below_the_claim_floor_is_still_published(
     db_url: str, redis_url: str
 ) -> None:
     """Ids are drawn at write time: a long transaction commits an id below events that were
-    handled long ago. Claims start from a floor (worker/pipeline/floor.py); the periodic
+    handled long ago. Claims start from a floor (worker/pipeline/claim_floor.py); the periodic
     full claim must still find it, and keep its position's order."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         owner = seed_owner(conn)
         straggler = insert_position(conn, owner)
     async with running(settings_for(db_url, redis_url)) as app:
         assert app.dispatcher is not None
-        floor = app.dispatcher._floor
+        floor = app.dispatcher.schedule.floor
         with psycopg.connect(db_url) as slow:  # the long transaction
             slow.execute("UPDATE positions SET status = 'submitting' WHERE id = %s", (straggler,))
             row = slow.execute("SELECT max(id) FROM position_events").fetchone()
@@ -112,8 +113,8 @@ async def _latency_of_one_more_event(db_url: str, redis_url: str, owner: Any) ->
             insert_position(conn, owner)
             committed = time.time()
         await wait_for_stream(redis_url, seen + 1, timeout=10)
-        entries = await client.xrevrange(EVENTS, count=1)
-        entry_ms = int(entries[0][0].split(b"-")[0])
+        [(entry_id, _)] = entries_of(await client.xrevrange(EVENTS, count=1))
+        entry_ms = int(entry_id.split("-")[0])
         return entry_ms / 1000 - committed
     finally:
         await client.aclose()
@@ -377,8 +378,11 @@ async def test_replay_requeues_dead_events_and_they_are_handled(
 
 def _dead(db_url: str) -> int:
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT count(*) FROM position_events WHERE dead_at IS NOT NULL")
-        return int(row.fetchone()[0])  # type: ignore[index]
+        row = conn.execute(
+            "SELECT count(*) FROM position_events WHERE dead_at IS NOT NULL"
+        ).fetchone()
+    assert row is not None  # count(*) always has a row
+    return int(row[0])
 
 
 async def test_a_publish_that_keeps_failing_backs_off_longer_each_time(

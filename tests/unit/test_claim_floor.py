@@ -1,8 +1,8 @@
-"""The claim floor (worker/pipeline/floor.py): what a claim may skip, and from when."""
+"""The claim floor (worker/pipeline/claim_floor.py): what a claim may skip, and from when."""
 
 from __future__ import annotations
 
-from worker.pipeline.floor import ClaimFloor
+from worker.pipeline.claim_floor import ClaimFloor
 
 
 def test_a_sighting_becomes_the_floor_only_once_it_has_settled() -> None:

@@ -1,4 +1,5 @@
-"""Symbol filters: parsing exchangeInfo, rounding, and the local pre-check."""
+"""Symbol filters: parsing exchangeInfo (worker.exchanges.binance_answers), rounding, and the
+local pre-check (worker.exchanges.filters)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.exchanges.base import FilterViolation, OrderRejected, OrderRequest
+from worker.exchanges.binance_answers import rules_from_exchange_info, symbol_rules
 from worker.exchanges.filters import (
     SymbolRules,
     check_order,
     format_decimal,
     round_price,
     round_quantity,
-    rules_from_exchange_info,
 )
 
 D = Decimal
@@ -31,7 +32,7 @@ BTC_INFO = {
         {"filterType": "NOTIONAL", "minNotional": "5.00000000", "applyMinToMarket": True},
     ],
 }  # fmt: skip
-RULES = SymbolRules.from_binance(BTC_INFO)
+RULES = symbol_rules(BTC_INFO)
 
 
 def test_parses_exchange_info_symbol() -> None:
@@ -50,7 +51,7 @@ def test_parses_exchange_info_symbol() -> None:
 
 def test_legacy_min_notional_filter_is_read() -> None:
     info = dict(BTC_INFO, filters=[{"filterType": "MIN_NOTIONAL", "minNotional": "10.0"}])
-    rules = SymbolRules.from_binance(info)
+    rules = symbol_rules(info)
     assert rules.min_notional == D("10") and rules.step_size == 0 and rules.tick_size == 0
 
 
@@ -187,4 +188,4 @@ def test_order_request_rejects_malformed_requests(kwargs: dict[str, object], pro
         "quantity": D("0.01"),
     }
     with pytest.raises(ValueError, match=problem):
-        OrderRequest(**{**base, **kwargs})  # type: ignore[arg-type]
+        OrderRequest(**{**base, **kwargs})  # type: ignore[arg-type]  # malformed on purpose

@@ -1,9 +1,11 @@
 """Outages are waited out, not dead-lettered: what a handler's exception says about the
-servers (worker.pipeline.dispatcher.outage_of, pure), and what the dispatcher does with it
+servers (worker.driver_errors.outage_of, pure), and what the dispatcher does with it
 (a batch that records its settlements instead of a database)."""
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -12,14 +14,17 @@ import psycopg
 import psycopg.errors as pe
 import pytest
 import redis.exceptions as re
+import structlog
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from worker.db.outbox import Batch, FailResult
+from worker.driver_errors import outage_of
 from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable, WorkerError
 from worker.events import Event
 from worker.metrics import Metrics
-from worker.pipeline.dispatcher import DISPATCHER, Dispatcher, outage_of
+from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.handlers import Registry
+from worker.pipeline.outages import DISPATCHER
 from worker.settings import PipelineSettings, StreamSettings
 
 pytestmark = pytest.mark.anyio
@@ -231,7 +236,7 @@ def sample(metrics: Metrics, name: str, target: str) -> float | None:
 
 
 async def run(dispatcher: Dispatcher, batch: RecordingBatch, *events: Event) -> int:
-    return await dispatcher._run_handlers(cast(Batch, batch), list(events))
+    return await dispatcher.handling.run(cast(Batch, batch), list(events))
 
 
 async def test_an_outage_defers_without_an_attempt_however_long_it_lasts() -> None:
@@ -316,6 +321,28 @@ async def test_an_error_of_the_event_still_counts_and_parks_it() -> None:
     assert not log.named("outage_started")
 
 
+async def test_a_handler_failure_is_logged_with_its_traceback() -> None:
+    """handler_failed and event_dead carry the exception; the JSON chain renders it as a
+    traceback (structlog's format_exc_info, as worker.logs configures it)."""
+    out = io.StringIO()
+    log = structlog.wrap_logger(
+        structlog.WriteLogger(out),
+        processors=[structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    )
+    handler = Flaky(RuntimeError("bad"), RuntimeError("worse"))
+    dispatcher, _, _ = make_dispatcher(handler, max_attempts=2)
+    dispatcher.handling.log = log
+    batch = RecordingBatch()
+    await run(dispatcher, batch, event(1))
+    await run(dispatcher, batch, event(1))
+    failed, dead = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert failed["event"] == "handler_failed" and dead["event"] == "event_dead"
+    for line, message in ((failed, "RuntimeError: bad"), (dead, "RuntimeError: worse")):
+        assert line["exception"].startswith("Traceback (most recent call last):")
+        assert line["exception"].rstrip().endswith(message)
+        assert "in __call__" in line["exception"]  # the handler's own frame
+
+
 async def test_retry_later_is_deferred_by_its_own_delay_and_is_no_outage() -> None:
     handler = Flaky(RetryLater(2.0, "exchange rate limit"))
     dispatcher, log, _ = make_dispatcher(handler)
@@ -335,8 +362,8 @@ async def test_a_position_waiting_out_an_outage_holds_back_its_later_events() ->
 
 async def test_an_outage_only_the_dispatcher_met_is_over_when_a_batch_commits() -> None:
     dispatcher, log, metrics = make_dispatcher(Flaky())
-    dispatcher._outage_met(DatabaseUnavailable("connection refused"), DISPATCHER)
-    dispatcher._outage_met(DatabaseUnavailable("connection refused"), DISPATCHER)
+    dispatcher.handling.outage_met(DatabaseUnavailable("connection refused"), DISPATCHER)
+    dispatcher.handling.outage_met(DatabaseUnavailable("connection refused"), DISPATCHER)
     assert len(log.named("outage_started")) == 1
     assert sample(metrics, "position_worker_outage", "database") == 1
     dispatcher._committed()
@@ -351,7 +378,7 @@ async def test_an_outage_a_handler_met_ends_with_that_handler_not_with_a_commit(
     dispatcher, log, _ = make_dispatcher(handler)
     batch = RecordingBatch()
     await run(dispatcher, batch, event(1))
-    dispatcher._outage_met(DatabaseUnavailable("connection refused"), DISPATCHER)
+    dispatcher.handling.outage_met(DatabaseUnavailable("connection refused"), DISPATCHER)
     dispatcher._committed()
     assert "database" in dispatcher.outages and not log.named("outage_over")
     dispatcher.outages["database"].retry_at = 0.0

@@ -1,7 +1,8 @@
 """The outbox side of ``position_events``: claim, finish, fail, replay. Thin, async.
 
-Driver errors are translated into :class:`worker.errors.DatabaseUnavailable` here, so the
-pipeline above never sees psycopg's exceptions.
+Driver errors are translated into :class:`worker.errors.DatabaseUnavailable` here (by
+:func:`worker.driver_errors.translated_errors`), so the pipeline above never sees psycopg's
+exceptions.
 """
 
 from __future__ import annotations
@@ -17,31 +18,16 @@ import anyio
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from worker.db.queries import q
-from worker.errors import DatabaseUnavailable
+from worker.driver_errors import translated_errors
 
 
 @dataclass(frozen=True, slots=True)
 class FailResult:
     attempts: int
     dead: bool
-
-
-@asynccontextmanager
-async def translated_errors() -> AsyncIterator[None]:
-    """Turn connection-level driver errors into DatabaseUnavailable."""
-    try:
-        yield
-    except (
-        psycopg.OperationalError,
-        psycopg.errors.AdminShutdown,
-        psycopg.errors.IdleInTransactionSessionTimeout,  # a claim held past the lease
-    ) as exc:
-        raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
-    except PoolTimeout as exc:
-        raise DatabaseUnavailable(f"no database connection available: {exc}") from exc
 
 
 @dataclass(slots=True)
@@ -165,7 +151,7 @@ class Outbox:
 
     @asynccontextmanager
     async def claim(self, limit: int, floor: int = 0) -> AsyncIterator[Batch]:
-        """Claim up to ``limit`` events with id >= ``floor`` (see worker/pipeline/floor.py);
+        """Claim up to ``limit`` events with id >= ``floor`` (see worker/pipeline/claim_floor.py);
         the batch commits when the block ends."""
         async with self.chain() as chain:
             yield await chain.claim(limit, floor)

@@ -1,21 +1,9 @@
 """The port the execution engine trades through: one small Protocol, value types, errors.
 
 Every exchange adapter (paper, Binance spot) implements :class:`Exchange` and translates
-its driver's failures into the hierarchy below, so the engine decides on meaning, not on
-HTTP codes:
-
-* :class:`OrderRejected` - definitive: the exchange refused, nothing happened. Record the
-  order failed with ``code`` and ``msg``. :class:`FilterViolation` is the local pre-check
-  flavour (nothing was sent).
-* :class:`OutcomeUnknown` - the request may or may not have been applied (timeout, dropped
-  connection, 5xx, -1006, -1007, duplicate client id). Reconcile with
-  :meth:`Exchange.get_order` by client order id; never re-send blindly.
-* :class:`RateLimited` - nothing was applied; wait ``retry_after_s`` before any request.
-* :class:`UnknownOrder` - the exchange has no (open) order with that id.
-* :class:`ClockSkew` - timestamp outside recvWindow; adapters resync and retry once, it only
-  escapes when the retry failed too (nothing was applied).
-
-All money is :class:`~decimal.Decimal`.
+its driver's failures into the errors of :mod:`worker.exchanges.errors` (re-exported here:
+the engine imports the whole port from this module). A symbol's trading rules are a
+:class:`~worker.exchanges.filters.SymbolRules`. All money is :class:`~decimal.Decimal`.
 """
 
 from __future__ import annotations
@@ -23,12 +11,42 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, Protocol, get_args
 
-from worker.errors import WorkerError
+from worker.exchanges.errors import (
+    ClockSkew,
+    DuplicateOrder,
+    ExchangeError,
+    FilterViolation,
+    OrderRejected,
+    OutcomeUnknown,
+    RateLimited,
+    UnknownOrder,
+)
+from worker.exchanges.filters import SymbolRules
 
-if TYPE_CHECKING:
-    from worker.exchanges.filters import SymbolRules
+__all__ = [
+    "CLIENT_ORDER_ID",
+    "FINAL_STATUSES",
+    "OPEN_STATUSES",
+    "ClockSkew",
+    "DuplicateOrder",
+    "Exchange",
+    "ExchangeError",
+    "ExchangeFill",
+    "FilterViolation",
+    "OcoRequest",
+    "OrderRejected",
+    "OrderRequest",
+    "OrderState",
+    "OrderType",
+    "OutcomeUnknown",
+    "PriceFeed",
+    "RateLimited",
+    "Side",
+    "SymbolRules",
+    "UnknownOrder",
+]
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit", "stop_loss", "take_profit"]
@@ -36,62 +54,6 @@ OrderType = Literal["market", "limit", "stop_loss", "take_profit"]
 CLIENT_ORDER_ID: Final = re.compile(r"^[a-zA-Z0-9\-_]{1,36}$")
 OPEN_STATUSES: Final = frozenset({"NEW", "PENDING_NEW", "PARTIALLY_FILLED", "PENDING_CANCEL"})
 FINAL_STATUSES: Final = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"})
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-class ExchangeError(WorkerError):
-    """Base of every error an exchange adapter raises."""
-
-
-class OrderRejected(ExchangeError):
-    """The exchange (or the local pre-check) refused the request. Nothing was applied."""
-
-    def __init__(self, code: int | None, msg: str) -> None:
-        self.code, self.msg = code, msg
-        super().__init__(f"rejected ({code}): {msg}" if code is not None else msg)
-
-
-class FilterViolation(OrderRejected):
-    """The order breaks a symbol filter; caught locally, nothing was sent."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(None, f"filter: {reason}")
-
-
-class OutcomeUnknown(ExchangeError):
-    """The request may have been applied. Reconcile by client order id, never re-send blindly."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        self.reason, self.code = reason, code
-        super().__init__(f"outcome unknown: {reason}")
-
-
-class DuplicateOrder(OutcomeUnknown):
-    """An open order already has this client id: an earlier send did arrive. Reconcile."""
-
-
-class RateLimited(ExchangeError):
-    """HTTP 429 (or 418: banned). No request may be sent for ``retry_after_s`` seconds."""
-
-    def __init__(self, retry_after_s: float, banned: bool) -> None:
-        self.retry_after_s, self.banned = retry_after_s, banned
-        what = "IP banned" if banned else "rate limited"
-        super().__init__(f"{what}: retry after {retry_after_s:.1f}s")
-
-
-class UnknownOrder(ExchangeError):
-    """The exchange does not know the order (-2013), or it is no longer open (-2011)."""
-
-    def __init__(self, code: int | None, msg: str) -> None:
-        self.code, self.msg = code, msg
-        super().__init__(f"unknown order ({code}): {msg}")
-
-
-class ClockSkew(ExchangeError):
-    """Request timestamp outside recvWindow (-1021). Nothing was applied; resync and retry."""
 
 
 # -- values ----------------------------------------------------------------------------------
@@ -111,14 +73,21 @@ class OrderRequest:
     stop_price: Decimal | None = None
 
     def __post_init__(self) -> None:
-        problem = _request_problem(self)
-        if problem:
-            raise ValueError(f"invalid order request {self.client_order_id!r}: {problem}")
+        _valid(f"order request {self.client_order_id!r}", _request_problem(self))
+
+
+def _valid(what: str, problem: str) -> None:
+    if problem:
+        raise ValueError(f"invalid {what}: {problem}")
+
+
+def _side_problem(side: str) -> str:
+    return "" if side in get_args(Side) else f"side must be buy or sell, not {side!r}"
 
 
 def _request_problem(req: OrderRequest) -> str:
-    if req.side not in get_args(Side):
-        return f"side must be buy or sell, not {req.side!r}"
+    if problem := _side_problem(req.side):
+        return problem
     if req.type not in get_args(OrderType):
         return f"unknown order type {req.type!r}"
     if not CLIENT_ORDER_ID.match(req.client_order_id):
@@ -154,14 +123,12 @@ class OcoRequest:
     take_profit_price: Decimal
 
     def __post_init__(self) -> None:
-        problem = _oco_problem(self)
-        if problem:
-            raise ValueError(f"invalid OCO request {self.list_client_order_id!r}: {problem}")
+        _valid(f"OCO request {self.list_client_order_id!r}", _oco_problem(self))
 
 
 def _oco_problem(req: OcoRequest) -> str:
-    if req.side not in get_args(Side):
-        return f"side must be buy or sell, not {req.side!r}"
+    if problem := _side_problem(req.side):
+        return problem
     ids = (req.list_client_order_id, req.stop_client_order_id, req.take_profit_client_order_id)
     if not all(CLIENT_ORDER_ID.match(i) for i in ids):
         return "client order ids must match ^[a-zA-Z0-9-_]{1,36}$"

@@ -17,10 +17,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final
 from urllib.parse import urlencode
 
 import httpx
@@ -32,19 +31,25 @@ from worker.exchanges.base import (
     OcoRequest,
     OrderRequest,
     OrderState,
-    OutcomeUnknown,
+    SymbolRules,
     UnknownOrder,
 )
-from worker.exchanges.binance_http import BinanceHttp, Clock, RateLimitGate, Secret, ticker_price
-from worker.exchanges.filters import (
-    SymbolRules,
-    check_order,
-    format_decimal,
-    round_price,
-    round_quantity,
+from worker.exchanges.binance_answers import (
+    oco_states,
+    order_state,
+    parsed,
     rules_from_exchange_info,
+    trade_page,
 )
-from worker.logs import get_logger
+from worker.exchanges.binance_http import (
+    BinanceHttp,
+    Clock,
+    HttpOwner,
+    RateLimitGate,
+    Secret,
+    ticker_price,
+)
+from worker.exchanges.filters import check_order, format_decimal, round_price, round_quantity
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -53,9 +58,6 @@ __all__ = [
     "BinancePublicPrices",
     "RateLimitGate",
     "Secret",
-    "oco_states",
-    "order_state",
-    "trade_fill",
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.binance.com"
@@ -69,11 +71,8 @@ _ORDER_TYPES: Final = {
     "take_profit": "TAKE_PROFIT",
 }
 
-log = get_logger("worker.exchanges.binance")
-T = TypeVar("T")
 
-
-class BinancePublicPrices:
+class BinancePublicPrices(HttpOwner):
     """Price feed from Binance public market data (no key): paper trading on real prices."""
 
     def __init__(
@@ -92,19 +91,8 @@ class BinancePublicPrices:
     async def price(self, symbol: str) -> Decimal:
         return await ticker_price(self._http, symbol)
 
-    async def aclose(self) -> None:
-        await self._http.client.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-
-class BinanceClient:
+class BinanceClient(HttpOwner):
     """The :class:`~worker.exchanges.base.Exchange` port on Binance spot REST."""
 
     def __init__(
@@ -137,40 +125,29 @@ class BinanceClient:
     def __repr__(self) -> str:
         return f"BinanceClient(base_url={self._http.base_url!r}, api_key=***, api_secret=***)"
 
-    async def aclose(self) -> None:
-        await self._http.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
     # -- the Exchange port ---------------------------------------------------------------------
 
     async def place_order(self, req: OrderRequest) -> OrderState:
         params = await self._order_params(req)
-        return _parsed(order_state, await self._signed("POST", "/api/v3/order", params))
+        return parsed(order_state, await self._signed("POST", "/api/v3/order", params))
 
     async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
         """``POST /api/v3/orderList/oco``: both legs stop-market (STOP_LOSS / TAKE_PROFIT),
         the quantity floored to the step size, the stops rounded to the tick size."""
         params = await self._oco_params(req)
         body = await self._signed("POST", "/api/v3/orderList/oco", params)
-        return _parsed(oco_states, body)
+        return parsed(oco_states, body)
 
     async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
         try:
-            return _parsed(order_state, await self._signed("GET", "/api/v3/order", params))
+            return parsed(order_state, await self._signed("GET", "/api/v3/order", params))
         except UnknownOrder:
             return None
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
-        return _parsed(order_state, await self._signed("DELETE", "/api/v3/order", params))
+        return parsed(order_state, await self._signed("DELETE", "/api/v3/order", params))
 
     async def get_fills(
         self, symbol: str, exchange_order_id: str, *, after: str | None = None
@@ -188,7 +165,7 @@ class BinanceClient:
                 "fromId": str(from_id),
                 "limit": str(self._trades_page_size),
             }
-            page = _parsed(_trade_page, await self._signed("GET", "/api/v3/myTrades", params))
+            page = parsed(trade_page, await self._signed("GET", "/api/v3/myTrades", params))
             found.update((f.trade_id, f) for f in page)
             if len(page) < self._trades_page_size:
                 break
@@ -215,7 +192,7 @@ class BinanceClient:
         body = await self._http.send("GET", "/api/v3/time")
         after = self._clock()
         self._offset_ms = int(body["serverTime"]) - round((before + after) * 500)
-        log.info("exchange_time_synced", offset_ms=self._offset_ms)
+        self._http.log.info("exchange_time_synced", offset_ms=self._offset_ms)
         return self._offset_ms
 
     async def _signed(self, method: str, path: str, params: Mapping[str, str]) -> Any:
@@ -224,7 +201,7 @@ class BinanceClient:
         try:
             return await self._send_signed(method, path, params)
         except ClockSkew:  # rejected before processing: safe to resync and send again
-            log.warning("exchange_clock_skew", method=method, path=path)
+            self._http.log.warning("exchange_clock_skew", method=method, path=path)
             await self.sync_time()
             return await self._send_signed(method, path, params)
 
@@ -315,66 +292,3 @@ def _wire_params(
     if stop is not None:
         params["stopPrice"] = format_decimal(stop)
     return params
-
-
-# -- parsing -------------------------------------------------------------------------------------
-
-
-def _parsed(parse: Callable[[Mapping[str, Any]], T], body: Any) -> T:
-    """A 2xx answer we cannot read means we do not know what happened."""
-    try:
-        return parse(body)
-    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-        raise OutcomeUnknown(f"unreadable answer: {type(exc).__name__}: {exc}") from exc
-
-
-def order_state(data: Mapping[str, Any]) -> OrderState:
-    """An order answer (POST FULL, GET, DELETE) as an OrderState; DELETE names the original id
-    ``origClientOrderId`` (its ``clientOrderId`` is the cancel's own id)."""
-    time_ms = int(data.get("transactTime") or data.get("updateTime") or data.get("time") or 0)
-    fills = tuple(
-        ExchangeFill(
-            trade_id=str(f["tradeId"]),
-            price=Decimal(str(f["price"])),
-            qty=Decimal(str(f["qty"])),
-            commission=Decimal(str(f["commission"])),
-            commission_asset=str(f["commissionAsset"]),
-            time_ms=time_ms,
-        )
-        for f in data.get("fills", ())
-    )
-    return OrderState(
-        client_order_id=str(data.get("origClientOrderId") or data["clientOrderId"]),
-        exchange_order_id=str(data["orderId"]),
-        status=str(data["status"]),
-        executed_qty=Decimal(str(data["executedQty"])),
-        cumulative_quote=Decimal(str(data["cummulativeQuoteQty"])),
-        fills=fills,
-        raw=dict(data),
-    )
-
-
-def oco_states(data: Mapping[str, Any]) -> tuple[OrderState, ...]:
-    """The legs of an order list answer (``orderReports``), as OrderStates."""
-    reports = data["orderReports"]
-    if not isinstance(reports, list) or len(reports) != 2:
-        raise ValueError(f"an OCO answer has two orderReports, got {reports!r}")
-    return tuple(order_state(r) for r in reports)
-
-
-def _trade_page(body: Any) -> list[ExchangeFill]:
-    if not isinstance(body, list):
-        raise TypeError(f"myTrades answered {type(body).__name__}, not a list")
-    return [trade_fill(t) for t in body]
-
-
-def trade_fill(trade: Mapping[str, Any]) -> ExchangeFill:
-    """One entry of ``GET /api/v3/myTrades``."""
-    return ExchangeFill(
-        trade_id=str(trade["id"]),
-        price=Decimal(str(trade["price"])),
-        qty=Decimal(str(trade["qty"])),
-        commission=Decimal(str(trade["commission"])),
-        commission_asset=str(trade["commissionAsset"]),
-        time_ms=int(trade["time"]),
-    )

@@ -2,10 +2,10 @@
 
 Shared by the signed :class:`~worker.exchanges.binance.BinanceClient` and the public price
 feed. Every failure leaves here as an :class:`~worker.exchanges.base.ExchangeError`
-(REFERENCE.md section 2): 429/418 -> RateLimited (and the gate closes for ``Retry-After``);
-5xx, 408, -1006, -1007, timeouts and dropped connections -> OutcomeUnknown; -1021 ->
-ClockSkew; -2011/-2013 -> UnknownOrder; "Duplicate order sent." -> DuplicateOrder; any other
-code -> OrderRejected with Binance's code and message.
+(Binance spot API docs, "Error codes" and "LIMITS"): 429/418 -> RateLimited (and the gate
+closes for ``Retry-After``); 5xx, 408, -1006, -1007, timeouts and dropped connections ->
+OutcomeUnknown; -1021 -> ClockSkew; -2011/-2013 -> UnknownOrder; "Duplicate order sent." ->
+DuplicateOrder; any other code -> OrderRejected with Binance's code and message.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 from urllib.parse import urlencode
 
 import httpx
 
-from worker.exchanges.base import (
+from worker.exchanges.errors import (
     ClockSkew,
     DuplicateOrder,
     ExchangeError,
@@ -35,7 +36,6 @@ _OUTCOME_UNKNOWN_CODES: Final = frozenset({-1006, -1007})
 _UNKNOWN_ORDER_CODES: Final = frozenset({-2011, -2013})
 
 Clock = Callable[[], float]
-log = get_logger("worker.exchanges.binance")
 
 
 class Secret:
@@ -76,7 +76,7 @@ class RateLimitGate:
 
 
 def classify_error(status: int, body: Any, retry_after_s: float) -> ExchangeError:
-    """Map a non-2xx Binance answer to the project's exception (REFERENCE.md section 2)."""
+    """Map a non-2xx Binance answer to the project's exception."""
     code, msg = _code_and_msg(body)
     if status in (418, 429):
         return RateLimited(retry_after_s, banned=status == 418)
@@ -117,6 +117,7 @@ class BinanceHttp:
         self.base_url = base_url.rstrip("/")
         self.gate = gate
         self.client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
+        self.log = get_logger("worker.exchanges.binance")
 
     async def send(
         self, method: str, path: str, query: str = "", headers: Mapping[str, str] | None = None
@@ -126,7 +127,7 @@ class BinanceHttp:
         try:
             response = await self.client.request(method, url, headers=headers)
         except httpx.TransportError as exc:  # timeouts, refused and dropped connections
-            log.warning("exchange_outcome_unknown", method=method, path=path, error=repr(exc))
+            self.log.warning("exchange_outcome_unknown", method=method, path=path, error=repr(exc))
             raise OutcomeUnknown(f"{method} {path}: {type(exc).__name__}") from exc
         return self._decode(method, path, response)
 
@@ -142,15 +143,34 @@ class BinanceHttp:
         error = classify_error(response.status_code, body, _retry_after(response.headers))
         if isinstance(error, RateLimited):
             self.gate.block(error.retry_after_s, error.banned)
-            log.warning(
+            self.log.warning(
                 "exchange_rate_limited",
                 path=path,
                 retry_after_s=error.retry_after_s,
                 banned=error.banned,
             )
         elif isinstance(error, OutcomeUnknown):
-            log.warning("exchange_outcome_unknown", method=method, path=path, reason=error.reason)
+            self.log.warning(
+                "exchange_outcome_unknown", method=method, path=path, reason=error.reason
+            )
         raise error
+
+
+class HttpOwner:
+    """``aclose()`` and ``async with`` for an adapter that owns a :class:`BinanceHttp`."""
+
+    _http: BinanceHttp
+
+    async def aclose(self) -> None:
+        await self._http.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
 
 async def ticker_price(http: BinanceHttp, symbol: str) -> Decimal:

@@ -1,4 +1,5 @@
-"""Symbol filters (Binance exchangeInfo): pure rounding and pre-checks, no I/O.
+"""A symbol's trading rules (Binance's exchangeInfo filters) and the pure rounding and
+pre-checks on them, no I/O.
 
 An order that breaks a filter fails here, before anything is sent, with a reason a person can
 read ("quantity 0.00000900 below minQty 0.00001000"), instead of a bare -1013 from Binance.
@@ -6,12 +7,10 @@ read ("quantity 0.00000900 below minQty 0.00001000"), instead of a bare -1013 fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
-from typing import Any
 
-from worker.exchanges.base import FilterViolation, OrderRejected
+from worker.exchanges.errors import FilterViolation
 
 ZERO = Decimal(0)
 
@@ -28,36 +27,6 @@ class SymbolRules:
     min_qty: Decimal
     max_qty: Decimal
     min_notional: Decimal
-
-    @classmethod
-    def from_binance(cls, info: Mapping[str, Any]) -> SymbolRules:
-        """Parse one entry of exchangeInfo's ``symbols`` list."""
-        filters = {f["filterType"]: f for f in info.get("filters", ())}
-        price = filters.get("PRICE_FILTER", {})
-        lot = filters.get("LOT_SIZE", {})
-        notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
-        return cls(
-            symbol=str(info["symbol"]),
-            base_asset=str(info["baseAsset"]),
-            quote_asset=str(info["quoteAsset"]),
-            tick_size=_dec(price.get("tickSize")),
-            step_size=_dec(lot.get("stepSize")),
-            min_qty=_dec(lot.get("minQty")),
-            max_qty=_dec(lot.get("maxQty")),
-            min_notional=_dec(notional.get("minNotional")),
-        )
-
-
-def rules_from_exchange_info(payload: Mapping[str, Any], symbol: str) -> SymbolRules:
-    """Find ``symbol`` in an exchangeInfo response; OrderRejected(-1121) when absent."""
-    for info in payload.get("symbols", ()):
-        if info.get("symbol") == symbol:
-            return SymbolRules.from_binance(info)
-    raise OrderRejected(-1121, f"Invalid symbol {symbol!r}.")
-
-
-def _dec(value: Any) -> Decimal:
-    return ZERO if value is None else Decimal(str(value))
 
 
 def round_quantity(rules: SymbolRules, quantity: Decimal) -> Decimal:
@@ -102,34 +71,41 @@ def check_order(
 
 
 def _check_quantity(rules: SymbolRules, quantity: Decimal) -> None:
-    name = rules.symbol
     if quantity < 0 or (quantity == 0 and rules.min_qty <= 0):
-        raise FilterViolation(f"{name} quantity must be positive, got {_n(quantity)}")
-    if quantity < rules.min_qty:
-        raise FilterViolation(f"{name} quantity {_n(quantity)} below minQty {_n(rules.min_qty)}")
+        raise FilterViolation(f"{rules.symbol} quantity must be positive, got {_n(quantity)}")
+    _at_least(rules, "quantity", quantity, "minQty", rules.min_qty)
     if rules.max_qty > 0 and quantity > rules.max_qty:
-        raise FilterViolation(f"{name} quantity {_n(quantity)} above maxQty {_n(rules.max_qty)}")
-    if rules.step_size > 0 and quantity % rules.step_size != 0:
         raise FilterViolation(
-            f"{name} quantity {_n(quantity)} not a multiple of {_n(rules.step_size)}"
+            f"{rules.symbol} quantity {_n(quantity)} above maxQty {_n(rules.max_qty)}"
         )
+    _on_grid(rules, "quantity", quantity, "", rules.step_size)
 
 
 def _check_price(rules: SymbolRules, price: Decimal) -> None:
-    if price <= 0:
-        raise FilterViolation(f"{rules.symbol} price must be positive, got {_n(price)}")
-    if rules.tick_size > 0 and price % rules.tick_size != 0:
-        raise FilterViolation(
-            f"{rules.symbol} price {_n(price)} not a multiple of tickSize {_n(rules.tick_size)}"
-        )
+    _positive(rules, "price", price)
+    _on_grid(rules, "price", price, "tickSize ", rules.tick_size)
 
 
 def _check_quote(rules: SymbolRules, quote: Decimal) -> None:
-    if quote <= 0:
-        raise FilterViolation(f"{rules.symbol} quote quantity must be positive, got {_n(quote)}")
-    if quote < rules.min_notional:
+    _positive(rules, "quote quantity", quote)
+    _at_least(rules, "quote quantity", quote, "minNotional", rules.min_notional)
+
+
+def _positive(rules: SymbolRules, what: str, value: Decimal) -> None:
+    if value <= 0:
+        raise FilterViolation(f"{rules.symbol} {what} must be positive, got {_n(value)}")
+
+
+def _at_least(rules: SymbolRules, what: str, value: Decimal, name: str, least: Decimal) -> None:
+    if value < least:
+        raise FilterViolation(f"{rules.symbol} {what} {_n(value)} below {name} {_n(least)}")
+
+
+def _on_grid(rules: SymbolRules, what: str, value: Decimal, name: str, unit: Decimal) -> None:
+    """``value`` is a multiple of ``unit`` (named ``name`` in the message), if one is set."""
+    if unit > 0 and value % unit != 0:
         raise FilterViolation(
-            f"{rules.symbol} quote quantity {_n(quote)} below minNotional {_n(rules.min_notional)}"
+            f"{rules.symbol} {what} {_n(value)} not a multiple of {name}{_n(unit)}"
         )
 
 

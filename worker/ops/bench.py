@@ -4,7 +4,7 @@ Everything runs in one invocation on the same servers (embedded PostgreSQL with 
 and embedded Valkey, or the servers named by DATABASE_URL / REDIS_URL). The bench creates
 its own databases (``pw_bench_*``) and uses ``bench:``-prefixed streams, so it never touches
 the configured database or streams. Load comes from a separate process
-(``worker.ops.loadgen``, 8 clients like pgbench). See README "Benchmark".
+(``worker.ops.loadgen``, 8 clients like pgbench). See docs/benchmarks.md.
 """
 
 from __future__ import annotations

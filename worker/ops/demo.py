@@ -22,7 +22,7 @@ from worker.db.migrate import migrate
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
 from worker.exchanges.paper_book import PaperConfig
 from worker.exchanges.prices import SyntheticPrices
-from worker.execution.exchanges import ExchangeRouter
+from worker.execution.routing import ExchangeRouter
 from worker.logs import configure_logging
 from worker.ops.demo_script import DemoSession
 from worker.settings import Settings, load_settings

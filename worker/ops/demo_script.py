@@ -47,8 +47,12 @@ class DemoSession:
                 await conn.execute(statement, self.ids)
             with anyio.fail_after(45):
                 await self._worked_example()
-                await self._short_take_profit()
-                await self._long_stop_loss()
+                await self._closed_by_protection(
+                    "short", "ETHUSDT", "2", "3000", "2690", take_profit="2700"
+                )
+                await self._closed_by_protection(
+                    "long", "SOLUSDT", "10", "150", "138", stop_loss="140"
+                )
                 await self._rejected_entry()
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute("SELECT * FROM positions ORDER BY created_at")
@@ -71,18 +75,15 @@ class DemoSession:
         await self.sql("SELECT request_position_exit(%s)", pid)
         await self.wait(pid, status="closed")
 
-    async def _short_take_profit(self) -> None:
-        self.price("ETHUSDT", "3000")
-        pid = await self.open("short", "ETHUSDT", "2", take_profit="2700")
+    async def _closed_by_protection(
+        self, side: str, symbol: str, qty: str, entry: str, then: str, **protection: str
+    ) -> None:
+        """A position opened at ``entry`` with a ``stop_loss`` or ``take_profit`` that the
+        price moving to ``then`` triggers."""
+        self.price(symbol, entry)
+        pid = await self.open(side, symbol, qty, **protection)
         await self.wait(pid, status="monitoring")
-        self.price("ETHUSDT", "2690")
-        await self.wait(pid, status="closed")
-
-    async def _long_stop_loss(self) -> None:
-        self.price("SOLUSDT", "150")
-        pid = await self.open("long", "SOLUSDT", "10", stop_loss="140")
-        await self.wait(pid, status="monitoring")
-        self.price("SOLUSDT", "138")
+        self.price(symbol, then)
         await self.wait(pid, status="closed")
 
     async def _rejected_entry(self) -> None:
@@ -115,7 +116,9 @@ class DemoSession:
     async def sql(self, statement: str, *args: Any) -> None:
         await self.conn.execute(statement, args)
 
-    async def wait(self, pid: uuid.UUID, *, status: str | None = None, held: str | None = None):  # type: ignore[no-untyped-def]
+    async def wait(
+        self, pid: uuid.UUID, *, status: str | None = None, held: str | None = None
+    ) -> None:
         while True:
             cur = await self.conn.execute(
                 "SELECT status, held_quantity FROM positions WHERE id = %s", (pid,)

@@ -7,7 +7,7 @@ quiet for ``probe_after`` seconds is probed with ``SELECT 1`` (a half-open socke
 silent forever); any failure reconnects with capped exponential backoff and jitter.
 
 Wake-ups can be paused (:meth:`Listener.pause`): while the dispatcher is busy claiming
-back to back (it polls on its own, see ``Dispatcher`` "polling"), every notification is
+back to back (it polls on its own, see worker/pipeline/polling.py), every notification is
 pure cost, about 120 us of this process's CPU plus PostgreSQL's work to deliver it, and at
 saturation that is more than the rest of the pipeline's cost per event. Paused, the
 connection UNLISTENs and is only probed; resumed, it LISTENs again and then asks for a

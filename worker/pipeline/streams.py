@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
+from worker.driver_errors import translated_redis_errors
 from worker.errors import StreamUnavailable
 from worker.settings import has_hash_tag
 
@@ -164,21 +165,15 @@ class StreamPublisher:
         if not publications:
             return []
         try:
-            return await self._publish(publications)
-        except redis_errors.NoScriptError:  # Redis restarted and forgot the script
-            self._sha = None
-            return await self._publish(publications)
-        except (
-            redis_errors.ConnectionError,
-            redis_errors.TimeoutError,
-            OSError,
-            redis_errors.ClusterError,  # the cluster is down, or kept redirecting
-            redis_errors.RedisClusterException,  # no node reachable, a slot not covered
-        ) as exc:
-            self._sha = None
-            raise StreamUnavailable(f"Redis unavailable: {exc}") from exc
-        except redis_errors.ResponseError as exc:
-            raise StreamUnavailable(f"Redis refused the publish: {exc}") from exc
+            async with translated_redis_errors("publish"):
+                try:
+                    return await self._publish(publications)
+                except redis_errors.NoScriptError:  # Redis restarted and forgot the script
+                    self._sha = None
+                    return await self._publish(publications)
+        except StreamUnavailable:
+            self._sha = None  # loaded again by the next publish, wherever it goes
+            raise
 
     async def _publish(self, publications: Sequence[Publication]) -> list[bool]:
         if self._sha is None:

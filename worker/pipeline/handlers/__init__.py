@@ -5,7 +5,7 @@ failure with the event, retries it with backoff and, after ``pipeline.max_attemp
 the event as dead (``position-worker status`` shows it; ``replay`` re-queues it). Not the
 event's fault, and no attempt counted: ``RetryLater`` (deferred by its delay) and an outage
 (``DatabaseUnavailable``, ``StreamUnavailable``, or a driver's connection error, pool
-timeout and the like: ``worker.pipeline.dispatcher.outage_of``), deferred until the
+timeout and the like: ``worker.driver_errors.outage_of``), deferred until the
 outage's backoff runs out. Handlers must be idempotent: after a crash an event may be
 handled again.
 """

@@ -8,8 +8,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from worker.db.outbox import translated_errors
 from worker.db.queries import q
+from worker.driver_errors import translated_errors
 from worker.events import Event
 
 

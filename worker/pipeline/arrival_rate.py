@@ -1,6 +1,6 @@
 """How fast events arrive, as one worker can tell from its claims. Pure: no I/O, no clock.
 
-The dispatcher lingers and polls (see worker/pipeline/dispatcher.py) when events arrive
+The dispatcher lingers and polls (see worker/pipeline/claim_schedule.py) when events arrive
 faster than its claims go round. Alone, a worker's claim finds every event committed since
 its previous claim, so what the claim found is the measure. When several workers share the
 stream, each claim finds only a share: three workers sharing 1,200 events/s found one or two
@@ -48,33 +48,3 @@ class Arrivals:
         if newest is not None:
             self._newest = newest if self._newest is None else max(self._newest, newest)
         return max(found, others)
-
-
-@dataclass(slots=True)
-class PollSwitch:
-    """When to poll: after ``start_after`` busy claims in a row, until ``end_after`` quiet
-    ones in a row. One quiet claim is not enough to stop: with other workers sharing the
-    stream, a claim can find nothing (and so learn nothing of the pace) while events pour
-    in. Disabled, it never switches on."""
-
-    start_after: int
-    end_after: int
-    enabled: bool = True
-    on: bool = False
-    _busy: int = 0  # busy claims in a row
-    _quiet: int = 0  # quiet claims in a row
-
-    def stop(self) -> bool:
-        """Switch polling off (the dispatcher backs off: nobody claims); whether it was on."""
-        was, self.on = self.on, False
-        return was
-
-    def after_claim(self, busy: bool) -> bool:
-        """Record a claim; whether that switched polling (on or off: see ``on``)."""
-        self._busy, self._quiet = (self._busy + 1, 0) if busy else (0, self._quiet + 1)
-        was = self.on
-        if self.on:
-            self.on = self._quiet < self.end_after
-        else:
-            self.on = self.enabled and self._busy >= self.start_after
-        return self.on != was

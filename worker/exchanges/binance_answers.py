@@ -1,0 +1,110 @@
+"""Binance spot's JSON answers read as the port's values: orders, OCO lists, trades, and a
+symbol's filters from exchangeInfo. Pure: no I/O. An answer that cannot be read raises
+OutcomeUnknown (see :func:`parsed`): a 2xx we cannot read means we do not know what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from worker.exchanges.base import (
+    ExchangeFill,
+    OrderRejected,
+    OrderState,
+    OutcomeUnknown,
+    SymbolRules,
+)
+
+T = TypeVar("T")
+
+
+def parsed(parse: Callable[[Mapping[str, Any]], T], body: Any) -> T:
+    """A 2xx answer we cannot read means we do not know what happened."""
+    try:
+        return parse(body)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise OutcomeUnknown(f"unreadable answer: {type(exc).__name__}: {exc}") from exc
+
+
+def order_state(data: Mapping[str, Any]) -> OrderState:
+    """An order answer (POST FULL, GET, DELETE) as an OrderState; DELETE names the original id
+    ``origClientOrderId`` (its ``clientOrderId`` is the cancel's own id)."""
+    time_ms = int(data.get("transactTime") or data.get("updateTime") or data.get("time") or 0)
+    fills = tuple(
+        ExchangeFill(
+            trade_id=str(f["tradeId"]),
+            price=Decimal(str(f["price"])),
+            qty=Decimal(str(f["qty"])),
+            commission=Decimal(str(f["commission"])),
+            commission_asset=str(f["commissionAsset"]),
+            time_ms=time_ms,
+        )
+        for f in data.get("fills", ())
+    )
+    return OrderState(
+        client_order_id=str(data.get("origClientOrderId") or data["clientOrderId"]),
+        exchange_order_id=str(data["orderId"]),
+        status=str(data["status"]),
+        executed_qty=Decimal(str(data["executedQty"])),
+        cumulative_quote=Decimal(str(data["cummulativeQuoteQty"])),
+        fills=fills,
+        raw=dict(data),
+    )
+
+
+def oco_states(data: Mapping[str, Any]) -> tuple[OrderState, ...]:
+    """The legs of an order list answer (``orderReports``), as OrderStates."""
+    reports = data["orderReports"]
+    if not isinstance(reports, list) or len(reports) != 2:
+        raise ValueError(f"an OCO answer has two orderReports, got {reports!r}")
+    return tuple(order_state(r) for r in reports)
+
+
+def trade_page(body: Any) -> list[ExchangeFill]:
+    if not isinstance(body, list):
+        raise TypeError(f"myTrades answered {type(body).__name__}, not a list")
+    return [trade_fill(t) for t in body]
+
+
+def trade_fill(trade: Mapping[str, Any]) -> ExchangeFill:
+    """One entry of ``GET /api/v3/myTrades``."""
+    return ExchangeFill(
+        trade_id=str(trade["id"]),
+        price=Decimal(str(trade["price"])),
+        qty=Decimal(str(trade["qty"])),
+        commission=Decimal(str(trade["commission"])),
+        commission_asset=str(trade["commissionAsset"]),
+        time_ms=int(trade["time"]),
+    )
+
+
+def symbol_rules(info: Mapping[str, Any]) -> SymbolRules:
+    """One entry of exchangeInfo's ``symbols`` list."""
+    filters = {f["filterType"]: f for f in info.get("filters", ())}
+    price = filters.get("PRICE_FILTER", {})
+    lot = filters.get("LOT_SIZE", {})
+    notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
+    return SymbolRules(
+        symbol=str(info["symbol"]),
+        base_asset=str(info["baseAsset"]),
+        quote_asset=str(info["quoteAsset"]),
+        tick_size=_dec(price.get("tickSize")),
+        step_size=_dec(lot.get("stepSize")),
+        min_qty=_dec(lot.get("minQty")),
+        max_qty=_dec(lot.get("maxQty")),
+        min_notional=_dec(notional.get("minNotional")),
+    )
+
+
+def rules_from_exchange_info(payload: Mapping[str, Any], symbol: str) -> SymbolRules:
+    """Find ``symbol`` in an exchangeInfo response; OrderRejected(-1121) when absent."""
+    for info in payload.get("symbols", ()):
+        if info.get("symbol") == symbol:
+            return symbol_rules(info)
+    raise OrderRejected(-1121, f"Invalid symbol {symbol!r}.")
+
+
+def _dec(value: Any) -> Decimal:
+    return Decimal(0) if value is None else Decimal(str(value))

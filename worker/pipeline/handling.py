@@ -1,0 +1,201 @@
+"""Running a claimed batch's handlers and settling each event in its claim.
+
+The handlers of each event run in order; the first failure of a position's event stops that
+position's later events in the batch (they stay pending, to keep per-position order). An
+event whose handlers all succeed is marked processed; a handler that raises RetryLater
+defers it by the delay it names; any other failure gets a retry delay and, after
+``max_attempts``, parks the event as dead (``handler_failed`` / ``event_dead``, with the
+traceback). A failure that is an outage (:func:`worker.driver_errors.outage_of`) is not the
+event's: it defers the event without counting an attempt and is waited out
+(worker/pipeline/outages.py). Every settlement is written in the claim's transaction.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worker.db.outbox import Batch
+from worker.driver_errors import outage_of
+from worker.errors import Outage, RetryLater
+from worker.events import Event, MalformedEvent, event_from_row, retry_delay
+from worker.metrics import Metrics
+from worker.pipeline.handlers import Registry
+from worker.pipeline.outages import Outages, OutageState
+from worker.settings import PipelineSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A claimed row that is not an event (unknown kind, malformed data): parked as dead."""
+
+    event_id: int
+    position_id: str
+    error: str
+
+
+def parsed(rows: Sequence[dict[str, Any]]) -> list[Event | Unreadable]:
+    items: list[Event | Unreadable] = []
+    for row in rows:
+        try:
+            items.append(event_from_row(row))
+        except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
+            position = str(row.get("position_id") or "")
+            items.append(Unreadable(int(row["id"]), position, str(exc)))
+    return items
+
+
+class HandlerRunner:
+    def __init__(
+        self, handlers: Registry, cfg: PipelineSettings, *, metrics: Metrics, log: Any
+    ) -> None:
+        self.handlers, self.cfg, self.metrics, self.log = handlers, cfg, metrics, log
+        self.outages = Outages(cap=cfg.reconnect_max_seconds)
+        self._rng = random.Random()
+        self._kind_counters: dict[str, Any] = {}
+
+    async def run(self, batch: Batch, items: Sequence[Event | Unreadable]) -> int:
+        """How many were handled; after a failure the position's later events wait (an
+        unreadable one too: parked only in its turn, so it never lets a later event of its
+        position overtake an earlier one that failed)."""
+        by_kind: dict[str, int] = {}
+        blocked: set[str] = set()
+        for item in items:
+            if item.position_id in blocked:
+                continue
+            if isinstance(item, Unreadable):
+                self.log.error("event_unreadable", event_id=item.event_id, error=item.error)
+                self.metrics.events_dead.inc()
+                await batch.mark_dead(item.event_id, f"unreadable: {item.error}")
+            elif await self._handle(batch, item):
+                await batch.handled(item.event_id)
+                by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
+            else:
+                blocked.add(item.position_id)
+        for kind, count in by_kind.items():
+            self._processed_by_kind(kind).inc(count)
+        return sum(by_kind.values())
+
+    async def _handle(self, batch: Batch, event: Event) -> bool:
+        """Run the event's handlers in order; False when one did not succeed (the event is
+        deferred or failed, and its position's later events wait). Whether a handler that
+        met an outage is still waiting it out is decided before any of the event's handlers
+        runs, so the ones before it (the audit log) do not repeat themselves."""
+        handlers = self.handlers.for_event(event)
+        if self.outages.by_target:
+            now = time.monotonic()
+            for handler in handlers:
+                waiting = self.outages.waiting_out(handler.name, now)
+                if waiting is not None:
+                    await self._defer_for_outage(batch, event, handler.name, waiting, None)
+                    return False
+        for handler in handlers:
+            try:
+                await handler.handle(event)
+            except RetryLater as exc:
+                self.log.warning(
+                    "event_deferred",
+                    event_id=event.event_id,
+                    handler=handler.name,
+                    reason=str(exc),
+                    retry_in_seconds=round(exc.delay, 3),
+                )
+                await batch.defer(event.event_id, exc.delay, f"{handler.name}: {exc}")
+                return False
+            except Exception as exc:
+                outage = outage_of(exc)
+                if outage is None:
+                    await self._failed(batch, event, handler.name, exc)
+                    return False
+                state = self.outage_met(outage, handler.name, event.event_id)
+                self.outages.call_failed(state, time.monotonic())
+                await self._defer_for_outage(batch, event, handler.name, state, outage)
+                return False
+            if self.outages.by_target:
+                self.succeeded(handler.name)
+        return True
+
+    async def _defer_for_outage(
+        self,
+        batch: Batch,
+        event: Event,
+        handler: str,
+        state: OutageState,
+        outage: Outage | None,
+    ) -> None:
+        """Defer the event until the outage's backoff runs out, without counting an attempt.
+        ``outage``: what the handler's call just met; None when it was not called. Logged
+        at debug level only: the outage itself is logged once (``outage_started``)."""
+        delay = self.outages.retry_in(state, time.monotonic())
+        reason = f"{state.target} unavailable" + (f": {outage}" if outage is not None else "")
+        await batch.defer(event.event_id, delay, f"{handler}: {reason}")
+        state.deferred += 1
+        self.metrics.outage_deferrals.labels(state.target).inc()
+        self.log.debug(
+            "event_waiting_out_outage",
+            event_id=event.event_id,
+            position_id=event.position_id,
+            handler=handler,
+            target=state.target,
+            called=outage is not None,
+            retry_in_seconds=round(delay, 3),
+        )
+
+    def outage_met(self, outage: Outage, who: str, event_id: int | None = None) -> OutageState:
+        """``who`` (a handler, or the dispatcher) met an outage: the first sign of one is
+        logged (``outage_started``) and shown (``position_worker_outage{target} 1``)."""
+        state, started = self.outages.met(outage.target, who, time.monotonic())
+        if started:
+            self.metrics.outage.labels(outage.target).set(1)
+            self.log.warning(
+                "outage_started",
+                target=outage.target,
+                met_by=who,
+                event_id=event_id,
+                error=str(outage),
+            )
+        return state
+
+    def succeeded(self, who: str) -> None:
+        """``who`` succeeded: the outages that ends are logged once (``outage_over``)."""
+        now = time.monotonic()
+        for state in self.outages.succeeded(who):
+            self.metrics.outage.labels(state.target).set(0)
+            self.log.info(
+                "outage_over",
+                target=state.target,
+                seconds=round(now - state.started, 3),
+                deferred=state.deferred,
+                failed_calls=state.failed_calls,
+            )
+
+    async def _failed(self, batch: Batch, event: Event, handler: str, exc: Exception) -> None:
+        self.metrics.handler_failures.labels(handler).inc()
+        delay = retry_delay(
+            event.attempts + 1, self.cfg.retry_base_seconds, self.cfg.retry_max_seconds, self._rng
+        )
+        error = f"{handler}: {type(exc).__name__}: {exc}"
+        result = await batch.mark_failed(event.event_id, error, delay, self.cfg.max_attempts)
+        log = self.log.error if result.dead else self.log.warning
+        log(
+            "event_dead" if result.dead else "handler_failed",
+            event_id=event.event_id,
+            position_id=event.position_id,
+            type=event.type,
+            handler=handler,
+            error=error,
+            attempts=result.attempts,
+            retry_in_seconds=None if result.dead else round(delay, 3),
+            exc_info=exc,
+        )
+        if result.dead:
+            self.metrics.events_dead.inc()
+
+    def _processed_by_kind(self, kind: str) -> Any:
+        counter = self._kind_counters.get(kind)
+        if counter is None:
+            counter = self._kind_counters[kind] = self.metrics.events_processed.labels(kind)
+        return counter
