@@ -1,9 +1,11 @@
 """The benchmark report: medians over interleaved rounds, ratios paired by round; the JSON
-only where ``bench --out`` says."""
+and its plot (SVG) only where ``bench --out`` says."""
 
 from __future__ import annotations
 
 import json
+import math
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,10 @@ import pytest
 
 from worker.cli import build_parser, main
 from worker.ops import bench
+from worker.ops.bench_plot import axis_ticks, render_svg, svg_path_for, write_svg
 from worker.ops.bench_report import median_runs, render, round_ratios
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def _run(system: str, rate: float, round_: int, **extra: Any) -> dict[str, Any]:
@@ -124,12 +129,80 @@ def test_bench_without_out_prints_the_report_and_writes_no_file(
     assert list(Path.cwd().iterdir()) == []
 
 
-def test_bench_writes_its_json_only_at_out(
+def test_bench_writes_its_json_and_plot_only_at_out(
     fake_bench: list[bool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results" / "bench.json"
     assert main(["bench", "--out", str(out)]) == 0
     assert fake_bench == [False]
     assert json.loads(out.read_text())["saturation"] == RESULTS["saturation"]
+    plot = tmp_path / "results" / "bench.svg"
+    assert ET.parse(plot).getroot().tag == f"{SVG}svg"
     assert f"written to {out}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.svg"]
     assert list(Path.cwd().iterdir()) == []
+
+
+def _texts(svg: str) -> list[str]:
+    root = ET.fromstring(svg)  # raises on anything that is not well-formed XML
+    assert root.tag == f"{SVG}svg"
+    return [t.text or "" for t in root.iter(f"{SVG}text")]
+
+
+def _bars(svg: str) -> dict[str, float]:
+    """Each bar's tooltip -> its drawn height."""
+    root = ET.fromstring(svg)
+    return {
+        (rect.findtext(f"{SVG}title") or ""): float(rect.get("height", "nan"))
+        for rect in root.iter(f"{SVG}rect")
+        if rect.get("class") == "bar"
+    }
+
+
+def test_the_plot_is_well_formed_svg_with_the_figures() -> None:
+    svg = render_svg(
+        {**RESULTS, "servers": {"postgresql": "15.20", "redis": "7.0.15", "cpus": "2"}}
+    )
+    texts = _texts(svg)
+    # throughput at saturation: the median run of each system, the bars in proportion
+    for label in ("2,000", "1,800", "1,710", "ceiling", "naive", "worker-1"):
+        assert label in texts
+    bars = _bars(svg)
+    ceiling = bars["ceiling, ceiling: 2,000 events/s"]
+    assert bars["naive, naive: 1,800 events/s"] == pytest.approx(ceiling * 0.9, abs=0.2)
+    # p99 at a fixed offered rate, and the drain beside the prototype (lower medians)
+    assert "worker-1, 500 events/s: 3.0 ms" in bars
+    assert "3.0" in texts and "500 events/s" in texts
+    assert "worker-1, worker-1: 16,000 events/s" in bars
+    assert "prototype, prototype: 20,000 events/s" in bars
+    assert any("PostgreSQL 15.20" in t and "3 interleaved" in t for t in texts)
+    assert len(bars) == 3 + 1 + 2
+
+
+def test_the_plot_copes_with_gaps_and_escapes_text(tmp_path: Path) -> None:
+    quick = {
+        "saturation": [_run("naive", 900.0, 1), _run("worker-1", math.nan, 1)],
+        "fixed_rate": [{"system": "worker-1", "rate": 500.0, "p99_ms": None}],
+        "backlog": {"events": 10_000, "events_per_s": 12_345.6},
+        "servers": {"postgresql": "18 <beta> & co"},
+    }
+    out = tmp_path / "deep" / "quick.svg"
+    write_svg(quick, out)
+    texts = _texts(out.read_text(encoding="utf-8"))
+    assert "900" in texts and "-" in texts  # an unmeasured figure is a dash, not a bar
+    assert "12,346" in texts  # without backlog_runs: the worker's drain alone
+    assert any("18 <beta> & co" in t for t in texts)
+    assert "not measured" in _texts(render_svg({}))  # nothing at all still draws
+
+
+def test_the_plot_goes_beside_the_json() -> None:
+    assert svg_path_for(Path("out/results.json")) == Path("out/results.svg")
+    assert svg_path_for(Path("results")) == Path("results.svg")
+    assert svg_path_for(Path("plot.svg")) == Path("plot.svg.svg")  # never over the JSON
+
+
+def test_axis_ticks_are_round_numbers() -> None:
+    assert axis_ticks(3476) == (1000, 4)
+    assert axis_ticks(6.3) == (2, 4)
+    assert axis_ticks(32_704) == (10_000, 4)
+    assert axis_ticks(0.0) == (1, 1)
