@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import psycopg
 import redis
 
+from tests.stream_reads import fields_of, xread_entries
 from tests.support import Owner, seed_owner
 from worker.settings import PipelineSettings, Settings, load_settings
 
 EVENTS = "positions:events"
+
+T = TypeVar("T")
 
 # Walks through the lifecycle that the tests replay; each step is one committed change.
 PATHS: tuple[tuple[str, ...], ...] = (
@@ -106,7 +110,7 @@ def db_event_ids(db_url: str) -> list[int]:
 def stream_entries(redis_url: str, stream: str = EVENTS) -> list[dict[str, str]]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return [fields for _, fields in client.xrange(stream)]
+        return fields_of(client.xrange(stream))
     finally:
         client.close()
 
@@ -119,8 +123,8 @@ async def wait_for_stream(redis_url: str, count: int, timeout: float, stream: st
     try:
         with anyio.fail_after(timeout):
             while seen < count:
-                reply = await client.xread({stream: last}, count=1000, block=200)
-                for _, entries in reply or []:
+                entries = xread_entries(await client.xread({stream: last}, count=1000, block=200))
+                if entries:
                     seen += len(entries)
                     last = entries[-1][0]
     finally:
@@ -128,8 +132,9 @@ async def wait_for_stream(redis_url: str, count: int, timeout: float, stream: st
     return seen
 
 
-async def eventually(check: Any, timeout: float, interval: float = 0.05) -> Any:
-    """Re-evaluate ``check()`` until it returns a truthy value, or fail after ``timeout``."""
+async def eventually(check: Callable[[], T | None], timeout: float, interval: float = 0.05) -> T:
+    """Re-evaluate ``check()`` until it returns a truthy value (never None, then), and return
+    that value; or fail after ``timeout``."""
     with anyio.fail_after(timeout):
         while True:
             value = await anyio.to_thread.run_sync(check)

@@ -6,9 +6,12 @@ import json
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from worker.db.migrate import default_schema_dir
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,11 @@ def act_as(
     claims = json.dumps({"sub": str(user_id), "role": role}) if user_id else ""
     conn.execute("SELECT set_config('request.jwt.claims', %s, false)", (claims,))
     conn.execute(f"SET ROLE {role}")
+
+
+def schema_on_disk() -> Path:
+    """The shipped migrations' directory (to copy and edit): an installed or checked-out
+    package is a directory on disk, not a zip (default_schema_dir gives a Traversable)."""
+    shipped = default_schema_dir()
+    assert isinstance(shipped, Path), f"the migrations are not a directory on disk: {shipped!r}"
+    return shipped

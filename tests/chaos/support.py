@@ -1,6 +1,6 @@
 """Shared by the chaos scenarios: background load, worker fleets, and the invariant checks.
 
-The invariants (issue 6), each returned as a count or a list so that a scenario can print
+The invariants, each returned as a count or a list so that a scenario can print
 its summary line *before* asserting:
 
 * every committed event exactly once in ``positions:events`` (:func:`delivery`);
@@ -40,7 +40,7 @@ from worker.accounting import (
 )
 from worker.app import App
 from worker.exchanges.binance import BinanceClient
-from worker.execution.exchanges import ExchangeRouter
+from worker.execution.routing import ExchangeRouter
 from worker.settings import Settings
 from worker.testing.fake_binance import DEFAULT_SYMBOLS, FakeBinance
 from worker.testing.processes import WorkerProcess

@@ -38,7 +38,7 @@ from tests.execution_support import (
 )
 from tests.pipeline_support import stream_entries, worker_env
 from tests.support import Owner, act_as, insert_position, seed_owner
-from tests.test_helpers_sync import wait_until
+from tests.waits import wait_until
 from worker.lifecycle import POSITION_STATUSES, POSITION_TRANSITIONS
 from worker.testing.fake_binance import FakeBinance
 

@@ -1,4 +1,4 @@
-"""PostgreSQL crashes and outages are waited out, never dead-lettered (issue 16, item 3).
+"""PostgreSQL crashes and outages are waited out, never dead-lettered.
 
 * A claim whose connection is lost while its handlers run parks nothing: its settlement
   fails with the connection, the claim rolls back and the events are claimed again.
@@ -281,12 +281,12 @@ async def test_a_crash_while_draining_a_backlog_publishes_every_event_exactly_on
         # not yet appended, while PostgreSQL goes down.
         client = redis.Redis.from_url(redis_url)
         try:
-            client.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+            client.client_pause(60_000, all=False)  # CLIENT PAUSE 60000 WRITE
             try:
                 crash_postgres()
                 published_at_crash = int(client.xlen(EVENTS))
             finally:
-                client.execute_command("CLIENT", "UNPAUSE")
+                client.client_unpause()
         finally:
             client.close()
         crashed = time.monotonic()
@@ -350,8 +350,8 @@ async def test_a_database_outage_longer_than_the_attempts_is_waited_out(
     """An entry is on its way to the exchange when the database goes away for the engine:
     its sessions end and new ones are refused. Only the dispatcher's claim survives (the
     claim's own pool reconnects independently of the engine's: after a real outage it often
-    comes back first, which is when the engine's errors used to be counted against the
-    event). The outage lasts until the entry handler has failed on it three times.
+    comes back first: the engine's errors then must not be counted against the event).
+    The outage lasts until the entry handler has failed on it three times.
 
     Equivalent to a 30 s outage: what parks an event is the number of its handler calls
     that fail and are counted reaching ``max_attempts``, not the time the outage lasts. With

@@ -121,7 +121,7 @@ class Probe:
     conn: Conn
     statements: int = 0
 
-    def run(self, query: sql.Composable | str, params: Any = None) -> tuple[str, Any]:
+    def run(self, query: sql.SQL | sql.Composed | str, params: Any = None) -> tuple[str, Any]:
         """Run one statement in a transaction that is always rolled back:
         ("ok", rowcount or first value) or (SQLSTATE, message)."""
         self.statements += 1

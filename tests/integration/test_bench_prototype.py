@@ -6,6 +6,7 @@ import psycopg
 import redis
 
 from tests.pipeline_support import burst, db_event_ids
+from tests.stream_reads import fields_of
 from worker.ops.prototype import drain
 
 
@@ -15,7 +16,7 @@ def test_the_prototype_drains_every_pending_event_once(db_url: str, redis_url: s
     assert published == committed == len(db_event_ids(db_url)) and seconds > 0
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        ids = [int(f["event_id"]) for _, f in client.xrange("bench:prototype")]
+        ids = [int(f["event_id"]) for f in fields_of(client.xrange("bench:prototype"))]
     finally:
         client.close()
     assert ids == sorted(db_event_ids(db_url))  # each once, in id order

@@ -17,12 +17,15 @@ from worker.exchanges.base import (
     FilterViolation,
     OrderRejected,
     OrderRequest,
+    OrderType,
     OutcomeUnknown,
     RateLimited,
+    Side,
     UnknownOrder,
 )
 from worker.exchanges.binance import BinanceClient, BinancePublicPrices, RateLimitGate
 from worker.testing.fake_binance import FakeBinance, Fault, FaultKind
+from worker.testing.fake_binance.book import CommissionMode
 from worker.testing.fake_binance.orders import ApiError
 
 D = Decimal
@@ -66,12 +69,14 @@ async def client(fake: FakeBinance, clock: ManualClock) -> AsyncIterator[Binance
         yield c
 
 
-def market(cid: str, qty: str = "0.01", side: str = "buy", symbol: str = "BTCUSDT") -> OrderRequest:
-    return OrderRequest(symbol, side, "market", cid, quantity=D(qty))  # type: ignore[arg-type]
+def market(
+    cid: str, qty: str = "0.01", side: Side = "buy", symbol: str = "BTCUSDT"
+) -> OrderRequest:
+    return OrderRequest(symbol, side, "market", cid, quantity=D(qty))
 
 
-def limit(cid: str, price: str, qty: str = "0.01", side: str = "buy") -> OrderRequest:
-    return OrderRequest("BTCUSDT", side, "limit", cid, quantity=D(qty), price=D(price))  # type: ignore[arg-type]
+def limit(cid: str, price: str, qty: str = "0.01", side: Side = "buy") -> OrderRequest:
+    return OrderRequest("BTCUSDT", side, "limit", cid, quantity=D(qty), price=D(price))
 
 
 def posts(fake: FakeBinance, cid: str) -> int:
@@ -138,9 +143,14 @@ async def test_market_order_returns_decimal_fills(fake: FakeBinance, client: Bin
     ],
 )
 async def test_commission_assets(
-    fake: FakeBinance, client: BinanceClient, mode: str, side: str, asset: str, commission: str
+    fake: FakeBinance,
+    client: BinanceClient,
+    mode: CommissionMode,
+    side: Side,
+    asset: str,
+    commission: str,
 ) -> None:
-    fake.set_commission("0.001", mode)  # type: ignore[arg-type]
+    fake.set_commission("0.001", mode)
     state = await client.place_order(market("fee-1", side=side))
     assert (state.fills[0].commission_asset, state.fills[0].commission) == (asset, D(commission))
 
@@ -169,7 +179,8 @@ async def test_limit_order_rests_then_fills_when_price_crosses(
     state = await client.place_order(limit("lim-1", "49000"))
     assert state.status == "NEW" and state.is_open and state.fills == ()
     fake.set_price("BTCUSDT", "49500")
-    assert (await client.get_order("BTCUSDT", "lim-1")).status == "NEW"  # type: ignore[union-attr]
+    pending = await client.get_order("BTCUSDT", "lim-1")
+    assert pending is not None and pending.status == "NEW"
     fake.set_price("BTCUSDT", "48900")
     filled = await client.get_order("BTCUSDT", "lim-1")
     assert filled is not None and filled.status == "FILLED"
@@ -199,9 +210,14 @@ async def test_limit_order_partly_filled_then_cancelled(
     [("stop_loss", "45000", "44000", "44000"), ("take_profit", "60000", "61000", "61000")],
 )
 async def test_stop_orders_fire_when_price_moves(
-    fake: FakeBinance, client: BinanceClient, kind: str, stop: str, move_to: str, fill_price: str
+    fake: FakeBinance,
+    client: BinanceClient,
+    kind: OrderType,
+    stop: str,
+    move_to: str,
+    fill_price: str,
 ) -> None:
-    req = OrderRequest("BTCUSDT", "sell", kind, "exit-1", quantity=D("0.01"), stop_price=D(stop))  # type: ignore[arg-type]
+    req = OrderRequest("BTCUSDT", "sell", kind, "exit-1", quantity=D("0.01"), stop_price=D(stop))
     assert (await client.place_order(req)).status == "NEW"
     fake.set_price("BTCUSDT", move_to)
     state = await client.get_order("BTCUSDT", "exit-1")
@@ -220,7 +236,8 @@ async def test_stop_limit_order_triggers_then_fills_at_its_limit(
     await client.place_order(req)
     assert fake.requests_to("POST", ORDER)[0].params["type"] == "STOP_LOSS_LIMIT"
     fake.set_price("BTCUSDT", "45500")
-    assert (await client.get_order("BTCUSDT", "sll-1")).status == "NEW"  # type: ignore[union-attr]
+    resting = await client.get_order("BTCUSDT", "sll-1")
+    assert resting is not None and resting.status == "NEW"
     fake.set_price("BTCUSDT", "44950")
     state = await client.get_order("BTCUSDT", "sll-1")
     assert state is not None and state.status == "FILLED" and state.average_price == D("44900")

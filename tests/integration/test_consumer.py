@@ -24,7 +24,8 @@ from examples.consumer import (
     read_new,
     seen_key,
 )
-from tests.test_helpers_sync import wait_until
+from tests.stream_reads import entries_of, xadd_fields
+from tests.waits import wait_until
 from worker.events import Event, stream_fields
 
 STREAM = "positions:events"
@@ -56,7 +57,7 @@ def publish(client: redis.Redis, *event_ids: int) -> list[str]:
             new_status="open",
             data={"entry_price": "105.50000000", "side": "long"},
         )
-        ids.append(str(client.xadd(STREAM, stream_fields(event))))  # type: ignore[arg-type]
+        ids.append(str(client.xadd(STREAM, xadd_fields(stream_fields(event)))))
     return ids
 
 
@@ -78,7 +79,7 @@ class Recorder:
 
 def drain(client: redis.Redis, cfg: Config, handler: Recorder) -> list[Report]:
     """consume_once until a round finds nothing to do (no blocking: entries are there)."""
-    reports = []
+    reports: list[Report] = []
     while True:
         report = consume_once(client, cfg, handler)
         if not report.outcomes:
@@ -156,7 +157,7 @@ def test_a_poison_entry_is_dead_lettered_after_the_delivery_limit(client: redis.
     wait_until(dead_lettered, timeout=5)
     assert Counter(handler.event_ids()) == {"1": 1, "2": 3, "3": 1}
     assert [c.deliveries for c in handler.calls if c.event_id == "2"] == [1, 2, 3]
-    [(_, dead)] = client.xrange(DEAD)
+    [(_, dead)] = entries_of(client.xrange(DEAD))
     assert dead["event_id"] == "2"
     assert dead["type"] == "position.open"  # the original fields, then why
     assert dead["dead_entry_id"] == ids[1]
@@ -180,7 +181,7 @@ def test_an_entry_its_consumers_keep_crashing_on_is_dead_lettered_unhandled(
     report = consume_once(client, cfg, handler)
     assert report.outcomes == {entry_id: "dead"}
     assert handler.calls == []
-    [(_, dead)] = client.xrange(DEAD)
+    [(_, dead)] = entries_of(client.xrange(DEAD))
     assert dead["dead_reason"] == "delivered 4 times, never acknowledged"
     assert pending(client, cfg.group) == 0
 

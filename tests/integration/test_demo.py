@@ -47,7 +47,7 @@ def test_ctrl_c_during_the_demo_exits_130_and_leaves_no_server_behind() -> None:
     import subprocess
     import sys
 
-    from tests.test_helpers_sync import wait_until
+    from tests.waits import wait_until
 
     before = _server_pids()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.support import schema_on_disk
 from worker.db.migrate import (
     Migration,
     default_schema_dir,
@@ -76,7 +77,7 @@ def test_concurrent_migrate_applies_each_migration_once(empty_db_url: str) -> No
 
 def test_edited_applied_migration_is_refused(empty_db_url: str, tmp_path: Path) -> None:
     schema = tmp_path / "schema"
-    shutil.copytree(default_schema_dir(), schema)
+    shutil.copytree(schema_on_disk(), schema)
     migrate(empty_db_url, schema)
     first = sorted(schema.glob("0001_*.sql"))[0]
     first.write_text(first.read_text() + "\n-- edited\n")
@@ -86,7 +87,7 @@ def test_edited_applied_migration_is_refused(empty_db_url: str, tmp_path: Path) 
 
 def test_failing_migration_leaves_nothing_half_applied(empty_db_url: str, tmp_path: Path) -> None:
     schema = tmp_path / "schema"
-    shutil.copytree(default_schema_dir(), schema)
+    shutil.copytree(schema_on_disk(), schema)
     (schema / "9999_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n"
     )

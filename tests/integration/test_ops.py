@@ -28,6 +28,7 @@ import redis
 from psycopg_pool import AsyncConnectionPool
 
 from tests.pipeline_support import burst, eventually, settings_for
+from tests.stream_reads import xadd_fields
 from tests.support import insert_position, seed_owner
 from worker.app import App, ExtraHandlers
 from worker.db import migrate as migrations
@@ -172,7 +173,9 @@ async def after_a_burst(db_url: str, redis_url: str) -> dict[str, Any]:
     finally:
         client.close()
     with psycopg.connect(db_url) as conn:
-        by_state = dict(conn.execute("SELECT status, count(*) FROM positions GROUP BY 1"))
+        by_state: dict[str, int] = dict(
+            conn.execute("SELECT status, count(*) FROM positions GROUP BY 1")
+        )
     return {"positions": by_state, **counts(db_url)}
 
 
@@ -400,7 +403,7 @@ async def test_replay_all_dead_requeues_parked_events(
 def add_events(redis_url: str, *event_ids: int, stream: str = EVENTS) -> list[str]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return [str(client.xadd(stream, stream_fields(event(n)))) for n in event_ids]  # type: ignore[arg-type]
+        return [str(client.xadd(stream, xadd_fields(stream_fields(event(n))))) for n in event_ids]
     finally:
         client.close()
 

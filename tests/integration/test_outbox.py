@@ -272,14 +272,15 @@ def claimable_now(db_url: str, event_id: int) -> bool:
 def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
     db_url: str,
 ) -> None:
-    """On a fresh backlog, before ANALYZE, the planner once read the claim's waiting set
+    """On a fresh backlog, before ANALYZE, the planner may read the claim's waiting set
     through the pending index (a filter over every pending event, on every claim). Even
     with every other access path made expensive, that index must not answer it. (The
     claim's query is read out of the installed function, as the worker runs it.)"""
     two_positions_with_events(db_url)
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'outbox_claim'")
-        source = str(row.fetchone()[0])  # type: ignore[index]
+        row = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'outbox_claim'").fetchone()
+        assert row is not None, "no outbox_claim function"
+        source = str(row[0])
         query = source.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
         query = query.replace("p_floor", "0").replace("p_limit", "10")
         conn.execute("SET enable_seqscan = off")
@@ -301,12 +302,13 @@ def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
 )  # fmt: skip
 def test_event_times_read_as_text_match_isoformat(db_url: str, micros: int) -> None:
     """The claim reads occurred_at as PostgreSQL's UTC text (trailing zeros dropped); the
-    stream must carry exactly what datetime.isoformat() gives, as it did before."""
+    stream must carry exactly what datetime.isoformat() gives."""
     when = datetime(2026, 12, 1, 11, 14, 9, micros, tzinfo=UTC)
     with psycopg.connect(db_url) as conn:
         conn.execute("SET TimeZone = 'Asia/Kolkata'")  # the session zone must not matter
-        row = conn.execute("SELECT (%s::timestamptz AT TIME ZONE 'UTC')::text", (when,))
-        text = str(row.fetchone()[0])  # type: ignore[index]
+        row = conn.execute("SELECT (%s::timestamptz AT TIME ZONE 'UTC')::text", (when,)).fetchone()
+        assert row is not None
+        text = str(row[0])
     assert occurred_iso_from_text(text) == when.isoformat()
     assert datetime.fromisoformat(occurred_iso_from_text(text)) == when
 
@@ -324,7 +326,7 @@ async def test_an_error_text_with_a_nul_character_is_stored(
         await batch.mark_failed(a1, "exchange said \x00 nothing", delay=60, max_attempts=5)
         await batch.mark_dead(b1, "unreadable \x00")
     with psycopg.connect(db_url) as conn:
-        rows = dict(
+        rows: dict[int, str] = dict(
             conn.execute(
                 "SELECT id, last_error FROM position_events WHERE id IN (%s, %s)", (a1, b1)
             ).fetchall()

@@ -20,7 +20,7 @@ from tests.pipeline_support import (
     wait_for_stream,
     worker_env,
 )
-from tests.test_helpers_sync import wait_until
+from tests.waits import wait_until
 from worker.testing.processes import WorkerProcess
 
 pytestmark = pytest.mark.anyio

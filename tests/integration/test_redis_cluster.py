@@ -31,8 +31,9 @@ from psycopg_pool import AsyncConnectionPool
 from redis.crc import key_slot
 
 from tests.pipeline_support import burst, db_event_ids, eventually, settings_for, worker_env
+from tests.stream_reads import fields_of
 from tests.support import insert_position, seed_owner
-from tests.test_helpers_sync import wait_until
+from tests.waits import wait_until
 from worker.app import App, ExtraHandlers, make_redis
 from worker.db.outbox import Outbox
 from worker.events import Event, ai_monitoring_request_for, event_from_row, notification_for
@@ -118,7 +119,7 @@ def cluster_env(db_url: str, url: str, **pipeline: Any) -> dict[str, str]:
 def entries(url: str, stream: str) -> list[dict[str, str]]:
     client = redis.RedisCluster.from_url(url, decode_responses=True)
     try:
-        return [fields for _, fields in client.xrange(stream)]
+        return fields_of(client.xrange(stream))
     finally:
         client.close()
 
@@ -210,8 +211,8 @@ def test_the_streams_live_on_three_nodes(
 ) -> None:
     client = redis.RedisCluster.from_url(cluster_url)
     try:
-        nodes = {client.get_node_from_key(stream).port for stream in STREAMS}
         slots = {int(client.cluster_keyslot(stream)) for stream in STREAMS}  # CLUSTER KEYSLOT
+        nodes = {client.nodes_manager.get_node_from_slot(slot).port for slot in slots}
     finally:
         client.close()
     assert nodes == set(embedded_redis_cluster.ports)
@@ -326,9 +327,7 @@ async def test_committed_events_reach_the_three_streams_exactly_once(
         nodes.add(node)
         client = redis.Redis(host="127.0.0.1", port=node)
         try:
-            slots = {
-                int(client.execute_command("CLUSTER", "KEYSLOT", k)) for k in {stream, *hashes}
-            }
+            slots = {int(client.cluster("KEYSLOT", k)) for k in {stream, *hashes}}
         finally:
             client.close()
         assert slots == {key_slot(stream.encode())}

@@ -14,6 +14,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from tests.stream_reads import fields_of
 from worker.errors import StreamUnavailable
 from worker.pipeline.streams import BUCKET, CHUNK, Publication, StreamPublisher, dedupe_key
 
@@ -32,7 +33,7 @@ def entries(redis_url: str, stream: str = STREAM) -> list[tuple[str, str]]:
     """(position_id, event_id) of every entry, in stream order."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        return [(f["position_id"], f["event_id"]) for _, f in client.xrange(stream)]
+        return [(f["position_id"], f["event_id"]) for f in fields_of(client.xrange(stream))]
     finally:
         client.close()
 

@@ -12,8 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support import act_as
-from worker.db.migrate import default_schema_dir, migrate
+from tests.support import act_as, schema_on_disk
+from worker.db.migrate import migrate
 
 Conn = psycopg.Connection[Any]
 ROLES = ("PUBLIC", "anon", "authenticated", "service_role", "position_worker_operator")
@@ -201,7 +201,7 @@ def test_an_object_a_later_migration_forgets_stays_closed(
     """Under Supabase's default privileges a new table starts with ALL for anon; the next
     migration adds one without a word about grants."""
     schema = tmp_path / "schema"
-    shutil.copytree(default_schema_dir(), schema)
+    shutil.copytree(schema_on_disk(), schema)
     (schema / "0999_forgotten.sql").write_text(
         "CREATE TABLE forgotten (id int PRIMARY KEY, secret text);\n"
         "CREATE FUNCTION forgotten_fn() RETURNS int LANGUAGE sql AS 'SELECT 1';\n"

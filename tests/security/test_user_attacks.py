@@ -157,14 +157,14 @@ def test_after_insert_only_risk_columns_and_metadata_change(
 def test_a_chosen_position_id_sharing_another_users_prefix_does_no_harm(
     db_url: str, owner_conn: Conn, a: Owner, b: Owner
 ) -> None:
-    """Users may choose positions.id; client order ids no longer derive from it (they come
+    """Users may choose positions.id; client order ids do not derive from it (they come
     from the order row's own id, which only the worker writes), so sharing another
     position's 24 first hex digits takes nothing from it."""
     victim = _open(owner_conn, b)
     twin = uuid.UUID(victim.hex[:24] + uuid.uuid4().hex[24:])
     with _user(db_url, a) as user:
         assert insert_position(user, a, id=twin) == twin
-    from worker.execution.rules import client_order_id
+    from worker.execution.client_ids import client_order_id
 
     ids = {client_order_id(uuid.uuid4(), "scale_in") for _ in range(3)}
     assert not any(victim.hex[:24] in i or twin.hex[:24] in i for i in ids)
@@ -288,7 +288,7 @@ def test_an_entry_with_more_than_8_decimals_is_refused(
     db_url: str, owner_conn: Conn, a: Owner, column: str
 ) -> None:
     before = _everything(owner_conn)
-    extra = {"quantity": None, column: D("0.000000005")}
+    extra: dict[str, Any] = {"quantity": None, column: D("0.000000005")}
     with _user(db_url, a) as user, pytest.raises(psycopg.Error) as info:
         insert_position(user, a, **extra)
     assert info.value.sqlstate == "PW013"
@@ -312,7 +312,9 @@ def test_users_cannot_read_the_workers_delivery_state(
             for c in ("last_error", "attempts", "processed_at", "dead_at", "available_at", "*")
         ]
         audit = user.execute("SELECT * FROM position_audit").fetchall()
-        names = [d.name for d in user.execute("SELECT * FROM position_audit LIMIT 0").description]
+        described = user.execute("SELECT * FROM position_audit LIMIT 0").description
+        assert described is not None
+        names = [d.name for d in described]
     assert set(hidden) == {"42501: permission denied for table position_events"}
     assert len(audit) == 1 and "last_error" not in names and "attempts" not in names
     with _user(db_url, b) as other:

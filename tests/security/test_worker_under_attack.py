@@ -23,7 +23,7 @@ from tests.execution_support import (
     wait_status,
 )
 from tests.support import Owner, act_as, insert_position, seed_owner
-from worker.execution.rules import is_worker_order
+from worker.execution.client_ids import is_worker_order
 from worker.testing.fake_binance import FakeBinance
 
 pytestmark = pytest.mark.anyio

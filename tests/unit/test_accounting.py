@@ -7,6 +7,7 @@ oracle in the property tests), never taken from the module under test.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from decimal import ROUND_DOWN, Decimal
 
 import pytest
@@ -209,6 +210,8 @@ def test_validate_exit_quantity_accepts_up_to_the_holding() -> None:
     validate_exit_quantity(f, D("0.00000001"))
 
 
+# The calls below are ill-typed on purpose (floats, a tuple for a Fill): what is tested is
+# that they fail at run time too, hence their `type: ignore[arg-type]`.
 @pytest.mark.parametrize(
     "make",
     [
@@ -221,9 +224,9 @@ def test_validate_exit_quantity_accepts_up_to_the_holding() -> None:
         lambda: apply(PositionFigures("long", BTCUSDT), ("buy", D(1), D(1))),  # type: ignore[arg-type]
     ],
 )
-def test_floats_and_non_fills_are_type_errors(make: object) -> None:
+def test_floats_and_non_fills_are_type_errors(make: Callable[[], object]) -> None:
     with pytest.raises(TypeError):
-        make()  # type: ignore[operator]
+        make()
 
 
 @pytest.mark.parametrize(
@@ -244,7 +247,7 @@ def test_bad_fills_are_refused(kwargs: dict[str, object]) -> None:
         "fee_quote": D("0.1"),
     }  # fmt: skip
     with pytest.raises(AccountingError):
-        Fill(**{**base, **kwargs})  # type: ignore[arg-type]
+        Fill(**{**base, **kwargs})  # type: ignore[arg-type]  # bad values on purpose
 
 
 def test_bad_market_and_side_are_refused() -> None:
@@ -252,7 +255,7 @@ def test_bad_market_and_side_are_refused() -> None:
         with pytest.raises(AccountingError):
             Market(base, quote)
     with pytest.raises(AccountingError):
-        PositionFigures("flat", BTCUSDT)  # type: ignore[arg-type]
+        PositionFigures("flat", BTCUSDT)  # type: ignore[arg-type]  # not a Side, on purpose
     assert BTCUSDT.symbol == "BTCUSDT"
 
 

@@ -107,10 +107,10 @@ def test_exposed_names_are_what_prometheus_client_writes() -> None:
         assert family.startswith(PREFIX)
         assert names, family
     # families that already carry samples: the names derived from the type are all there
-    for family in Metrics().registry.collect():
-        written = {s.name for s in family.samples}
+    for metric in Metrics().registry.collect():
+        written = {s.name for s in metric.samples}
         if written:
-            assert {family.name + s for s in SUFFIXES[family.type]} <= written, family.name
+            assert {metric.name + s for s in SUFFIXES[metric.type]} <= written, metric.name
     assert "position_worker_events_dead_total" in EXPOSED  # a counter: _total
     assert "position_worker_positions" in EXPOSED  # labelled, no sample yet
     assert "position_worker_commit_to_stream_seconds_bucket" in EXPOSED

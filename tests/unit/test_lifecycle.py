@@ -29,7 +29,7 @@ SPEC_POSITION_EDGES = {
     ("closing", "closed"),
     ("closing", "failed"),
 }
-# Deliberate extensions (lifecycle.py docstring, README "Lifecycle").
+# Deliberate extensions (lifecycle.py docstring, docs/spec-conformance.md).
 EXTENSION_POSITION_EDGES = {
     ("created", "failed"),
     ("closing", "open"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -49,11 +50,11 @@ class ManualClock:
 
 
 def make(
-    prices: dict[str, str] | None = None, **config: object
+    prices: dict[str, str] | None = None, **config: Any
 ) -> tuple[FixedPrices, PaperExchange, ManualClock]:
     feed = FixedPrices({k: D(v) for k, v in (prices or {"BTCUSDT": "100"}).items()})
     clock = ManualClock()
-    cfg = PaperConfig(**config)  # type: ignore[arg-type]
+    cfg = PaperConfig(**config)
     return feed, PaperExchange(feed, clock=clock, config=cfg), clock
 
 
@@ -111,15 +112,16 @@ async def test_market_buy_fee_in_quote() -> None:
 
 
 async def test_reference_worked_example_through_the_paper_exchange() -> None:
-    """REFERENCE.md section 1: buy 0.5@100, 0.5@110, sell 0.4@120, 0.6@90, 0.1 % in USDT."""
+    """The accounting worked example: buy 0.5@100, 0.5@110, sell 0.4@120, 0.6@90, 0.1 % in USDT."""
     feed, paper, _ = make()
     fills: list[Fill] = []
-    for i, (side, price, qty) in enumerate(
-        [("buy", "100", "0.5"), ("buy", "110", "0.5"), ("sell", "120", "0.4")]
-    ):
+    steps: list[tuple[Side, str, str]] = [
+        ("buy", "100", "0.5"), ("buy", "110", "0.5"), ("sell", "120", "0.4")
+    ]  # fmt: skip
+    for i, (side, price, qty) in enumerate(steps):
         feed.set("BTCUSDT", D(price))
-        state = await paper.place_order(order(f"w{i}", side, qty=qty))  # type: ignore[arg-type]
-        fills += booked(side, list(state.fills))  # type: ignore[arg-type]
+        state = await paper.place_order(order(f"w{i}", side, qty=qty))
+        fills += booked(side, list(state.fills))
     partial = fold("long", BTC, fills)
     assert (partial.realized_pnl, partial.held_quantity, partial.entry_price) == (
         D("5.910"), D("0.6"), D(105),
@@ -524,4 +526,4 @@ async def test_from_settings_with_binance_public_prices() -> None:
 )
 def test_bad_paper_config(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        PaperConfig(**bad)  # type: ignore[arg-type]
+        PaperConfig(**bad)  # type: ignore[arg-type]  # bad values on purpose

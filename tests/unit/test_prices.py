@@ -58,7 +58,7 @@ def test_fixed_prices_refuse_non_positive_prices(bad: Decimal) -> None:
 
 def test_fixed_prices_refuse_floats() -> None:
     with pytest.raises(TypeError):
-        FixedPrices().set("BTCUSDT", 100.0)  # type: ignore[arg-type]
+        FixedPrices().set("BTCUSDT", 100.0)  # type: ignore[arg-type]  # a float, on purpose
 
 
 # -- SyntheticPrices -----------------------------------------------------------------------------
