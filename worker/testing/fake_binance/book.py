@@ -2,6 +2,9 @@
 
 Written independently of the real client's filter code, so a bug there is not mirrored here.
 Not thread-safe on its own: the server calls it under one lock.
+
+Over 300 lines on purpose: one matching engine (placing, resting, triggering, filling,
+fees) whose state must change under one lock.
 """
 
 from __future__ import annotations

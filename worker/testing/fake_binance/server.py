@@ -1,4 +1,8 @@
-"""The fake Binance server: HTTP, authentication, the fault queue, request records."""
+"""The fake Binance server: HTTP, authentication, the fault queue, request records.
+
+Over 300 lines on purpose: the HTTP surface of the fake (routes, signatures, faults,
+records) in one place; the matching engine is book.py.
+"""
 
 from __future__ import annotations
 
