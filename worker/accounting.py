@@ -6,7 +6,7 @@ is a ``TypeError``); arithmetic runs in a private 50-digit context whatever the 
 
     figures = fold("long", Market("BTC", "USDT"), fills)  # reduce(apply, fills, empty)
 
-Conventions (REFERENCE section 1):
+Conventions:
 
 * **A fee lands in one ledger, never two.** A fee in the *base* asset changes quantities only;
   one in quote or a third asset changes money only, by ``Fill.fee_quote`` (valued by the caller

@@ -14,7 +14,7 @@ def test_demo_summary_matches_hand_computed_figures(db_url: str, redis_url: str)
     out = io.StringIO()
     rows = {r["symbol"]: r for r in run_demo(False, out, db_url=db_url, redis_url=redis_url)}
     btc, eth, sol, bnb = rows["BTCUSDT"], rows["ETHUSDT"], rows["SOLUSDT"], rows["BNBUSDT"]
-    # REFERENCE §1 worked example: buy 0.5@100, buy 0.5@110, sell 0.4@120, sell 0.6@90
+    # the accounting worked example: buy 0.5@100, buy 0.5@110, sell 0.4@120, sell 0.6@90
     assert (btc["status"], btc["entry_price"], btc["exit_price"]) == ("closed", D(105), D(102))
     assert (btc["realized_pnl"], btc["realized_pnl_percent"]) == (D("-3.207"), D("-3.0512"))
     assert btc["fees_paid"] == D("0.207")

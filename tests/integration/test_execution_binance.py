@@ -33,7 +33,7 @@ def posts(fake: FakeBinance, cid: str) -> int:
 async def test_worked_example_through_scale_in_partial_and_full_exit(
     db_url: str, redis_url: str, fake: FakeBinance
 ) -> None:
-    """REFERENCE §1: buy 0.5@100, buy 0.5@110, sell 0.4@120, sell 0.6@90, fee 0.1 % USDT."""
+    """The accounting worked example: buy 0.5@100, 0.5@110, sell 0.4@120, 0.6@90, fee 0.1 % USDT."""
     _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False)
     async with live_worker(exec_settings(db_url, redis_url), fake):
         await wait_status(db_url, pid, "monitoring")

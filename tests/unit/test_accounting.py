@@ -1,4 +1,4 @@
-"""worker/accounting.py: REFERENCE section 1's worked example, fee cases, and invariants.
+"""worker/accounting.py: the worked example of the conventions, fee cases, and invariants.
 
 Expected figures are written out by hand (or computed from the raw fills by an independent
 oracle in the property tests), never taken from the module under test.
@@ -49,7 +49,7 @@ def sell(price: str, qty: str, fee: str = "0", asset: str = "USDT") -> Fill:
     return fill("sell", price, qty, fee, asset)
 
 
-# REFERENCE section 1: long BTCUSDT, fee 0.1 % paid in USDT.
+# The worked example: long BTCUSDT, fee 0.1 % paid in USDT.
 WORKED = [
     buy("100", "0.5", "0.05"),
     buy("110", "0.5", "0.055"),

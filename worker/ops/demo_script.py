@@ -3,7 +3,7 @@
 Every figure is hand-computable (fee 0.1 % in USDT, no slippage):
 
 * long BTCUSDT 0.5 @ 100, scale-in 0.5 @ 110, partial exit 0.4 @ 120, exit 0.6 @ 90:
-  REFERENCE §1's worked example, realized -3.207 USDT (-3.0512 %), fees 0.207;
+  the accounting worked example, realized -3.207 USDT (-3.0512 %), fees 0.207;
 * short ETHUSDT 2 @ 3000 with take-profit 2700, price falls to 2690: +608.62 (10.1335 %);
 * long SOLUSDT 10 @ 150 with stop-loss 140, price falls to 138: -122.88 (-8.1838 %);
 * long BNBUSDT 1: the exchange rejects the entry (insufficient balance): failed.
