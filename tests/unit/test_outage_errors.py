@@ -328,6 +328,7 @@ async def test_a_handler_failure_is_logged_with_its_traceback() -> None:
     log = structlog.wrap_logger(
         structlog.WriteLogger(out),
         processors=[structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.BoundLogger,  # whatever level an earlier test configured
     )
     handler = Flaky(RuntimeError("bad"), RuntimeError("worse"))
     dispatcher, _, _ = make_dispatcher(handler, max_attempts=2)
