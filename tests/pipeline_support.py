@@ -102,6 +102,15 @@ def _one_position(conn: psycopg.Connection[Any], owner: Owner, path: tuple[str, 
     return 1 + len(path)
 
 
+def pending(db_url: str) -> int:
+    """Events neither handled nor parked as dead."""
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM position_events WHERE processed_at IS NULL AND dead_at IS NULL"
+        ).fetchone()
+    return int(row[0]) if row else -1
+
+
 def db_event_ids(db_url: str) -> list[int]:
     with psycopg.connect(db_url) as conn:
         return [int(r[0]) for r in conn.execute("SELECT id FROM position_events ORDER BY id")]

@@ -57,6 +57,7 @@ from tests.pipeline_support import (
     burst,
     db_event_ids,
     eventually,
+    pending,
     settings_for,
     stream_entries,
     wait_for_stream,
@@ -103,14 +104,6 @@ def dead_and_attempts(db_url: str) -> tuple[int, int]:
         ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
-
-
-def pending(db_url: str) -> int:
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM position_events WHERE processed_at IS NULL AND dead_at IS NULL"
-        ).fetchone()
-    return int(row[0]) if row else -1
 
 
 def posted(fake: FakeBinance) -> int:

@@ -2,7 +2,7 @@
 the database converges to the exchange, with exactly one exchange order per intent.
 
 The kills are deterministic: a worker whose engine is given the crash points
-(:class:`ArmedWorker`: ``python -m worker.testing.armed_worker run``), started with
+(:func:`armed_worker`: ``python -m worker.testing.armed_worker run``), started with
 ``POSITION_WORKER_CRASH_AT=<point>``, SIGKILLs itself when it reaches that named step
 (``worker/testing/crashpoints.py``). A second worker, without the crash point, must then bring
 every position to the state and figures computed by hand below (BTCUSDT, 0.1 % commission
@@ -20,8 +20,6 @@ in USDT):
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -84,17 +82,9 @@ def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) ->
     }
 
 
-class ArmedWorker(WorkerProcess):
+def armed_worker(env: dict[str, str], log_path: Path) -> WorkerProcess:
     """A worker process whose execution engine calls the crash points."""
-
-    def _spawn(self, args: tuple[str, ...], stdout: Any) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker.testing.armed_worker", *args],
-            env=self.env,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    return WorkerProcess(env, log_path, module="worker.testing.armed_worker")
 
 
 def posted(fake: FakeBinance) -> int:
@@ -342,7 +332,7 @@ async def _crash_then_restart(
     env: dict[str, str], tmp_path: Path, point: str, before_crash: Callable[[], Awaitable[None]]
 ) -> WorkerProcess:
     """Run a worker armed with ``point`` until it SIGKILLs itself there; start a clean one."""
-    first = ArmedWorker({**env, CRASH_AT: point}, tmp_path / "first.log").start()
+    first = armed_worker({**env, CRASH_AT: point}, tmp_path / "first.log").start()
     try:
         await before_crash()
         code = first.wait(20)
@@ -413,7 +403,7 @@ async def test_three_workers_one_killed_between_send_and_record_every_position_c
     first wave almost always reaches it). Every position then opens with its protection,
     and closes on an exit requested for all of them, with one exchange order per intent."""
     env = live_env(db_url, redis_url, fake, batch_size=1)
-    armed = ArmedWorker({**env, CRASH_AT: "entry.sent"}, tmp_path / "armed.log")
+    armed = armed_worker({**env, CRASH_AT: "entry.sent"}, tmp_path / "armed.log")
     others = [WorkerProcess(env, tmp_path / f"worker{i}.log") for i in (1, 2)]
     fleet = [armed, *others]
     pids: dict[uuid.UUID, bool] = {}  # position -> is paper

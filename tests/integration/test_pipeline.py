@@ -22,6 +22,7 @@ from tests.pipeline_support import (
     burst,
     db_event_ids,
     eventually,
+    pending,
     settings_for,
     stream_entries,
     wait_for_stream,
@@ -47,21 +48,13 @@ async def running(settings: Settings, extra: ExtraHandlers | None = None) -> Asy
         yield app
 
 
-def pending_count(db_url: str) -> int:
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM position_events WHERE processed_at IS NULL AND dead_at IS NULL"
-        ).fetchone()
-    return int(row[0]) if row else -1
-
-
 async def test_a_thousand_live_changes_reach_the_stream_once_in_order(
     db_url: str, redis_url: str
 ) -> None:
     async with running(settings_for(db_url, redis_url)):
         committed = await anyio.to_thread.run_sync(burst, db_url, 1000)
         assert committed >= 1000
-        await eventually(lambda: pending_count(db_url) == 0, timeout=60)
+        await eventually(lambda: pending(db_url) == 0, timeout=60)
     entries = assert_exactly_once_in_order(db_url, redis_url)
     assert len(entries) == len(db_event_ids(db_url)) >= 1000
     # every transition in the stream is one the lifecycle allows
@@ -99,7 +92,7 @@ async def test_an_event_committed_below_the_claim_floor_is_still_published(
             lambda: str(held_id) in {e["event_id"] for e in stream_entries(redis_url)},
             timeout=10,
         )
-        await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+        await eventually(lambda: pending(db_url) == 0, timeout=10)
     assert_exactly_once_in_order(db_url, redis_url)
 
 
@@ -267,7 +260,7 @@ async def test_changes_committed_while_no_worker_runs_are_published_at_start(
     assert stream_entries(redis_url) == []
     async with running(settings_for(db_url, redis_url, batch_size=64)) as app:
         await wait_for_stream(redis_url, committed, timeout=30)
-        await eventually(lambda: pending_count(db_url) == 0, timeout=30)
+        await eventually(lambda: pending(db_url) == 0, timeout=30)
         assert app.dispatcher is not None
         # a backlog: every full batch's commit went with the next claim (one round trip)
         assert app.dispatcher.chained >= committed // 64 - 2
@@ -338,7 +331,7 @@ async def test_a_failing_handler_parks_its_event_and_the_rest_keep_flowing(
             return bool(row and row[0] == 2)
 
         await eventually(bad_is_dead, timeout=30)
-        await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+        await eventually(lambda: pending(db_url) == 0, timeout=10)
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT position_id, attempts, last_error, dead_at IS NOT NULL,"
@@ -366,10 +359,10 @@ async def test_replay_requeues_dead_events_and_they_are_handled(
     failing = {str(bad)}
     settings = settings_for(db_url, redis_url, max_attempts=2)
     async with running(settings, always_fail_for(failing)):
-        await eventually(lambda: not pending_count(db_url) and _dead(db_url) == 1, timeout=20)
+        await eventually(lambda: not pending(db_url) and _dead(db_url) == 1, timeout=20)
         failing.clear()  # downstream repaired
         assert await replay_events(settings, None) == db_event_ids(db_url)
-        await eventually(lambda: pending_count(db_url) == 0 and _dead(db_url) == 0, timeout=20)
+        await eventually(lambda: pending(db_url) == 0 and _dead(db_url) == 0, timeout=20)
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT processed_at IS NOT NULL FROM position_events").fetchone()
     assert row == (True,)
@@ -402,7 +395,7 @@ async def test_a_publish_that_keeps_failing_backs_off_longer_each_time(
                 insert_position(conn, seed_owner(conn))
             # delays 0.05-0.1, 0.1-0.2, 0.2-0.4, 0.25-0.5 s (reconnect_max_seconds 0.5)
             await eventually(lambda: dispatcher.failures_in_a_row >= 4, timeout=15)
-            assert pending_count(db_url) == 1  # rolled back every time, never lost
+            assert pending(db_url) == 1  # rolled back every time, never lost
             await client.delete(EVENTS)
             await wait_for_stream(redis_url, 1, timeout=10)
             await eventually(lambda: dispatcher.failures_in_a_row == 0, timeout=10)
@@ -430,7 +423,7 @@ async def test_malformed_notifications_and_unknown_events_do_not_stop_the_worker
             )
             conn.execute("UPDATE positions SET status = 'failed' WHERE id = %s", (pid,))
         await wait_for_stream(redis_url, 2, timeout=10)
-        await eventually(lambda: pending_count(db_url) == 0, timeout=10)
+        await eventually(lambda: pending(db_url) == 0, timeout=10)
         assert app.listener is not None and app.listener.connected
     assert _dead(db_url) == 1
     assert [e["new_status"] for e in stream_entries(redis_url)] == ["created", "failed"]
@@ -451,5 +444,5 @@ async def test_listener_connection_terminated_is_recovered(db_url: str, redis_ur
         await eventually(lambda: app.metrics.reconnects.labels("listener")._value.get() >= 1, 10)
         second = burst(db_url, 50, seed=2)
         await wait_for_stream(redis_url, first + second, timeout=20)
-        await eventually(lambda: pending_count(db_url) == 0, timeout=20)
+        await eventually(lambda: pending(db_url) == 0, timeout=20)
     assert_exactly_once_in_order(db_url, redis_url)

@@ -16,6 +16,7 @@ from tests.pipeline_support import (
     assert_exactly_once_in_order,
     burst,
     db_event_ids,
+    pending,
     stream_entries,
     wait_for_stream,
     worker_env,
@@ -38,16 +39,6 @@ def workers(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], WorkerProcess
     yield start
     for proc in started:
         proc.kill()
-
-
-def pending(db_url: str) -> int:
-    import psycopg
-
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM position_events WHERE processed_at IS NULL AND dead_at IS NULL"
-        ).fetchone()
-    return int(row[0]) if row else -1
 
 
 class Burst:

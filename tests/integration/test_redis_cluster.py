@@ -30,7 +30,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from redis.crc import key_slot
 
-from tests.pipeline_support import burst, db_event_ids, eventually, settings_for, worker_env
+from tests.pipeline_support import (
+    burst,
+    db_event_ids,
+    eventually,
+    pending,
+    settings_for,
+    worker_env,
+)
 from tests.stream_reads import fields_of
 from tests.support import insert_position, seed_owner
 from tests.waits import wait_until
@@ -142,14 +149,6 @@ def keys_by_node(cluster: EmbeddedRedisCluster) -> dict[int, set[str]]:
         finally:
             client.close()
     return found
-
-
-def pending(db_url: str) -> int:
-    with psycopg.connect(db_url) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM position_events WHERE processed_at IS NULL AND dead_at IS NULL"
-        ).fetchone()
-    return int(row[0]) if row else -1
 
 
 def db_events(db_url: str) -> list[Event]:

@@ -21,8 +21,16 @@ class WorkerProcess:
     process reads line by line (a Python reader of every audit line would compete with the
     worker for the CPU it is measured on)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, *, keep_lines: bool = True) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        keep_lines: bool = True,
+        module: str = "worker",  # what `python -m` runs (recovery tests: an armed worker)
+    ) -> None:
         self.env = {**os.environ, **env, "POSITION_WORKER__LOG__FORMAT": "json"}
+        self.module = module
         self.log_path = log_path
         self.keep_lines = keep_lines
         self.process: subprocess.Popen[str] | None = None
@@ -59,7 +67,7 @@ class WorkerProcess:
 
     def _spawn(self, args: tuple[str, ...], stdout: Any) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker", *args],
+            [sys.executable, "-m", self.module, *args],
             env=self.env,
             stdout=stdout,
             stderr=subprocess.STDOUT,
