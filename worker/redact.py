@@ -198,3 +198,20 @@ def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
     """Where a match of ``pattern`` at ``pos`` ends (``pos`` if there is none)."""
     match = pattern.match(text, pos)
     return pos if match is None else match.end()
+
+
+class Secret:
+    """A string that prints as ``***`` (repr, str, tracebacks with locals)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__

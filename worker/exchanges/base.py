@@ -15,6 +15,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 
 from worker.exchanges.errors import (
     ClockSkew,
+    CredentialsRejected,
     DuplicateOrder,
     ExchangeError,
     FilterViolation,
@@ -30,6 +31,7 @@ __all__ = [
     "FINAL_STATUSES",
     "OPEN_STATUSES",
     "ClockSkew",
+    "CredentialsRejected",
     "DuplicateOrder",
     "Exchange",
     "ExchangeError",

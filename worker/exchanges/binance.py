@@ -1,6 +1,7 @@
 """Binance spot REST adapter: a thin signed client on ``httpx.AsyncClient``.
 
-* Signed requests: HMAC-SHA256 (hex) of the exact query string sent, ``X-MBX-APIKEY``
+* Signed requests: the signature of the exact query string sent, by the account's key type
+  (HMAC-SHA256 hex, RSA or Ed25519 base64: :mod:`worker.exchanges.signing`), ``X-MBX-APIKEY``
   header, ``timestamp`` corrected by the server-time offset (``GET /api/v3/time``, synced on
   first use and again, with one retry, after -1021).
 * Symbol filters are applied before sending (quantity floored to stepSize, prices to
@@ -14,8 +15,6 @@ Base URLs: :data:`DEFAULT_BASE_URL`, or :data:`TESTNET_BASE_URL` for the spot te
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -31,6 +30,7 @@ from worker.exchanges.base import (
     OcoRequest,
     OrderRequest,
     OrderState,
+    OutcomeUnknown,
     SymbolRules,
     UnknownOrder,
 )
@@ -46,18 +46,18 @@ from worker.exchanges.binance_http import (
     Clock,
     HttpOwner,
     RateLimitGate,
-    Secret,
     ticker_price,
 )
 from worker.exchanges.filters import check_order, format_decimal, round_price, round_quantity
+from worker.exchanges.signing import Credentials
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "TESTNET_BASE_URL",
     "BinanceClient",
     "BinancePublicPrices",
+    "Credentials",
     "RateLimitGate",
-    "Secret",
 ]
 
 DEFAULT_BASE_URL: Final = "https://api.binance.com"
@@ -97,9 +97,10 @@ class BinanceClient(HttpOwner):
 
     def __init__(
         self,
-        api_key: str,
-        api_secret: str,
+        api_key: str | Credentials,
+        api_secret: str = "",
         *,
+        key_type: str = "hmac",
         base_url: str = DEFAULT_BASE_URL,
         clock: Clock = time.time,
         recv_window_ms: int = 5_000,
@@ -114,7 +115,11 @@ class BinanceClient(HttpOwner):
         if not 0 < trades_page_size <= MAX_TRADES_PAGE:
             raise ValueError(f"trades_page_size must be in 1..{MAX_TRADES_PAGE}")
         self._trades_page_size = trades_page_size
-        self._key, self._secret = Secret(api_key), Secret(api_secret)
+        self._credentials = (
+            api_key
+            if isinstance(api_key, Credentials)
+            else Credentials.of(api_key, api_secret, key_type)
+        )
         self._clock = clock
         self._recv_window_ms = recv_window_ms
         self._http = BinanceHttp(base_url, gate or RateLimitGate(clock), timeout_s, transport)
@@ -123,7 +128,8 @@ class BinanceClient(HttpOwner):
         self._rules_ttl_s = rules_ttl_s
 
     def __repr__(self) -> str:
-        return f"BinanceClient(base_url={self._http.base_url!r}, api_key=***, api_secret=***)"
+        key_type = self._credentials.key_type
+        return f"BinanceClient(base_url={self._http.base_url!r}, key_type={key_type}, key=***)"
 
     # -- the Exchange port ---------------------------------------------------------------------
 
@@ -184,6 +190,17 @@ class BinanceClient(HttpOwner):
     async def price(self, symbol: str) -> Decimal:
         return await ticker_price(self._http, symbol)
 
+    # -- the account ---------------------------------------------------------------------------
+
+    async def free_balances(self) -> dict[str, Decimal]:
+        """``GET /api/v3/account`` (weight 20): each asset's free balance. It also proves the
+        key: a key Binance refuses raises CredentialsRejected."""
+        body = await self._signed("GET", "/api/v3/account", {"omitZeroBalances": "true"})
+        try:
+            return {str(b["asset"]): Decimal(str(b["free"])) for b in body["balances"]}
+        except (KeyError, TypeError, ArithmeticError) as exc:
+            raise OutcomeUnknown(f"unreadable account answer: {type(exc).__name__}") from exc
+
     # -- time and signing ----------------------------------------------------------------------
 
     async def sync_time(self) -> int:
@@ -205,13 +222,19 @@ class BinanceClient(HttpOwner):
             await self.sync_time()
             return await self._send_signed(method, path, params)
 
+    @property
+    def used(self) -> dict[str, int]:
+        """The last ``X-MBX-*`` counters read: the IP's weight and this account's orders."""
+        return {**self._http.gate.used, **self._http.orders_gate.used}
+
     async def _send_signed(self, method: str, path: str, params: Mapping[str, str]) -> Any:
         timestamp = round(self._clock() * 1000) + (self._offset_ms or 0)
         query = urlencode({**params, "recvWindow": self._recv_window_ms, "timestamp": timestamp})
-        signature = hmac.new(self._secret.reveal().encode(), query.encode(), hashlib.sha256)
-        headers = {"X-MBX-APIKEY": self._key.reveal()}
+        signature = urlencode({"signature": self._credentials.sign(query)})
+        headers = {"X-MBX-APIKEY": self._credentials.api_key.reveal()}
+        new_order = method == "POST"  # an order or an order list: counted per account
         return await self._http.send(
-            method, path, f"{query}&signature={signature.hexdigest()}", headers
+            method, path, f"{query}&{signature}", headers, new_order=new_order
         )
 
     # -- filters -------------------------------------------------------------------------------

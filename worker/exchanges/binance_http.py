@@ -4,8 +4,9 @@ Shared by the signed :class:`~worker.exchanges.binance.BinanceClient` and the pu
 feed. Every failure leaves here as an :class:`~worker.exchanges.base.ExchangeError`
 (Binance spot API docs, "Error codes" and "LIMITS"): 429/418 -> RateLimited (and the gate
 closes for ``Retry-After``); 5xx, 408, -1006, -1007, timeouts and dropped connections ->
-OutcomeUnknown; -1021 -> ClockSkew; -2011/-2013 -> UnknownOrder; "Duplicate order sent." ->
-DuplicateOrder; any other code -> OrderRejected with Binance's code and message.
+OutcomeUnknown; -1021 -> ClockSkew; -1022/-2014/-2015 -> CredentialsRejected; -2011/-2013 ->
+UnknownOrder; "Duplicate order sent." -> DuplicateOrder; any other code -> OrderRejected
+with Binance's code and message.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import httpx
 
 from worker.exchanges.errors import (
     ClockSkew,
+    CredentialsRejected,
     DuplicateOrder,
     ExchangeError,
     OrderRejected,
@@ -34,34 +36,23 @@ from worker.logs import get_logger
 DEFAULT_RETRY_AFTER_S: Final = 60.0
 _OUTCOME_UNKNOWN_CODES: Final = frozenset({-1006, -1007})
 _UNKNOWN_ORDER_CODES: Final = frozenset({-2011, -2013})
+# errors.md: -1022 INVALID_SIGNATURE, -2014 BAD_API_KEY_FMT, -2015 REJECTED_MBX_KEY
+_CREDENTIAL_CODES: Final = frozenset({-1022, -2014, -2015})
+TOO_MANY_ORDERS: Final = -1015  # an ORDERS limit: per account, not per IP
 
 Clock = Callable[[], float]
 
 
-class Secret:
-    """A string that prints as ``***`` (repr, str, tracebacks with locals)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-
 class RateLimitGate:
-    """The instant before which no request may leave. Share one between clients of one IP."""
+    """The instant before which no request may leave. Share one between clients of one IP
+    (request weight is per IP); each account's client has its own for new orders (the
+    ORDERS limits are per account). ``used`` keeps the last ``X-MBX-*`` counters read."""
 
     def __init__(self, clock: Clock = time.time) -> None:
         self._clock = clock
         self._until = 0.0
         self._banned = False
+        self.used: dict[str, int] = {}
 
     def check(self) -> None:
         """Raise RateLimited, without touching the network, while blocked."""
@@ -84,6 +75,8 @@ def classify_error(status: int, body: Any, retry_after_s: float) -> ExchangeErro
         return OutcomeUnknown(f"HTTP {status} ({code}): {msg}", code)
     if code == -1021:
         return ClockSkew(msg)
+    if code in _CREDENTIAL_CODES:
+        return CredentialsRejected(code, msg)
     if code in _UNKNOWN_ORDER_CODES:
         return UnknownOrder(code, msg)
     if code == -2010 and "duplicate" in msg.lower():
@@ -116,13 +109,22 @@ class BinanceHttp:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.gate = gate
+        self.orders_gate = RateLimitGate()  # this account's own ORDERS limits
         self.client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self.log = get_logger("worker.exchanges.binance")
 
     async def send(
-        self, method: str, path: str, query: str = "", headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        *,
+        new_order: bool = False,
     ) -> Any:
         self.gate.check()
+        if new_order:
+            self.orders_gate.check()
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
         try:
             response = await self.client.request(method, url, headers=headers)
@@ -132,6 +134,8 @@ class BinanceHttp:
         return self._decode(method, path, response)
 
     def _decode(self, method: str, path: str, response: httpx.Response) -> Any:
+        _count(self.gate, response.headers, "x-mbx-used-weight-")
+        _count(self.orders_gate, response.headers, "x-mbx-order-count-")
         try:
             body = json.loads(response.content, parse_float=Decimal) if response.content else None
         except ValueError:
@@ -142,7 +146,10 @@ class BinanceHttp:
             return body
         error = classify_error(response.status_code, body, _retry_after(response.headers))
         if isinstance(error, RateLimited):
-            self.gate.block(error.retry_after_s, error.banned)
+            orders_only = _code_and_msg(body)[0] == TOO_MANY_ORDERS and not error.banned
+            (self.orders_gate if orders_only else self.gate).block(
+                error.retry_after_s, error.banned
+            )
             self.log.warning(
                 "exchange_rate_limited",
                 path=path,
@@ -154,6 +161,14 @@ class BinanceHttp:
                 "exchange_outcome_unknown", method=method, path=path, reason=error.reason
             )
         raise error
+
+
+def _count(gate: RateLimitGate, headers: httpx.Headers, prefix: str) -> None:
+    """Keep the ``X-MBX-USED-WEIGHT-(n)(unit)`` / ``X-MBX-ORDER-COUNT-(n)(unit)`` counters
+    (rest-api.md, "LIMITS") an answer carries."""
+    for name, value in headers.items():
+        if name.lower().startswith(prefix) and value.isdigit():
+            gate.used[name.lower()] = int(value)
 
 
 class HttpOwner:

@@ -9,6 +9,10 @@ decides on meaning, not on HTTP codes.
   ``Exchange.get_order`` by client order id; never re-send blindly.
 * :class:`RateLimited` - nothing was applied; wait ``retry_after_s`` before any request.
 * :class:`UnknownOrder` - the exchange has no (open) order with that id.
+* :class:`CredentialsRejected` - the account's key was refused (-1022 bad signature, -2014
+  bad key format, -2015 invalid key, IP or permissions). Nothing was applied, and it says
+  nothing about the order: the *account* is unusable until its key is fixed. Never record
+  an order rejection for it.
 * :class:`ClockSkew` - timestamp outside recvWindow; adapters resync and retry once, it only
   escapes when the retry failed too (nothing was applied).
 
@@ -67,6 +71,14 @@ class UnknownOrder(ExchangeError):
     def __init__(self, code: int | None, msg: str) -> None:
         self.code, self.msg = code, msg
         super().__init__(f"unknown order ({code}): {msg}")
+
+
+class CredentialsRejected(ExchangeError):
+    """The exchange refused the account's credentials; nothing was applied."""
+
+    def __init__(self, code: int | None, msg: str) -> None:
+        self.code, self.msg = code, msg
+        super().__init__(f"credentials rejected ({code}): {msg}")
 
 
 class ClockSkew(ExchangeError):
