@@ -73,7 +73,7 @@ async def live_worker(
     logger); ``client_options`` go to its BinanceClient."""
     options = {"timeout_s": 2.0, **client_options}
     async with BinanceClient(KEY, SECRET, base_url=fake.base_url, **options) as client:
-        app = App(settings, handle_signals=False, router=ExchangeRouter(paper=None, live=client))
+        app = App(settings, handle_signals=False, router=ExchangeRouter(None, client))
         if log is not None:
             app.log = log
         async with app.serving():

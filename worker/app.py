@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any, Final
 
@@ -35,9 +35,11 @@ from worker.db.migrate import require_current_schema
 from worker.db.outbox import Outbox
 from worker.db.queries import q
 from worker.driver_errors import translated_errors, translated_redis_errors
-from worker.errors import DatabaseUnavailable, StreamUnavailable
-from worker.exchanges.binance import BinanceClient
+from worker.errors import DatabaseUnavailable, SettingsError, StreamUnavailable
+from worker.exchanges.binance import BinanceClient, RateLimitGate
 from worker.exchanges.paper import from_settings as paper_from_settings
+from worker.exchanges.signing import credentials_from_env
+from worker.execution.accounts import AccountRegistry
 from worker.execution.context import CrashPoint, no_crash_point
 from worker.execution.engine import Engine
 from worker.execution.handlers import add_execution_handlers
@@ -51,6 +53,7 @@ from worker.pipeline.handlers.ai_monitoring import make_start_monitoring
 from worker.pipeline.handlers.audit_log import make_audit_log
 from worker.pipeline.listener import KEEPALIVES, Listener
 from worker.pipeline.streams import RedisClient, StreamPublisher
+from worker.sealing import Keyring
 from worker.settings import Settings
 
 HEARTBEAT_PREFIX = "pw:worker:"
@@ -116,23 +119,49 @@ def make_redis(settings: Settings) -> RedisClient:
     )
 
 
-def build_router(settings: Settings, owned: contextlib.AsyncExitStack) -> ExchangeRouter:
-    """The exchanges: paper always; Binance spot when BINANCE_API_KEY and BINANCE_API_SECRET
-    are set. Their HTTP clients are closed with ``owned``."""
+def build_router(
+    settings: Settings,
+    owned: contextlib.AsyncExitStack,
+    pool: AsyncConnectionPool[Any],
+    redis: RedisClient,
+    log: Any,
+) -> ExchangeRouter:
+    """The exchanges: paper always; each user's own Binance account (the registry); the
+    operator account (the environment's keys) only where ``accounts.operator_account`` opts
+    in. Their HTTP clients are closed with ``owned``."""
     paper = paper_from_settings(settings)
     owned.push_async_callback(paper.aclose)
-    live = None
-    key, secret = os.environ.get("BINANCE_API_KEY"), os.environ.get("BINANCE_API_SECRET")
-    if key and secret:
-        live = BinanceClient(
-            key,
-            secret,
+    gate = RateLimitGate()  # request weight is per IP: one gate for every account
+    operator = None
+    credentials = credentials_from_env()
+    if settings.accounts.operator_account:
+        if credentials is None:
+            raise SettingsError(
+                "config: accounts.operator_account is true, but BINANCE_API_KEY with"
+                " BINANCE_API_SECRET (or BINANCE_PRIVATE_KEY_FILE) is not set"
+            )
+        operator = BinanceClient(
+            credentials,
             base_url=settings.binance.base_url,
             recv_window_ms=settings.binance.recv_window_ms,
             timeout_s=settings.binance.timeout_seconds,
+            gate=gate,
         )
-        owned.push_async_callback(live.aclose)
-    return ExchangeRouter(paper=paper, live=live)
+        owned.push_async_callback(operator.aclose)
+    elif credentials is not None:
+        log.warning(
+            "operator_account_off",
+            detail="BINANCE_API_KEY is set but accounts.operator_account is false: unused",
+        )
+    streams = settings.streams
+
+    async def notify(fields: Mapping[str, str]) -> None:
+        entry: dict[Any, Any] = dict(fields)
+        await redis.xadd(streams.notifications, entry, maxlen=streams.maxlen, approximate=True)
+
+    accounts = AccountRegistry(pool, settings, Keyring.from_env(), notify, log, gate=gate)
+    owned.push_async_callback(accounts.aclose)
+    return ExchangeRouter(paper=paper, operator=operator, accounts=accounts)
 
 
 async def serve_metrics(
@@ -211,7 +240,7 @@ class App:
             started = True
             router = self.router
             if router is None and s.execution.enabled:
-                router = build_router(s, owned)
+                router = build_router(s, owned, pool, client, self.log)
             await self._run(pool, outbox_pool, client, router, task_status)
         finally:
             with anyio.move_on_after(5, shield=True):
@@ -237,6 +266,7 @@ class App:
                 resend_after=s.execution.missing_lookups_before_resend,
                 log=self.log,
                 crash_point=self.crash_point,
+                risk=s.risk,
             )
             self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
         outbox = Outbox(outbox_pool, s.pipeline.lease_seconds)
@@ -273,12 +303,25 @@ class App:
             tg.start_soon(self._heartbeat, client)
             if self.watcher is not None:
                 tg.start_soon(self.watcher.run)
+            if router is not None and router.accounts is not None:
+                tg.start_soon(self._keep_accounts, router.accounts)
             self.log.info(
                 "worker_started",
                 streams=[s.streams.events, s.streams.notifications, s.streams.ai_monitoring],
                 batch_size=s.pipeline.batch_size,
             )
             task_status.started()
+
+    async def _keep_accounts(self, accounts: AccountRegistry) -> None:
+        """Seal new secrets, check new keys, tell users of refused keys, close idle clients
+        (``AccountRegistry.maintain``), every ``accounts.check_interval``."""
+        while True:
+            try:
+                async with translated_errors():
+                    await accounts.maintain()
+            except Exception as exc:  # an outage or a bad row: logged, the next pass retries
+                self.log.warning("accounts_pass_failed", error=f"{type(exc).__name__}: {exc}")
+            await anyio.sleep(self.settings.accounts.check_interval)
 
     async def _dispatch_then_stop(self, scope: anyio.CancelScope) -> None:
         assert self.dispatcher is not None

@@ -195,6 +195,22 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_secrets_key(settings: Settings, args: argparse.Namespace) -> int:
+    """print a new key for POSITION_WORKER_SECRETS_KEY (32 random bytes, base64), which
+    seals users' exchange-account secrets where the database has no Supabase Vault; keep it
+    in the worker's secret store, never in the database or the repository
+
+    example:
+      position-worker secrets-key
+      # rotation: new key first, the old one after it, until every secret is sealed anew
+      POSITION_WORKER_SECRETS_KEY="$(position-worker secrets-key),$OLD_KEY"
+    """
+    from worker.sealing import new_key
+
+    print(new_key())
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -239,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = _add(sub, "replay", _cmd_replay)
     replay.add_argument("event_id", nargs="?", type=int, help="the event id to re-queue")
     _flag(replay, "--all-dead", "re-queue every dead event")
+    _add(sub, "secrets-key", _cmd_secrets_key)
     demo = _add(sub, "demo", _cmd_demo)
     _flag(demo, "--keep", "leave the servers running")
     bench = _add(sub, "bench", _cmd_bench)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,10 +101,32 @@ class PaperSettings:
 
 @dataclass(frozen=True, slots=True)
 class BinanceSettings:
-    # Keys come from the environment only: BINANCE_API_KEY, BINANCE_API_SECRET.
-    base_url: str = "https://api.binance.com"  # testnet: https://testnet.binance.vision
+    # Users' accounts say which of the two they trade: exchange 'binance' or 'binance_testnet'.
+    base_url: str = "https://api.binance.com"
+    testnet_base_url: str = "https://testnet.binance.vision"
     recv_window_ms: int = 5000
     timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSettings:
+    # Single-tenant deployments only: live positions with no account trade the account of the
+    # environment's keys (BINANCE_API_KEY + BINANCE_API_SECRET or BINANCE_PRIVATE_KEY_FILE).
+    operator_account: bool = False
+    idle_close_seconds: float = 600.0  # close an account's HTTP client unused this long
+    recheck_invalid_seconds: float = 300.0  # check an invalid account's key again this often
+    check_interval: float = 2.0  # seal new secrets and check new keys this often
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    # Defaults for every user; an operator overrides them per user in user_risk_limits.
+    # Notional is in the symbol's quote asset. 0 = no limit.
+    max_position_notional: Decimal = Decimal("10000")
+    max_open_positions: int = 20
+    max_open_notional: Decimal = Decimal("50000")
+    allowed_symbols: tuple[str, ...] = ()  # empty: every symbol the exchange lists
+    short_selling: str = "holdings"  # off | holdings (sell only base asset already held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +150,8 @@ class Settings:
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     paper: PaperSettings = field(default_factory=PaperSettings)
     binance: BinanceSettings = field(default_factory=BinanceSettings)
+    accounts: AccountSettings = field(default_factory=AccountSettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
@@ -140,13 +165,16 @@ _CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "log.format": ("auto", "json", "console"),
     "paper.feed": ("synthetic", "binance"),
     "paper.fee_asset": ("quote", "base", "BNB"),
+    "risk.short_selling": ("off", "holdings"),
 }
 _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "database.url": ("postgresql://", "postgres://"),
     "database.listen_url": ("postgresql://", "postgres://"),
     "redis.url": ("redis://", "rediss://", "unix://"),
     "binance.base_url": ("https://", "http://"),
+    "binance.testnet_base_url": ("https://", "http://"),
 }
+_SYMBOL: Final = re.compile(r"^[A-Z0-9]{2,20}$")
 
 
 def load_settings(
@@ -226,6 +254,8 @@ def _build_section(section: str, cls: Any, values: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, tuple):
+        return _coerce_symbols(key, value)
     if isinstance(default, bool):
         return _coerce_bool(key, value)
     if isinstance(default, Decimal):
@@ -238,6 +268,18 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         raise SettingsError(f"config: {key} must be a string, got {value!r}")
     _check_string(key, value)
     return value
+
+
+def _coerce_symbols(key: str, value: Any) -> tuple[str, ...]:
+    """A list of symbols: a TOML array of strings, or one comma-separated string (env)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise SettingsError(f'config: {key} must be a list of symbols such as ["BTCUSDT"]')
+    symbols = tuple(i.strip() for i in items if i.strip())
+    for symbol in symbols:
+        if not _SYMBOL.match(symbol):
+            raise SettingsError(f"config: {key}: {symbol!r} is not a symbol such as BTCUSDT")
+    return symbols
 
 
 def _coerce_decimal(key: str, value: Any) -> Decimal:

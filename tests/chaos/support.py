@@ -154,7 +154,7 @@ async def engine_worker(settings: Settings, fake: FakeBinance) -> AsyncIterator[
     recorded rather than raised into the scenario, which then reports it."""
     crashes = Crashes()
     async with BinanceClient(KEY, SECRET, base_url=fake.base_url, timeout_s=2.0) as client:
-        app = App(settings, handle_signals=False, router=ExchangeRouter(paper=None, live=client))
+        app = App(settings, handle_signals=False, router=ExchangeRouter(None, client))
 
         async def run(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
             try:

@@ -134,7 +134,7 @@ async def test_a_short_sells_first_and_buys_back(
 
 @asynccontextmanager
 async def paper_worker(settings: Settings, paper: PaperExchange) -> AsyncIterator[App]:
-    app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper, live=None))
+    app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper))
     async with app.serving():
         yield app
 

@@ -46,6 +46,8 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
             "worker.logs",
             "worker.metrics",
             "worker.redact",
+            "worker.risk",
+            "worker.sealing",
         ),
     ),
 )
@@ -62,6 +64,7 @@ PURE: Final = frozenset(
         "worker.lifecycle",
         "worker.accounting",
         "worker.events",
+        "worker.risk",
         "worker.pipeline.claim_schedule",
         "worker.pipeline.claim_floor",
         "worker.pipeline.arrival_rate",

@@ -178,7 +178,8 @@ def test_unknown_key_and_section_from_environment() -> None:
     message = _error(env={"POSITION_WORKER__PIPELNE__BATCH_SIZE": "5"})
     assert message == (
         "config: unknown section [pipelne] "
-        "(known: database, redis, streams, pipeline, execution, paper, binance, log, metrics)"
+        "(known: database, redis, streams, pipeline, execution, paper, binance, accounts, risk,"
+        " log, metrics)"
     )
     message = _error(env={"POSITION_WORKER__BATCH_SIZE": "5"})
     assert message == (

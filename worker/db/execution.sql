@@ -23,7 +23,7 @@ SELECT pg_advisory_unlock(hashtextextended(%(position_id)s::text, 7365))
 SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
        stop_loss_price, take_profit_price, max_loss_usdt,
        coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
-       entry_value
+       entry_value, account_id
 FROM positions WHERE id = %(position_id)s
 
 -- name: exec_set_position_status
@@ -178,7 +178,7 @@ LIMIT 200
 SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
        stop_loss_price, take_profit_price, max_loss_usdt,
        coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
-       entry_value
+       entry_value, account_id
 FROM positions
 WHERE is_paper_trade AND status IN ('open', 'monitoring') AND held_quantity > 0
   AND (stop_loss_price IS NOT NULL OR take_profit_price IS NOT NULL

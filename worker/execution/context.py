@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worker.errors import WorkerError
 from worker.exchanges.base import ExchangeError
 from worker.execution.routing import ExchangeRouter
+from worker.settings import RiskSettings
 
 
 class CrashPoint(Protocol):
@@ -28,6 +29,7 @@ class Context:
     log: Any
     resend_after: int  # lookups an order is missing before it is sent again
     crash_point: CrashPoint = no_crash_point
+    risk: RiskSettings = field(default_factory=RiskSettings)  # defaults; overrides per user
 
 
 class PositionBusy(WorkerError):

@@ -41,6 +41,7 @@ from worker.execution.requests import Requests
 from worker.execution.routing import ExchangeRouter
 from worker.execution.rows import Conn, Order, Position
 from worker.execution.statuses import FINAL_ORDER, FINAL_POSITION
+from worker.settings import RiskSettings
 
 
 class Engine:
@@ -52,9 +53,10 @@ class Engine:
         resend_after: int,
         log: Any,
         crash_point: CrashPoint = no_crash_point,
+        risk: RiskSettings | None = None,
     ) -> None:
         self.pool, self.router = pool, router
-        self.ctx = Context(router, log, resend_after, crash_point)
+        self.ctx = Context(router, log, resend_after, crash_point, risk or RiskSettings())
         self.driver = Driver(self.ctx, after_settled=self._after_settled)
         self.protection = Protection(self.ctx, self.driver)
         self.entry = Entry(self.ctx)

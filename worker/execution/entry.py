@@ -1,20 +1,43 @@
-"""What happens when a position opens: the new position (``created``) is checked (symbol,
-exchange filters, stop-loss / take-profit on the right side of the price) and sized; a
-refusal is ``created -> failed`` with the reason and nothing is sent. Otherwise the entry
-order is recorded and the position moves to ``submitting``, in one transaction; the order
-is then sent and driven like any other (``orders.py``)."""
+"""What happens when a position opens: the new position (``created``) is checked (its
+exchange account usable, symbol, exchange filters, stop-loss / take-profit on the right side
+of the price, the user's risk limits) and sized; a refusal is ``created -> failed`` with the
+reason and nothing is sent. Otherwise the entry order is recorded and the position moves to
+``submitting``, in one transaction; the order is then sent and driven like any other
+(``orders.py``).
+
+The risk limits are checked inside that transaction, under a per-user advisory lock, so two
+entries of one user (on any worker) never both take the last place under a limit."""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
 
-from worker.exchanges.base import OrderRejected
+from psycopg.rows import dict_row
+
+from worker.db.queries import q
+from worker.exchanges.base import Exchange, ExchangeError, OrderRejected, SymbolRules
 from worker.exchanges.filters import check_order, round_quantity
 from worker.execution.context import Context
 from worker.execution.orders import new_order
 from worker.execution.routing import NotConfigured
 from worker.execution.rows import Conn, Position
 from worker.execution.transitions import set_position_status
+from worker.risk import Exposure, RiskLimits, risk_problem
+
+
+@runtime_checkable
+class HasBalances(Protocol):
+    """An exchange that can say what the account holds (live Binance; paper cannot)."""
+
+    async def free_balances(self) -> dict[str, Decimal]: ...
+
+
+class _Checked:
+    """A position that passed the checks before the transaction: what the risk check needs."""
+
+    def __init__(self, exchange: Exchange, rules: SymbolRules, price: Decimal, qty: Decimal):
+        self.exchange, self.rules, self.price, self.quantity = exchange, rules, price, qty
 
 
 class Entry:
@@ -23,36 +46,41 @@ class Entry:
 
     async def start(self, conn: Conn, position: Position) -> Position:
         """Validate a ``created`` position and record its entry order (or refuse it)."""
-        problem, quantity = await self._check(position)
-        if problem is not None:
-            async with conn.transaction():
-                position = await set_position_status(conn, position, "failed", reason=problem)
-            self.ctx.log.warning("entry_refused", position_id=str(position.id), reason=problem)
-            return position
+        problem, checked = await self._check(position)
         async with conn.transaction():
-            await new_order(
-                conn,
-                position,
-                "entry",
-                position.entry_side,
-                "limit" if position.limit_price else "market",
-                quantity,
-                quote=position.requested_quote,
-                price=position.limit_price,
-            )
-            position = await set_position_status(conn, position, "submitting")
+            if checked is not None:
+                problem = await self._risk(conn, position, checked)
+            if problem is not None or checked is None:
+                position = await set_position_status(conn, position, "failed", reason=problem)
+            else:
+                await new_order(
+                    conn,
+                    position,
+                    "entry",
+                    position.entry_side,
+                    "limit" if position.limit_price else "market",
+                    checked.quantity,
+                    quote=position.requested_quote,
+                    price=position.limit_price,
+                )
+                position = await set_position_status(conn, position, "submitting")
+        if problem is not None:
+            self.ctx.log.warning("entry_refused", position_id=str(position.id), reason=problem)
         return position
 
-    async def _check(self, position: Position) -> tuple[str | None, Decimal]:
-        """Why the entry is refused (None: it is not), and the quantity to send."""
+    async def _check(self, position: Position) -> tuple[str | None, _Checked | None]:
+        """Why the entry is refused (None: it is not), and what the risk check needs."""
+        problem = await self.ctx.router.entry_problem(position)
+        if problem is not None:
+            return problem, None
         try:
-            exchange = self.ctx.router.for_position(position)
+            exchange = await self.ctx.router.for_position(position)
             rules = await exchange.symbol_rules(position.symbol)
             price = position.limit_price or await exchange.price(position.symbol)
         except NotConfigured as exc:
-            return str(exc), Decimal(0)
+            return str(exc), None
         except OrderRejected as exc:
-            return f"{position.symbol}: {exc}", Decimal(0)
+            return f"{position.symbol}: {exc}", None
         quote = position.requested_quote
         problem = entry_problem(
             position.side,
@@ -63,7 +91,7 @@ class Entry:
             take_profit=position.take_profit_price,
         )
         if problem is not None:
-            return problem, Decimal(0)
+            return problem, None
         wanted = position.requested_quantity
         if wanted is None:
             assert quote is not None  # entry_problem: exactly one of the two is given
@@ -72,8 +100,69 @@ class Entry:
         try:
             check_order(rules, qty, price, quote_quantity=quote)
         except OrderRejected as exc:
-            return str(exc), Decimal(0)
-        return None, qty
+            return str(exc), None
+        return None, _Checked(exchange, rules, price, qty)
+
+    async def _risk(self, conn: Conn, position: Position, checked: _Checked) -> str | None:
+        """The user's risk limits (``worker/risk.py``), under the user's lock until commit."""
+        user = {"user_id": position.user_id}
+        await conn.execute(q("risk_lock_user"), user)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(q("risk_override"), user)
+            limits = RiskLimits.of(self.ctx.risk, await cur.fetchone())
+            await cur.execute(
+                q("risk_exposure"),
+                {
+                    **user,
+                    "position_id": position.id,
+                    "live": not position.is_paper_trade,
+                    "limit": max(limits.max_open_positions, 1000) + 1,
+                },
+            )
+            others = await cur.fetchall()
+        price = checked.price
+        notional = position.requested_quote or checked.quantity * price
+        try:
+            exposure = Exposure(len(others), await self._notional(others, checked.exchange))
+            base_free = await self._base_free(position, checked)
+        except ExchangeError as exc:
+            return f"risk limits could not be checked: {exc}"
+        return risk_problem(
+            limits,
+            symbol=position.symbol,
+            side=position.side,
+            quantity=checked.quantity,
+            notional=notional,
+            quote_asset=checked.rules.quote_asset,
+            base_asset=checked.rules.base_asset,
+            exposure=exposure,
+            base_free=base_free,
+        )
+
+    async def _notional(self, rows: list[dict[str, Any]], exchange: Exchange) -> Decimal:
+        """What the user's other open positions are worth: filled value, else requested."""
+        total, prices = Decimal(0), dict[str, Decimal]()
+        for row in rows:
+            value = row["entry_value"] or row["requested_quote"]
+            if value is None and row["requested_quantity"] is not None:
+                price = row["limit_price"]
+                if price is None:
+                    symbol = row["symbol"]
+                    if symbol not in prices:
+                        prices[symbol] = await exchange.price(symbol)
+                    price = prices[symbol]
+                value = row["requested_quantity"] * price
+            total += value or 0
+        return total
+
+    async def _base_free(self, position: Position, checked: _Checked) -> Decimal | None:
+        """For a live short: the account's free balance of the base asset."""
+        if position.side != "short" or position.is_paper_trade:
+            return None
+        if not isinstance(checked.exchange, HasBalances):
+            return None
+        balances = await checked.exchange.free_balances()
+        return balances.get(checked.rules.base_asset, Decimal(0))
 
 
 def entry_problem(

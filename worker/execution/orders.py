@@ -8,6 +8,10 @@ with the exchange; a stop-loss and a take-profit placed together go as one OCO l
   first, and re-sent only after it was missing for ``resend_after`` lookups in a row.
 * **Outcome unknown is not failure.** Timeouts, 5xx, -1006/-1007 leave the order as it is;
   the reconciler looks it up later. Only a definitive rejection marks it failed.
+* **A refused key is not a rejection.** The account's key refused (-1022/-2014/-2015) says
+  nothing of the order: exits and protection wait until the key works again. Only an entry
+  refused at its first send, which cannot have reached the book, fails with the account's
+  reason (and no order is recorded as rejected).
 * **Only the worker's own orders** are driven (``client_ids.is_worker_order``).
 
 Whatever the exchange answers is recorded (``recording.py``); once an order settles, the
@@ -24,6 +28,7 @@ from typing import Any
 
 from worker.db.queries import q
 from worker.exchanges.base import (
+    CredentialsRejected,
     Exchange,
     ExchangeError,
     OcoRequest,
@@ -38,6 +43,7 @@ from worker.execution.locks import load_orders
 from worker.execution.protection_plan import PROTECTIVE, oco_partner
 from worker.execution.recording import Outcome, finish_request, record_answer, record_rejection
 from worker.execution.rows import Conn, Order, Position, fetch_one, fetch_value
+from worker.execution.transitions import set_order_status, set_position_status
 
 AfterSettled = Callable[[Conn, Order, Outcome], Awaitable[Position]]
 
@@ -99,14 +105,21 @@ class Driver:
             partner = oco_partner(rows, fresh)
             if partner is not None:
                 return await self._drive_leg(conn, position, fresh, partner)
-        exchange = self.ctx.router.for_position(position)
+        exchange = await self.ctx.router.for_position(position)
+        first_send = False
         try:
             state = await self._current_state(conn, exchange, order)
             if state is None and order.status == "created":
+                first_send = order.send_attempts == 0
                 state = await self._send(conn, position, order, exchange)
                 self.ctx.crash_point(f"{order.purpose}.sent")
         except OrderRejected as exc:
             return await self._rejected(conn, position, (order,), exc)
+        except CredentialsRejected as exc:
+            if first_send and order.purpose == "entry":
+                return await self._entry_not_sent(conn, position, order, exc)
+            self._outcome_unknown(order, exc)  # the key first; the order is looked at again
+            return position
         except ExchangeError as exc:  # outcome unknown, rate limited: look again later
             self._outcome_unknown(order, exc)
             return position
@@ -134,6 +147,23 @@ class Driver:
                 await finish_request(conn, order.request_id, "rejected", error, order_id=order.id)
         extra = {"oco": str(orders[1].id)} if len(orders) > 1 else {}
         self.ctx.log.warning("order_rejected", order_id=str(orders[0].id), error=str(exc), **extra)
+        return position
+
+    async def _entry_not_sent(
+        self, conn: Conn, position: Position, order: Order, exc: CredentialsRejected
+    ) -> Position:
+        """The account's key was refused at the entry's first send: nothing reached the
+        book. The order is failed as not sent (not as rejected), the position failed."""
+        reason = f"the exchange refused the account's API key ({exc.code}: {exc.msg})"
+        async with conn.transaction():
+            await set_order_status(conn, order, "failed")
+            await conn.execute(
+                q("exec_set_order_error"), {"order_id": order.id, "error": f"not sent: {reason}"}
+            )
+            position = await set_position_status(
+                conn, position, "failed", reason=f"{reason}: fix the exchange account's key"
+            )
+        self.ctx.log.warning("entry_not_sent", order_id=str(order.id), error=str(exc))
         return position
 
     def _outcome_unknown(self, order: Order, exc: Exception, **extra: Any) -> None:
@@ -191,7 +221,7 @@ class Driver:
         if partner.status == "created":
             stop, take = (order, partner) if order.purpose == "stop_loss" else (partner, order)
             return await self.drive_pair(conn, position, stop, take)
-        exchange = self.ctx.router.for_position(position)
+        exchange = await self.ctx.router.for_position(position)
         try:
             state = await exchange.get_order(order.symbol, order.client_order_id)
             if state is None:
@@ -207,7 +237,7 @@ class Driver:
     ) -> Position:
         """Send a stop-loss and a take-profit as one OCO list, or bring a list that may
         exist up to date; a rejection fails both legs."""
-        exchange = self.ctx.router.for_position(position)
+        exchange = await self.ctx.router.for_position(position)
         try:
             states = await self._pair_states(conn, exchange, stop, take)
             if states is None:

@@ -45,7 +45,7 @@ class Protection:
         )
         if any(r.kind == "exit" for r in pending):
             return position  # an exit is on its way: protection would only be cancelled again
-        exchange = self.ctx.router.for_position(position)
+        exchange = await self.ctx.router.for_position(position)
         rules = await exchange.symbol_rules(position.symbol)
         qty = round_quantity(rules, position.held_quantity or Decimal(0))
         if qty <= 0:
@@ -161,7 +161,7 @@ class Protection:
             if order is None:
                 return position
             tried.add(order.id)
-            exchange = self.ctx.router.for_position(position)
+            exchange = await self.ctx.router.for_position(position)
             position = await self._cancel_one(conn, exchange, position, order)
 
     async def _cancel_one(

@@ -74,7 +74,7 @@ class Requests:
         its order (``exit`` when it sells all that can be sold, else ``scale_out``)."""
         if position.status not in LIVE_POSITION:
             return f"position is {position.status}", Decimal(0), ""
-        exchange = self.ctx.router.for_position(position)
+        exchange = await self.ctx.router.for_position(position)
         rules = await exchange.symbol_rules(position.symbol)
         held = position.held_quantity or Decimal(0)
         if request.kind == "scale_in":

@@ -1,10 +1,18 @@
-"""Which exchange a position trades on: the paper exchange or Binance spot."""
+"""Which exchange a position trades on: the paper exchange, the user's own exchange account,
+or, where a single-tenant deployment opts in, the operator's account (the environment's
+keys) for live positions that name no account."""
 
 from __future__ import annotations
 
 from worker.errors import WorkerError
 from worker.exchanges.base import Exchange
+from worker.execution.accounts import AccountRegistry
 from worker.execution.rows import Position
+
+NO_ACCOUNT = (
+    "no exchange account: connect one with add_exchange_account(...) (it becomes your"
+    " default), or trade on paper (is_paper_trade = true)"
+)
 
 
 class NotConfigured(WorkerError):
@@ -12,16 +20,44 @@ class NotConfigured(WorkerError):
 
 
 class ExchangeRouter:
-    def __init__(self, paper: Exchange | None, live: Exchange | None) -> None:
-        self.paper, self.live = paper, live
+    """``operator``: the operator account's exchange, for live positions with no account
+    (None: such positions are refused). ``accounts``: users' accounts (None: this worker
+    trades no user account)."""
 
-    def for_position(self, position: Position) -> Exchange:
+    def __init__(
+        self,
+        paper: Exchange | None,
+        operator: Exchange | None = None,
+        accounts: AccountRegistry | None = None,
+    ) -> None:
+        self.paper, self.operator, self.accounts = paper, operator, accounts
+
+    @property
+    def trades_live(self) -> bool:
+        """Whether any live exchange is configured (exchange-side protection to keep)."""
+        return self.operator is not None or self.accounts is not None
+
+    async def for_position(self, position: Position) -> Exchange:
         if position.is_paper_trade:
             if self.paper is None:
                 raise NotConfigured("paper trading is not configured in this worker")
             return self.paper
-        if self.live is None:
-            raise NotConfigured(
-                "live trading is not configured: set BINANCE_API_KEY and BINANCE_API_SECRET"
-            )
-        return self.live
+        if position.account_id is None:
+            if self.operator is None:
+                raise NotConfigured(NO_ACCOUNT)
+            return self.operator
+        if self.accounts is None:
+            raise NotConfigured("this worker does not trade users' exchange accounts")
+        return await self.accounts.exchange(position.account_id)
+
+    async def entry_problem(self, position: Position) -> str | None:
+        """Why a new entry of ``position`` cannot go to its exchange (None: it can)."""
+        if position.is_paper_trade or position.account_id is None:
+            try:
+                await self.for_position(position)
+            except NotConfigured as exc:
+                return str(exc)
+            return None
+        if self.accounts is None:
+            return "this worker does not trade users' exchange accounts"
+        return await self.accounts.entry_problem(position.account_id)

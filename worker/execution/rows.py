@@ -47,6 +47,7 @@ class Position:
     held_quantity: Decimal | None
     entry_quantity: Decimal | None
     entry_value: Decimal | None
+    account_id: uuid.UUID | None  # the user's exchange account; None: paper, or the operator's
 
     @property
     def entry_side(self) -> OrderSide:

@@ -66,7 +66,7 @@ class Watcher:
             await self._guarded(self.engine.enter, position_id)
         for position_id, request_id in await self._rows("exec_pending_requests", grace):
             await self._guarded(self.engine.handle_request, position_id, request_id)
-        if self.engine.router.live is not None:  # exchange-side protection: Binance only
+        if self.engine.router.trades_live:  # exchange-side protection: Binance only
             for position_id in await self._ids("exec_unprotected_positions", grace):
                 await self._guarded(self.engine.restore_protection, position_id)
 

@@ -118,7 +118,7 @@ async def follow_streams(settings: Settings, printer: Printer) -> None:
 
 @contextlib.asynccontextmanager
 async def running_worker(settings: Settings, paper: PaperExchange) -> AsyncIterator[App]:
-    app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper, live=None))
+    app = App(settings, handle_signals=False, router=ExchangeRouter(paper=paper))
     async with app.serving():
         yield app
 

@@ -1,0 +1,111 @@
+-- Queries of the exchange-account registry (worker/execution/accounts.py) and of the risk
+-- check at entry (worker/execution/entry.py). Tables: schema/0013_exchange_accounts.sql.
+-- The worker is the only role that reads secrets: sealed ciphertext, the inbox, or Vault.
+
+-- name: acct_load
+-- One account and where its secret is (never the plaintext: see acct_secret_*).
+SELECT a.id, a.user_id, a.exchange, a.label, a.api_key, a.key_type, a.status,
+       a.status_reason, a.key_version, a.secret_state, a.checked_at,
+       s.ciphertext, s.key_id, s.vault_secret_id
+FROM exchange_accounts a
+LEFT JOIN exchange_account_secrets s ON s.account_id = a.id
+WHERE a.id = %(account_id)s
+
+-- name: acct_secret_vault
+SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = %(vault_secret_id)s
+
+-- name: acct_pending_inbox
+-- Secrets waiting to be sealed, locked so that two workers never seal one twice.
+SELECT i.account_id, i.api_secret, a.key_version
+FROM exchange_account_secret_inbox i
+JOIN exchange_accounts a ON a.id = i.account_id
+ORDER BY i.submitted_at
+LIMIT %(limit)s
+FOR UPDATE OF i SKIP LOCKED
+
+-- name: acct_store_sealed
+INSERT INTO exchange_account_secrets (account_id, ciphertext, key_id, sealed_at)
+VALUES (%(account_id)s, %(ciphertext)s, %(key_id)s, now())
+ON CONFLICT (account_id) DO UPDATE
+  SET ciphertext = EXCLUDED.ciphertext, key_id = EXCLUDED.key_id,
+      vault_secret_id = NULL, sealed_at = EXCLUDED.sealed_at
+
+-- name: acct_mark_sealed
+UPDATE exchange_accounts SET secret_state = 'sealed'
+WHERE id = %(account_id)s AND key_version = %(key_version)s
+
+-- name: acct_drop_inbox
+DELETE FROM exchange_account_secret_inbox WHERE account_id = %(account_id)s
+
+-- name: acct_lost_secrets
+-- Accounts whose secret was waiting in the (unlogged) inbox when the database stopped
+-- uncleanly: the inbox is empty after crash recovery, the secret is gone.
+SELECT a.id FROM exchange_accounts a
+WHERE a.secret_state = 'pending' AND a.status <> 'invalid'
+  AND NOT EXISTS (SELECT 1 FROM exchange_account_secret_inbox i WHERE i.account_id = a.id)
+LIMIT %(limit)s
+
+-- name: acct_mark_lost
+UPDATE exchange_accounts
+SET status = 'invalid', status_reason = %(reason)s, notified_at = NULL
+WHERE id = %(account_id)s AND secret_state = 'pending'
+  AND NOT EXISTS (SELECT 1 FROM exchange_account_secret_inbox i
+                  WHERE i.account_id = %(account_id)s)
+RETURNING id
+
+-- name: acct_to_check
+-- Accounts whose keys the worker has not checked since they were added, rotated or enabled,
+-- and invalid ones due for another look.
+SELECT id FROM exchange_accounts
+WHERE secret_state <> 'pending'
+  AND ((checked_at IS NULL AND status = 'active')
+       OR (status = 'invalid' AND checked_at < now() - make_interval(secs => %(recheck_s)s)))
+ORDER BY checked_at NULLS FIRST
+LIMIT %(limit)s
+
+-- name: acct_mark_checked
+-- The outcome of a key check, for the key version that was checked (a rotation meanwhile
+-- wins). An account the user disabled meanwhile stays disabled.
+UPDATE exchange_accounts
+SET status = CASE WHEN status = 'disabled' THEN 'disabled' ELSE %(status)s END,
+    status_reason = CASE WHEN status = 'disabled' THEN status_reason ELSE %(reason)s END,
+    checked_at = now(),
+    notified_at = CASE WHEN %(status)s = 'invalid' AND status <> 'invalid' THEN NULL
+                       ELSE notified_at END
+WHERE id = %(account_id)s AND key_version = %(key_version)s
+RETURNING status
+
+-- name: acct_unnotified
+-- Invalid accounts whose user has not been told yet.
+SELECT id, user_id, label, exchange, status_reason, checked_at
+FROM exchange_accounts
+WHERE status = 'invalid' AND notified_at IS NULL
+LIMIT %(limit)s
+
+-- name: acct_mark_notified
+UPDATE exchange_accounts SET notified_at = now()
+WHERE id = %(account_id)s AND status = 'invalid'
+
+-- name: acct_versions
+-- The key version and status of the accounts this worker has clients for.
+SELECT id, key_version, status FROM exchange_accounts WHERE id = ANY(%(ids)s)
+
+-- name: risk_override
+SELECT max_position_notional, max_open_positions, max_open_notional, allowed_symbols,
+       short_selling
+FROM user_risk_limits WHERE user_id = %(user_id)s
+
+-- name: risk_lock_user
+-- One entry of a user checked against the limits at a time, across workers, until commit.
+SELECT pg_advisory_xact_lock(hashtextextended(%(user_id)s::text, 7367))
+
+-- name: risk_exposure
+-- The user's positions that are not final, this one apart, with what each is worth so far:
+-- the filled entry value, else the requested quote, else the requested quantity (priced by
+-- the caller at the limit or the market).
+SELECT symbol, entry_value, requested_quote, requested_quantity, limit_price
+FROM positions
+WHERE user_id = %(user_id)s AND id <> %(position_id)s
+  AND status NOT IN ('closed', 'failed')
+  AND NOT coalesce(is_paper_trade, false) = %(live)s
+LIMIT %(limit)s
