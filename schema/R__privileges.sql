@@ -45,7 +45,7 @@ BEGIN
       ('table', 'public.positions',
        'INSERT (id, user_id, trader_id, signal_id, symbol, side, status, requested_quantity, '
        'requested_quote, limit_price, stop_loss_price, take_profit_price, max_loss_usdt, '
-       'is_paper_trade, metadata)', '{authenticated,service_role}'),
+       'is_paper_trade, metadata, account_id)', '{authenticated,service_role}'),
       ('table', 'public.positions',
        'UPDATE (stop_loss_price, take_profit_price, max_loss_usdt, metadata)',
        '{authenticated,service_role}'),
@@ -69,6 +69,30 @@ BEGIN
       ('table', 'public.user_limit_defaults', 'SELECT', '{authenticated}'),
       ('table', 'public.user_limit_defaults', 'SELECT, UPDATE',
        '{service_role,position_worker_operator}'),
+      -- risk limits the worker enforces: users read theirs; the platform sets them
+      ('table', 'public.user_risk_limits', 'SELECT', '{authenticated}'),
+      ('table', 'public.user_risk_limits', 'SELECT, INSERT, UPDATE, DELETE',
+       '{service_role,position_worker_operator}'),
+      -- exchange accounts: every column but api_key, by row-level security (users: their
+      -- own); changed only through the functions below. The secrets (exchange_account_secrets,
+      -- exchange_account_secret_inbox, Vault) are the owner's alone: not listed here.
+      ('table', 'public.exchange_accounts',
+       'SELECT (id, user_id, exchange, label, api_key_hint, key_type, status, status_reason, '
+       'is_default, key_version, secret_state, checked_at, notified_at, created_at, '
+       'updated_at)', '{authenticated,service_role,position_worker_operator}'),
+      ('function', 'public.add_exchange_account(text, text, text, text, text, boolean)',
+       'EXECUTE', '{authenticated,service_role}'),
+      ('function', 'public.rotate_exchange_account_key(uuid, text, text, text)',
+       'EXECUTE', '{authenticated,service_role}'),
+      ('function', 'public.enable_exchange_account(uuid)', 'EXECUTE',
+       '{authenticated,service_role}'),
+      ('function', 'public.set_default_exchange_account(uuid)', 'EXECUTE',
+       '{authenticated,service_role}'),
+      ('function', 'public.delete_exchange_account(uuid)', 'EXECUTE',
+       '{authenticated,service_role}'),
+      -- a privileged caller may disable any account (a compromised key)
+      ('function', 'public.disable_exchange_account(uuid)', 'EXECUTE',
+       '{authenticated,service_role,position_worker_operator}'),
       -- requests: ownership and reasons are checked inside (allow-list of privileged roles)
       ('function', 'public.request_position_exit(uuid, numeric, text)',
        'EXECUTE', '{authenticated,service_role,position_worker_operator}'),

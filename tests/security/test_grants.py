@@ -35,6 +35,7 @@ USER_INSERT = [
     "max_loss_usdt",
     "is_paper_trade",
     "metadata",
+    "account_id",
 ]
 USER_UPDATE = ["stop_loss_price", "take_profit_price", "max_loss_usdt", "metadata"]
 AUDIT_COLUMNS = [
@@ -52,6 +53,25 @@ AUDIT_COLUMNS = [
     "data",
 ]
 
+ACCOUNT_COLUMNS = [
+    "id",
+    "user_id",
+    "exchange",
+    "label",
+    "api_key_hint",
+    "key_type",
+    "status",
+    "status_reason",
+    "is_default",
+    "key_version",
+    "secret_state",
+    "checked_at",
+    "notified_at",
+    "created_at",
+    "updated_at",
+]  # every column but api_key
+USERS_AND_PLATFORM = {"authenticated": {"EXECUTE"}, "service_role": {"EXECUTE"}}
+
 _READERS = {"authenticated": {"SELECT"}, "service_role": {"SELECT"}, OPS: {"SELECT"}}
 EXPECTED_OBJECTS: dict[str, dict[str, set[str]]] = {
     "public.positions": _READERS,
@@ -68,6 +88,17 @@ EXPECTED_OBJECTS: dict[str, dict[str, set[str]]] = {
         "service_role": {"SELECT", "UPDATE"},
         OPS: {"SELECT", "UPDATE"},
     },
+    "public.user_risk_limits": {"authenticated": {"SELECT"}, "service_role": CRUD, OPS: CRUD},
+    # exchange accounts: column grants only (below); the secret tables get nothing at all
+    "public.exchange_accounts": {},
+    "public.exchange_account_secrets": {},
+    "public.exchange_account_secret_inbox": {},
+    "public.add_exchange_account(text, text, text, text, text, boolean)": USERS_AND_PLATFORM,
+    "public.rotate_exchange_account_key(uuid, text, text, text)": USERS_AND_PLATFORM,
+    "public.enable_exchange_account(uuid)": USERS_AND_PLATFORM,
+    "public.set_default_exchange_account(uuid)": USERS_AND_PLATFORM,
+    "public.delete_exchange_account(uuid)": USERS_AND_PLATFORM,
+    "public.disable_exchange_account(uuid)": {**USERS_AND_PLATFORM, OPS: {"EXECUTE"}},
     "public.request_position_exit(uuid, numeric, text)": {
         "authenticated": {"EXECUTE"}, "service_role": {"EXECUTE"}, OPS: {"EXECUTE"},
     },
@@ -86,6 +117,12 @@ EXPECTED_COLUMNS: dict[str, dict[str, set[str]]] = {
         for c in USER_INSERT
     },
     **{f"public.position_events.{c}": {"authenticated": {"SELECT"}} for c in AUDIT_COLUMNS},
+    **{
+        f"public.exchange_accounts.{c}": {
+            r: {"SELECT"} for r in ("authenticated", "service_role", OPS)
+        }
+        for c in ACCOUNT_COLUMNS
+    },
 }
 
 _ACL = """
@@ -122,14 +159,20 @@ def _grants(conn: Conn, query: str) -> dict[str, dict[str, set[str]]]:
     return found
 
 
+def _expected(ledger: set[str]) -> dict[str, dict[str, set[str]]]:
+    """EXPECTED_OBJECTS of the ledger; an object expected to have no grant is absent from
+    what _grants finds, so it must be absent here too (and it must be in the ledger)."""
+    assert {n for n, g in EXPECTED_OBJECTS.items() if not g} <= ledger
+    return {name: grants for name, grants in EXPECTED_OBJECTS.items() if name in ledger and grants}
+
+
 def _ledger(conn: Conn) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM schema_objects").fetchall()}
 
 
 def test_every_object_has_exactly_the_documented_grants(owner_conn: Conn, db_shape: str) -> None:
     ledger = _ledger(owner_conn)
-    expected = {name: grants for name, grants in EXPECTED_OBJECTS.items() if name in ledger}
-    assert _grants(owner_conn, _ACL) == expected
+    assert _grants(owner_conn, _ACL) == _expected(ledger)
     assert _grants(owner_conn, _COLUMN_ACL) == EXPECTED_COLUMNS
     # The ledger holds every table, view, sequence and function of ours ...
     assert {
@@ -191,7 +234,7 @@ def test_migrate_reasserts_grants_changed_by_hand(db_url: str, owner_conn: Conn)
     owner_conn.execute("GRANT EXECUTE ON FUNCTION outbox_claim(bigint, integer) TO PUBLIC")
     assert migrate(db_url) == []
     ledger = _ledger(owner_conn)
-    assert _grants(owner_conn, _ACL) == {n: g for n, g in EXPECTED_OBJECTS.items() if n in ledger}
+    assert _grants(owner_conn, _ACL) == _expected(ledger)
     assert _grants(owner_conn, _COLUMN_ACL) == EXPECTED_COLUMNS
 
 
