@@ -22,6 +22,7 @@ import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -29,7 +30,7 @@ import pytest
 import redis
 
 from worker.db.migrate import migrate
-from worker.testing.fake_binance import FakeBinance
+from worker.testing.fake_binance import DEFAULT_SYMBOLS, FakeBinance
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 
 _counter = itertools.count()
@@ -212,11 +213,20 @@ def fake() -> Iterator[FakeBinance]:
     """The fake Binance on loopback: BTCUSDT at 100, 0.1 % commission in USDT."""
     from tests.execution_support import KEY, SECRET
 
-    with FakeBinance(api_key=KEY, api_secret=SECRET) as server:
+    # filters.md MAX_NUM_ALGO_ORDERS is 5 in the docs' example (the fake's default): real
+    # Binance refuses a 6th open STOP_LOSS/TAKE_PROFIT order on a symbol per account. The
+    # worker's tests open many protected positions (two algo legs each) on one account,
+    # so this fixture raises the limit; tests/conformance checks the real one.
+    symbols = tuple({**s, "filters": [_roomy(f) for f in s["filters"]]} for s in DEFAULT_SYMBOLS)
+    with FakeBinance(api_key=KEY, api_secret=SECRET, symbols=symbols) as server:
         server.set_price("BTCUSDT", "100")
         server.set_commission("0.001", "quote")
         yield server
         server.release_hung()  # a test that hung a request must not keep a thread waiting
+
+
+def _roomy(f: dict[str, Any]) -> dict[str, Any]:
+    return {**f, "maxNumAlgoOrders": 200} if f["filterType"] == "MAX_NUM_ALGO_ORDERS" else f
 
 
 MACHINE_REDIS_SERVER = Path("/usr/bin/redis-server")

@@ -10,13 +10,40 @@ BinanceClient` is exercised end to end, signing and HTTP included::
         fake.faults.push(Fault.drop_after_apply())           # next POST /api/v3/order
         fake.order_count("my-client-id")                     # orders created with that id
 
-Modules: :mod:`.server` (HTTP, auth, recording), :mod:`.book` (matching), :mod:`.orders`
-(wire shapes), :mod:`.faults` (the scripted fault queue).
+Several accounts, each with its own key, balances, orders and ORDERS counters (the market
+-- prices, symbols, ids -- is shared)::
 
-Usable from sync and async tests alike (it runs in its own thread). It checks the API key
-(-2015) and the HMAC signature (-1022) and the timestamp against its own clock (-1021), keeps
+    other = fake.add_account("b", key_type="ed25519")   # or "hmac" / "rsa"; keys generated
+    other.api_key, other.private_key_pem                 # (HMAC: other.api_secret)
+    fake.set_balances({"USDT": "500"}, account="b")      # or other.set_balances(...)
+    fake.orders(account="b"); fake.order_count(cid, account="b"); fake.trades(account="b")
+    fake.requests_to("POST", "/api/v3/order", account="b")
+    fake.disable_key(other.api_key)                      # -2015 from now on (enable_key)
+    fake.testnet_reset()                                 # or Fault.testnet_reset()
+    fake.set_rate_limit("REQUEST_WEIGHT", "MINUTE", 1, 100)
+    FakeBinance(..., clock=lambda: t[0])                 # windows and timestamps, no sleep
+
+Modules: :mod:`.server` (accounts, requests, faults, records), :mod:`.serving` (HTTP),
+:mod:`.table` (routes, weights), :mod:`.routes` / :mod:`.order_lists` (handlers),
+:mod:`.signatures` (HMAC/RSA/Ed25519, timing), :mod:`.accounts` (keys), :mod:`.limits`
+(REQUEST_WEIGHT, ORDERS, 429/418), :mod:`.filters` (filters.md), :mod:`.book`
+(matching), :mod:`.market` (shared state), :mod:`.orders` (wire shapes), :mod:`.faults`.
+
+Follows binance-spot-api-docs (rest-api.md, filters.md, errors.md, enums.md): signed
+payload = query string + body as sent (HMAC hex any case, RSA PKCS#1 v1.5 SHA-256 and
+Ed25519 base64), ``timestamp`` in ms or us, ``recvWindow`` <= 60000 with three decimals
+(-1021 outside it), query string wins over body, -2014/-2015/-1022 for credentials, route
+weights and ``X-MBX-USED-WEIGHT-1M`` / ``X-MBX-ORDER-COUNT-10S``/``-1D`` headers, 429
+then 418, every filter present in exchangeInfo (-1013 "Filter failure: NAME"), LIMIT
+GTC/IOC/FOK, LIMIT_MAKER, stop and take-profit orders, ACK/RESULT/FULL answers,
+openOrders (GET/DELETE), allOrders, order/test, cancelReplace, amend/keepPriority, OCO
+order lists (GET/DELETE orderList, openOrderList). Not modelled: trailing stops (refused,
+``allowTrailingStop`` false), a real order book (depth shows one level each side of the
+price), trade history for average prices (the last price is used).
+
+Usable from sync and async tests alike (it runs in its own thread). It keeps
 orders with Binance's duplicate-id rule (``newClientOrderId`` unique only among *open*
-orders), applies symbol filters (-1013), fills market orders at the set price (optionally in
+orders), fills market orders at the set price (optionally in
 several partial fills, or partly then EXPIRED with :meth:`set_liquidity`, or EXPIRED_IN_MATCH
 by self-trade prevention with :meth:`expire_in_match`), rests limit, stop-loss and take-profit
 orders until :meth:`set_price` crosses them (or :meth:`end_order` cancels or expires one as
@@ -27,15 +54,17 @@ trades without ``fromId``) and can lag the orders (:meth:`set_trades_lag`). OCO 
 id; cancelling (or :meth:`end_order`) one leg ends the list, a leg triggering expires the
 other. With :meth:`set_balances`, open orders lock what they need (an OCO once), so a
 second full-size SELL of one holding is refused -2010 as on Binance. Every request is
-recorded in :attr:`requests`.
+recorded in :attr:`requests` (with the account it was signed for).
 """
 
+from worker.testing.fake_binance.accounts import FakeAccount
 from worker.testing.fake_binance.faults import Fault, FaultKind, FaultQueue
 from worker.testing.fake_binance.orders import DEFAULT_SYMBOLS, binance_symbol
 from worker.testing.fake_binance.server import FakeBinance, RecordedRequest
 
 __all__ = [
     "DEFAULT_SYMBOLS",
+    "FakeAccount",
     "FakeBinance",
     "Fault",
     "FaultKind",

@@ -25,6 +25,10 @@ CANCEL_RACE               the order fills, then the cancel gets       fill: yes
                           -2011 "Unknown order sent."
 HIDDEN                    normal answer; ``GET /api/v3/order`` says   yes
                           -2013 for the next ``lookups`` lookups
+TESTNET_RESET             the spot testnet's periodic wipe, just      yes
+                          before the request: every account's
+                          orders, trades and balances are gone
+                          (keys stay); old orders answer -2013
 ========================  ==========================================  =========
 
 ``lookups`` works with every applying kind: ``Fault.drop_after_apply(lookups=2)`` is an
@@ -58,6 +62,7 @@ class FaultKind(StrEnum):
     FILTER_FAILURE = "filter_failure"
     CANCEL_RACE = "cancel_race"
     HIDDEN = "hidden"
+    TESTNET_RESET = "testnet_reset"
 
 
 _APPLYING = frozenset(
@@ -68,6 +73,7 @@ _APPLYING = frozenset(
         FaultKind.HANG,
         FaultKind.CANCEL_RACE,
         FaultKind.HIDDEN,
+        FaultKind.TESTNET_RESET,
     }
 )
 _ERRORS: dict[FaultKind, tuple[int, int, str]] = {
@@ -197,6 +203,13 @@ class Fault:
     @classmethod
     def hidden(cls, lookups: int) -> Fault:
         return cls(FaultKind.HIDDEN, lookups=lookups)
+
+    @classmethod
+    def testnet_reset(cls, *, method: str | None = None, path: str | None = None) -> Fault:
+        """The testnet wipes itself just before the next matching request (any, by
+        default), which is then served on the empty exchange (REFERENCE: the spot testnet
+        "is wiped from time to time"; testnet/README of binance-spot-api-docs)."""
+        return cls(FaultKind.TESTNET_RESET, method, path)
 
 
 class FaultQueue:
