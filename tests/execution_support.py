@@ -23,7 +23,7 @@ from worker.execution.client_ids import Purpose, client_order_id
 from worker.execution.routing import ExchangeRouter
 from worker.execution.rows import Order
 from worker.execution.statuses import order_status_for
-from worker.settings import ExecutionSettings, Settings
+from worker.settings import ExecutionSettings, RiskSettings, Settings
 from worker.testing.fake_binance import FakeBinance
 
 KEY, SECRET = "test-key", "test-secret"
@@ -59,10 +59,19 @@ def order_row(purpose: Purpose, status: str = "filled", **fields: Any) -> Order:
     return Order(**{**defaults, **fields})
 
 
+# The execution tests size positions freely; the risk limits have their own tests.
+NO_RISK_LIMITS = RiskSettings(
+    max_position_notional=Decimal(0),
+    max_open_positions=0,
+    max_open_notional=Decimal(0),
+    short_selling="any",
+)
+
+
 def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
     base = settings_for(db_url, redis_url)
     fast = {"enabled": True, "reconcile_interval": 0.2, "reconcile_grace_seconds": 0.5, **execution}
-    return replace(base, execution=replace(ExecutionSettings(), **fast))
+    return replace(base, execution=replace(ExecutionSettings(), **fast), risk=NO_RISK_LIMITS)
 
 
 @asynccontextmanager

@@ -22,21 +22,23 @@ class RiskLimits:
     max_position_notional: Decimal
     max_open_positions: int
     max_open_notional: Decimal
-    allowed_symbols: tuple[str, ...]
-    short_selling: str  # off | holdings
+    allowed_symbols: tuple[str, ...] | None  # None: every symbol; empty: none
+    short_selling: str  # off | holdings | any
 
     @classmethod
     def of(cls, defaults: RiskSettings, override: Mapping[str, Any] | None) -> RiskLimits:
-        """The defaults, with every non-NULL column of the user's override row."""
+        """The defaults, with every non-NULL column of the user's override row. The
+        configured ``allowed_symbols`` list empty means every symbol; a user's override
+        that is an empty array means none (an operator stopping one user's new entries)."""
         row = {k: v for k, v in (override or {}).items() if v is not None}
-        symbols = row.get("allowed_symbols", defaults.allowed_symbols)
+        symbols = row.get("allowed_symbols", defaults.allowed_symbols or None)
         return cls(
             max_position_notional=Decimal(
                 row.get("max_position_notional", defaults.max_position_notional)
             ),
             max_open_positions=int(row.get("max_open_positions", defaults.max_open_positions)),
             max_open_notional=Decimal(row.get("max_open_notional", defaults.max_open_notional)),
-            allowed_symbols=tuple(symbols),
+            allowed_symbols=None if symbols is None else tuple(symbols),
             short_selling=str(row.get("short_selling", defaults.short_selling)),
         )
 
@@ -63,8 +65,8 @@ def risk_problem(
 ) -> str | None:
     """Why the platform refuses this entry, or None. ``base_free``: the account's free
     balance of the base asset (None on paper, which holds no balances)."""
-    if limits.allowed_symbols and symbol not in limits.allowed_symbols:
-        allowed = ", ".join(limits.allowed_symbols)
+    if limits.allowed_symbols is not None and symbol not in limits.allowed_symbols:
+        allowed = ", ".join(limits.allowed_symbols) or "none"
         return f"risk limit: {symbol} is not among the symbols allowed for you ({allowed})"
     if limits.max_position_notional and notional > limits.max_position_notional:
         return (
@@ -85,7 +87,7 @@ def risk_problem(
     if side == "short":
         if limits.short_selling == "off":
             return "risk limit: short positions are off for you (spot: a short sells the asset)"
-        if base_free is not None and base_free < quantity:
+        if limits.short_selling == "holdings" and base_free is not None and base_free < quantity:
             return (
                 f"risk limit: a spot short sells {base_asset} the account holds; it holds"
                 f" {_amount(base_free)} free, the position needs {_amount(quantity)}"

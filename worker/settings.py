@@ -126,7 +126,8 @@ class RiskSettings:
     max_open_positions: int = 20
     max_open_notional: Decimal = Decimal("50000")
     allowed_symbols: tuple[str, ...] = ()  # empty: every symbol the exchange lists
-    short_selling: str = "holdings"  # off | holdings (sell only base asset already held)
+    # off | holdings (sell only base asset already held) | any (the exchange decides)
+    short_selling: str = "holdings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,7 @@ _CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "log.format": ("auto", "json", "console"),
     "paper.feed": ("synthetic", "binance"),
     "paper.fee_asset": ("quote", "base", "BNB"),
-    "risk.short_selling": ("off", "holdings"),
+    "risk.short_selling": ("off", "holdings", "any"),
 }
 _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "database.url": ("postgresql://", "postgres://"),

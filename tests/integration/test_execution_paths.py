@@ -101,7 +101,7 @@ async def test_a_full_exit_that_leaves_only_fee_dust_closes_the_position(
     assert (exit_order["purpose"], exit_order["status"]) == ("exit", "filled")
 
 
-async def test_live_position_without_binance_keys_fails_cleanly(
+async def test_live_position_without_an_exchange_account_fails_cleanly(
     db_url: str, redis_url: str
 ) -> None:
     paper = PaperExchange(FixedPrices({"BTCUSDT": D("100")}), clock=lambda: 1_760_000_000_000)
@@ -114,7 +114,9 @@ async def test_live_position_without_binance_keys_fails_cleanly(
             ),
             10,
         )
-    assert "BINANCE_API_KEY" in position(db_url, pid)["failure_reason"]
+    # the user can act on it: connect an account, or trade on paper
+    reason = position(db_url, pid)["failure_reason"]
+    assert "no exchange account" in reason and "add_exchange_account" in reason
     assert call(db_url, "SELECT count(*) FROM position_events WHERE dead_at IS NOT NULL") == 0
 
 

@@ -121,6 +121,7 @@ def fake_orders(fake: FakeBinance, name: str) -> set[str]:
 async def test_each_users_orders_land_only_in_their_own_account(
     db_url: str, redis_url: str, fake: FakeBinance
 ) -> None:
+    fake.set_price("BTCUSDT", "100")
     alice_acct = fake.add_account("alice", key_type="ed25519")
     bob_acct = fake.add_account("bob", key_type="hmac")
     alice, bob = new_user(db_url), new_user(db_url)
@@ -131,7 +132,7 @@ async def test_each_users_orders_land_only_in_their_own_account(
     b_id = add_account(db_url, bob.user_id, "main", bob_acct.api_key, bob_acct.api_secret, "hmac")
     s = settings(db_url, redis_url, fake)
     async with worker(s):
-        pa = live_position(db_url, alice, quantity=Decimal("0.1"), stop_loss_price=Decimal("40000"))
+        pa = live_position(db_url, alice, quantity=Decimal("0.1"), stop_loss_price=Decimal("90"))
         pb = live_position(db_url, bob, quantity=Decimal("0.2"))
         await wait_status(db_url, pa, "open", "monitoring")
         await wait_status(db_url, pb, "open", "monitoring")
@@ -155,6 +156,7 @@ async def test_each_users_orders_land_only_in_their_own_account(
 async def test_a_refused_key_fails_new_entries_notifies_and_exits_once_fixed(
     db_url: str, redis_url: str, fake: FakeBinance
 ) -> None:
+    fake.set_price("BTCUSDT", "100")
     acct = fake.add_account("carol", key_type="hmac")
     carol = new_user(db_url)
     assert acct.api_secret is not None
@@ -202,13 +204,14 @@ async def test_a_refused_key_fails_new_entries_notifies_and_exits_once_fixed(
 async def test_rotating_a_key_mid_position_keeps_it_managed(
     db_url: str, redis_url: str, fake: FakeBinance
 ) -> None:
+    fake.set_price("BTCUSDT", "100")
     old = fake.add_account("dave", key_type="hmac")
     dave = new_user(db_url)
     assert old.api_secret is not None
     account_id = add_account(db_url, dave.user_id, "main", old.api_key, old.api_secret, "hmac")
     s = settings(db_url, redis_url, fake)
     async with worker(s):
-        pid = live_position(db_url, dave, quantity=Decimal("0.1"), stop_loss_price=Decimal("40000"))
+        pid = live_position(db_url, dave, quantity=Decimal("0.1"), stop_loss_price=Decimal("90"))
         await wait_status(db_url, pid, "open", "monitoring")
         new = fake.add_key("dave", key_type="ed25519")  # a second key of the same account
         assert new.private_key_pem is not None
@@ -226,20 +229,27 @@ async def test_rotating_a_key_mid_position_keeps_it_managed(
         await wait_status(db_url, pid, "closed", timeout=30)
     row = account_row(db_url, account_id)
     assert (row["status"], row["key_version"], row["key_type"]) == ("active", 2, "ed25519")
-    sells = [r for r in fake.requests_to("POST", "/api/v3/order") if r.params.get("side") == "SELL"]
-    assert sells and {r.api_key for r in sells} == {new.api_key}  # signed with the new key
-    assert any(o["side"] == "SELL" for o in fake.account("dave").orders())
+    exits = [
+        r
+        for r in fake.requests_to("POST", "/api/v3/order")
+        if r.params.get("side") == "SELL" and r.params.get("type") == "MARKET"
+    ]
+    assert exits and {r.api_key for r in exits} == {new.api_key}  # signed with the new key
+    sold = [
+        o for o in fake.account("dave").orders() if o["type"] == "MARKET" and o["side"] == "SELL"
+    ]
+    assert sold and sold[0]["status"] == "FILLED"
 
 
 @pytest.mark.parametrize(
     ("limits", "before", "columns", "reason"),
     [
-        ({"max_position_notional": Decimal("100")}, False, {}, "above the maximum of 100 per"),
+        ({"max_position_notional": Decimal("50")}, False, {}, "above the maximum of 50 per"),
         ({"max_open_positions": 1}, True, {}, "you have 1 positions open, the maximum is 1"),
-        ({"max_open_notional": Decimal("6000")}, True, {}, "your open notional would be"),
+        ({"max_open_notional": Decimal("150")}, True, {}, "your open notional would be 200"),
         ({"allowed_symbols": ("ETHUSDT",)}, False, {}, "BTCUSDT is not among the symbols"),
         ({"short_selling": "off"}, False, {"side": "short"}, "short positions are off"),
-        ({}, False, {"side": "short"}, "it holds 0 free, the position needs 0.1"),
+        ({"short_selling": "holdings"}, False, {"side": "short"}, "it holds 0 free, the"),
     ],
 )
 async def test_every_risk_limit_refuses_with_its_reason_and_sends_nothing(
@@ -251,6 +261,7 @@ async def test_every_risk_limit_refuses_with_its_reason_and_sends_nothing(
     columns: dict[str, Any],
     reason: str,
 ) -> None:
+    fake.set_price("BTCUSDT", "100")
     acct = fake.add_account("erin", key_type="hmac")
     acct.set_balances({"USDT": "1000000", "BTC": "0"})
     erin = new_user(db_url)
@@ -258,11 +269,11 @@ async def test_every_risk_limit_refuses_with_its_reason_and_sends_nothing(
     add_account(db_url, erin.user_id, "main", acct.api_key, acct.api_secret, "hmac")
     s = settings(db_url, redis_url, fake, **limits)
     async with worker(s):
-        if before:  # a position within the limits first: 0.1 BTC, about 5,000 USDT
-            first = live_position(db_url, erin, quantity=Decimal("0.1"))
+        if before:  # a position within the limits first: 1 BTC at 100, 100 USDT
+            first = live_position(db_url, erin, quantity=Decimal("1"))
             await wait_status(db_url, first, "open", "monitoring")
         sent = len(acct.orders())
-        refused = live_position(db_url, erin, quantity=Decimal("0.1"), **columns)
+        refused = live_position(db_url, erin, quantity=Decimal("1"), **columns)
         await wait_status(db_url, refused, "failed")
         assert reason in position(db_url, refused)["failure_reason"]
         assert len(acct.orders()) == sent  # nothing sent for the refused one

@@ -74,6 +74,13 @@ def test_a_user_override_replaces_only_its_non_null_columns() -> None:
     assert check(limits, exposure=Exposure(5, Decimal(0))) is None
 
 
+def test_an_empty_override_list_allows_no_symbol_but_an_empty_default_allows_all() -> None:
+    everything = RiskLimits.of(RiskSettings(allowed_symbols=()), None)
+    assert check(everything, symbol="DOGEUSDT") is None
+    nothing = RiskLimits.of(RiskSettings(), {"allowed_symbols": []})
+    assert "not among the symbols allowed for you (none)" in (check(nothing) or "")
+
+
 def test_zero_means_no_limit() -> None:
     none = RiskLimits.of(
         RiskSettings(

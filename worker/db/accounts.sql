@@ -15,43 +15,23 @@ WHERE a.id = %(account_id)s
 SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id = %(vault_secret_id)s
 
 -- name: acct_pending_inbox
--- Secrets waiting to be sealed, locked so that two workers never seal one twice.
-SELECT i.account_id, i.api_secret, a.key_version
+-- Secrets waiting to be sealed (the unlogged inbox), oldest first.
+SELECT i.account_id, i.api_secret, i.submitted_at, a.key_version
 FROM exchange_account_secret_inbox i
 JOIN exchange_accounts a ON a.id = i.account_id
 ORDER BY i.submitted_at
 LIMIT %(limit)s
-FOR UPDATE OF i SKIP LOCKED
 
--- name: acct_store_sealed
-INSERT INTO exchange_account_secrets (account_id, ciphertext, key_id, sealed_at)
-VALUES (%(account_id)s, %(ciphertext)s, %(key_id)s, now())
-ON CONFLICT (account_id) DO UPDATE
-  SET ciphertext = EXCLUDED.ciphertext, key_id = EXCLUDED.key_id,
-      vault_secret_id = NULL, sealed_at = EXCLUDED.sealed_at
-
--- name: acct_mark_sealed
-UPDATE exchange_accounts SET secret_state = 'sealed'
-WHERE id = %(account_id)s AND key_version = %(key_version)s
-
--- name: acct_drop_inbox
-DELETE FROM exchange_account_secret_inbox WHERE account_id = %(account_id)s
-
--- name: acct_lost_secrets
--- Accounts whose secret was waiting in the (unlogged) inbox when the database stopped
--- uncleanly: the inbox is empty after crash recovery, the secret is gone.
-SELECT a.id FROM exchange_accounts a
-WHERE a.secret_state = 'pending' AND a.status <> 'invalid'
-  AND NOT EXISTS (SELECT 1 FROM exchange_account_secret_inbox i WHERE i.account_id = a.id)
-LIMIT %(limit)s
+-- name: acct_seal
+-- Compare-and-set on the inbox row read (schema/0013): false when a rotation replaced it
+-- meanwhile (the newer secret is sealed on the next pass) or another worker sealed it.
+SELECT seal_exchange_account_secret(%(account_id)s, %(submitted_at)s, %(ciphertext)s,
+                                    %(key_id)s)
 
 -- name: acct_mark_lost
-UPDATE exchange_accounts
-SET status = 'invalid', status_reason = %(reason)s, notified_at = NULL
-WHERE id = %(account_id)s AND secret_state = 'pending'
-  AND NOT EXISTS (SELECT 1 FROM exchange_account_secret_inbox i
-                  WHERE i.account_id = %(account_id)s)
-RETURNING id
+-- Secrets an unclean database shutdown emptied from the unlogged inbox before they were
+-- sealed: the accounts become invalid with a reason the user can act on.
+SELECT mark_lost_exchange_secrets()
 
 -- name: acct_to_check
 -- Accounts whose keys the worker has not checked since they were added, rotated or enabled,
@@ -87,8 +67,8 @@ UPDATE exchange_accounts SET notified_at = now()
 WHERE id = %(account_id)s AND status = 'invalid'
 
 -- name: acct_versions
--- The key version and status of the accounts this worker has clients for.
-SELECT id, key_version, status FROM exchange_accounts WHERE id = ANY(%(ids)s)
+-- The key version, status and last check of the accounts this worker has clients for.
+SELECT id, key_version, status, checked_at FROM exchange_accounts WHERE id = ANY(%(ids)s)
 
 -- name: risk_override
 SELECT max_position_notional, max_open_positions, max_open_notional, allowed_symbols,

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
+import anyio
 import httpx
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -58,6 +59,7 @@ from worker.settings import Settings
 
 Notify = Callable[[Mapping[str, str]], Awaitable[None]]
 BATCH: Final = 100  # accounts handled per query in one maintenance pass
+RETIRED_GRACE_S: Final = 120.0  # a replaced client outlives any call it may have in flight
 
 
 class AccountUnusable(WorkerError):
@@ -100,6 +102,8 @@ class AccountRegistry:
         self._transport = transport
         self._clock = clock
         self._clients: dict[uuid.UUID, _Client] = {}
+        self._opening: dict[uuid.UUID, anyio.Lock] = {}  # one opening per account at a time
+        self._retired: list[tuple[float, BinanceClient]] = []
 
     # -- what the engine asks --------------------------------------------------------------------
 
@@ -140,10 +144,14 @@ class AccountRegistry:
     async def _client(self, account_id: uuid.UUID) -> _Client:
         entry = self._clients.get(account_id)
         if entry is None:
-            entry = await self._open(account_id)
-            self._clients[account_id] = entry
-            if entry.status == "active":
-                await self._check(entry)  # first use since start-up, a rotation, idle
+            async with self._opening.setdefault(account_id, anyio.Lock()):
+                entry = self._clients.get(account_id)  # opened while this call waited
+                if entry is None:
+                    entry = await self._open(account_id)
+                    self._clients[account_id] = entry
+                    if entry.status == "active":
+                        await self._check(entry)  # first use since start-up, rotation, idle
+            self._opening.pop(account_id, None)
         entry.last_used = self._clock()
         return entry
 
@@ -221,14 +229,26 @@ class AccountRegistry:
             )
         return "the exchange account's secret is being stored: try again in a moment"
 
-    async def _forget(self, account_id: uuid.UUID) -> None:
+    def _retire(self, account_id: uuid.UUID) -> None:
+        """Stop handing out the account's client; close it once calls in flight are over."""
         entry = self._clients.pop(account_id, None)
         if entry is not None:
-            await entry.client.aclose()
+            self._retired.append((self._clock(), entry.client))
+
+    async def _close_retired(self, *, all_of_them: bool = False) -> None:
+        horizon = self._clock() - RETIRED_GRACE_S
+        keep = []
+        for since, client in self._retired:
+            if all_of_them or since < horizon:
+                await client.aclose()
+            else:
+                keep.append((since, client))
+        self._retired = keep
 
     async def aclose(self) -> None:
         for account_id in list(self._clients):
-            await self._forget(account_id)
+            self._retire(account_id)
+        await self._close_retired(all_of_them=True)
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -283,10 +303,9 @@ class AccountRegistry:
         await self._lost_secrets()
         await self._follow_changes()
         for account_id in await self._ids("acct_to_check", recheck_s=self._recheck_s()):
-            await self._forget(account_id)  # a rotated or re-enabled key: a fresh client
             try:
                 entry = await self._client(account_id)  # an active key is checked on opening
-                if entry.status == "invalid":
+                if entry.status == "invalid" or not entry.checked:
                     await self._check(entry)
             except AccountUnusable as exc:
                 self.log.warning("account_unusable", account_id=str(account_id), error=str(exc))
@@ -297,39 +316,35 @@ class AccountRegistry:
         return self.settings.accounts.recheck_invalid_seconds
 
     async def seal_pending(self) -> int:
-        """Seal the secrets waiting in the inbox (locked: one worker seals each)."""
+        """Seal the secrets waiting in the inbox; the plaintext row goes in the same
+        transaction (compare-and-set: a rotation meanwhile is sealed on the next pass)."""
         if not self.keyring:
             return 0
         sealed = 0
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn:
             cur = await conn.execute(q("acct_pending_inbox"), {"limit": BATCH})
-            for account_id, plaintext, key_version in await cur.fetchall():
+            for account_id, plaintext, submitted_at, key_version in await cur.fetchall():
                 ciphertext, key_id = self.keyring.seal(
                     plaintext, associated_data(str(account_id), key_version)
                 )
-                params = {"account_id": account_id, "ciphertext": ciphertext, "key_id": key_id}
-                await conn.execute(q("acct_store_sealed"), params)
-                await conn.execute(
-                    q("acct_mark_sealed"), {"account_id": account_id, "key_version": key_version}
-                )
-                await conn.execute(q("acct_drop_inbox"), {"account_id": account_id})
-                sealed += 1
+                params = {
+                    "account_id": account_id,
+                    "submitted_at": submitted_at,
+                    "ciphertext": ciphertext,
+                    "key_id": key_id,
+                }
+                done = await conn.execute(q("acct_seal"), params)
+                row = await done.fetchone()
+                sealed += bool(row and row[0])
         if sealed:
             self.log.info("account_secrets_sealed", count=sealed)
         return sealed
 
     async def _lost_secrets(self) -> None:
-        reason = (
-            "the secret was lost before the worker stored it (the database restarted"
-            " uncleanly): submit it again with rotate_exchange_account_key(...)"
-        )
-        for account_id in await self._ids("acct_lost_secrets"):
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    q("acct_mark_lost"), {"reason": reason, "account_id": account_id}
-                )
-                if await cur.fetchone():
-                    self.log.warning("account_secret_lost", account_id=str(account_id))
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("acct_mark_lost"))
+            for (account_id,) in await cur.fetchall():
+                self.log.warning("account_secret_lost", account_id=str(account_id))
 
     async def _ids(self, query: str, **params: Any) -> list[uuid.UUID]:
         async with self.pool.connection() as conn:
@@ -337,18 +352,19 @@ class AccountRegistry:
             return [row[0] for row in await cur.fetchall()]
 
     async def _follow_changes(self) -> None:
-        """Drop clients whose key was rotated; take up status changes made in the database."""
+        """Retire clients whose key was rotated (or account deleted); take up what users
+        changed in the database (disabled, enabled: to be checked again)."""
         if not self._clients:
             return
         async with self.pool.connection() as conn:
             cur = await conn.execute(q("acct_versions"), {"ids": list(self._clients)})
-            rows = {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+            rows = {row[0]: row[1:] for row in await cur.fetchall()}
         for account_id, entry in list(self._clients.items()):
             found = rows.get(account_id)
             if found is None or found[0] != entry.key_version:
-                await self._forget(account_id)
-            elif found[1] != entry.status:
-                entry.status = found[1]
+                self._retire(account_id)
+            else:
+                entry.status, entry.checked = found[1], found[2] is not None
 
     async def notify_invalid(self) -> None:
         """Tell each user whose account turned invalid (at least once)."""
@@ -364,8 +380,9 @@ class AccountRegistry:
         horizon = self._clock() - self.settings.accounts.idle_close_seconds
         for account_id, entry in list(self._clients.items()):
             if entry.last_used < horizon:
-                await self._forget(account_id)
+                self._retire(account_id)
                 self.log.info("account_client_closed", account_id=str(account_id))
+        await self._close_retired()
 
     @property
     def open_clients(self) -> int:

@@ -124,7 +124,7 @@ class Entry:
         notional = position.requested_quote or checked.quantity * price
         try:
             exposure = Exposure(len(others), await self._notional(others, checked.exchange))
-            base_free = await self._base_free(position, checked)
+            base_free = await self._base_free(position, checked, limits)
         except ExchangeError as exc:
             return f"risk limits could not be checked: {exc}"
         return risk_problem(
@@ -155,9 +155,13 @@ class Entry:
             total += value or 0
         return total
 
-    async def _base_free(self, position: Position, checked: _Checked) -> Decimal | None:
+    async def _base_free(
+        self, position: Position, checked: _Checked, limits: RiskLimits
+    ) -> Decimal | None:
         """For a live short: the account's free balance of the base asset."""
         if position.side != "short" or position.is_paper_trade:
+            return None
+        if limits.short_selling != "holdings":
             return None
         if not isinstance(checked.exchange, HasBalances):
             return None

@@ -19,6 +19,7 @@ Several accounts, each with its own key, balances, orders and ORDERS counters (t
     fake.orders(account="b"); fake.order_count(cid, account="b"); fake.trades(account="b")
     fake.requests_to("POST", "/api/v3/order", account="b")
     fake.disable_key(other.api_key)                      # -2015 from now on (enable_key)
+    second = fake.add_key("b", key_type="hmac")          # another key of the same account
     fake.testnet_reset()                                 # or Fault.testnet_reset()
     fake.set_rate_limit("REQUEST_WEIGHT", "MINUTE", 1, 100)
     FakeBinance(..., clock=lambda: t[0])                 # windows and timestamps, no sleep

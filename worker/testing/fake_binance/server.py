@@ -96,6 +96,21 @@ class FakeBinance(Serving):
             self.accounts[name] = account
             return account
 
+    def add_key(self, name: str, *, key_type: KeyType = "hmac") -> FakeAccount:
+        """Another API key of the account ``name`` (Binance lets an account have several):
+        the same book (balances, orders, trades) and the same ORDERS counters, signed with
+        a key of its own. Registered as ``<name>#<n>``; ``account(name)`` stays the first."""
+        with self._lock:
+            first = self.accounts[name]
+            secret, private_pem, public = make_keys(key_type, None, None)
+            extra = FakeAccount(
+                f"{name}#{sum(n.startswith(name + '#') for n in self.accounts) + 2}",
+                key_type, random_key(), first.book, secret, private_pem, public,
+                order_times=first.order_times,
+            )  # fmt: skip
+            self.accounts[extra.name] = extra
+            return extra
+
     def account(self, name: str = DEFAULT_ACCOUNT) -> FakeAccount:
         return self.accounts[name]
 
