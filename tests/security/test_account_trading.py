@@ -17,14 +17,13 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 import redis.asyncio as aioredis
 import structlog
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from tests.execution_support import call_off_loop, exec_settings, position, wait_status
-from tests.pipeline_support import eventually
+from tests.pipeline_support import eventually, stream_entries
 from tests.support import Owner, act_as, insert_position, seed_owner
 from worker.app import App
 from worker.execution.accounts import AccountRegistry
@@ -179,12 +178,9 @@ async def test_a_refused_key_fails_new_entries_notifies_and_exits_once_fixed(
         assert row["status"] == "invalid" and "-2015" in row["status_reason"]
 
         def told() -> list[dict[str, str]]:
-            client = redis.Redis.from_url(redis_url, decode_responses=True)
-            entries = client.xrange(NOTIFICATIONS)
-            client.close()
             return [
                 f
-                for _, f in entries
+                for f in stream_entries(redis_url, NOTIFICATIONS)
                 if f.get("type") == "account.invalid" and f.get("user_id") == str(carol.user_id)
             ]
 
