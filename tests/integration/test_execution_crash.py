@@ -63,6 +63,15 @@ LIVE: dict[str, Any] = {
 PAPER: dict[str, Any] = {"quantity": D("0.5"), "is_paper_trade": True}
 
 
+# The execution tests size positions freely; the risk limits have their own tests.
+NO_RISK_LIMITS_ENV = {
+    "POSITION_WORKER__RISK__MAX_POSITION_NOTIONAL": "0",
+    "POSITION_WORKER__RISK__MAX_OPEN_POSITIONS": "0",
+    "POSITION_WORKER__RISK__MAX_OPEN_NOTIONAL": "0",
+    "POSITION_WORKER__RISK__SHORT_SELLING": "any",
+}
+
+
 def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) -> dict[str, str]:
     """Fast reconciliation, and 1 s leases so that the events a killed worker had claimed
     are taken over quickly; Binance is the fake; paper prices are the fake's ticker too
@@ -77,8 +86,11 @@ def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) ->
         "POSITION_WORKER__PAPER__SLIPPAGE_BPS": "0",
         "POSITION_WORKER__PAPER__TAKER_FEE": "0.001",
         "POSITION_WORKER__PAPER__FEE_ASSET": "quote",
+        # the fake's default account trades the tests' positions (which name no account)
+        "POSITION_WORKER__ACCOUNTS__OPERATOR_ACCOUNT": "true",
         "BINANCE_API_KEY": KEY,
         "BINANCE_API_SECRET": SECRET,
+        **NO_RISK_LIMITS_ENV,
     }
 
 

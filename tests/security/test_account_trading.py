@@ -273,3 +273,47 @@ async def test_every_risk_limit_refuses_with_its_reason_and_sends_nothing(
         await wait_status(db_url, refused, "failed")
         assert reason in position(db_url, refused)["failure_reason"]
         assert len(acct.orders()) == sent  # nothing sent for the refused one
+
+
+async def test_a_rotated_secrets_key_reseals_every_secret(
+    db_url: str, redis_url: str, fake: FakeBinance, db_shape: str
+) -> None:
+    if db_shape == "supabase":
+        pytest.skip("Vault holds the secrets on this shape: nothing is sealed by the worker")
+    acct = fake.add_account("frank", key_type="rsa")
+    frank = new_user(db_url)
+    assert acct.private_key_pem is not None
+    account_id = add_account(
+        db_url, frank.user_id, "main", acct.api_key, acct.private_key_pem, "rsa"
+    )
+    s = settings(db_url, redis_url, fake)
+    old, new = new_key(), new_key()
+
+    async def registry_with(keys: str) -> AccountRegistry:
+        pool = AsyncConnectionPool(s.database.url, open=False)
+        await pool.open()
+
+        async def notify(fields: Any) -> None:
+            return None
+
+        return AccountRegistry(pool, s, Keyring.parse(keys), notify, structlog.get_logger())
+
+    def sealed_with() -> str:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT key_id FROM exchange_account_secrets WHERE account_id = %s", (account_id,)
+            ).fetchone()
+        return str(row[0]) if row else ""
+
+    first = await registry_with(old)
+    assert await first.seal_pending() == 1
+    assert sealed_with() == Keyring.parse(old).ids[0]
+    rotating = await registry_with(f"{new},{old}")
+    assert await rotating.reseal_stale() == 1
+    assert sealed_with() == Keyring.parse(new).ids[0]
+    only_new = await registry_with(new)  # the old key is gone from the worker's environment
+    balances = await only_new.free_balances(account_id)
+    assert isinstance(balances, dict)
+    for registry in (first, rotating, only_new):
+        await registry.aclose()
+        await registry.pool.close()

@@ -89,3 +89,18 @@ WHERE user_id = %(user_id)s AND id <> %(position_id)s
   AND status NOT IN ('closed', 'failed')
   AND NOT coalesce(is_paper_trade, false) = %(live)s
 LIMIT %(limit)s
+
+-- name: acct_stale_seals
+-- Secrets sealed with a key other than the worker's newest (POSITION_WORKER_SECRETS_KEY
+-- rotated): sealed again, then the old key can go.
+SELECT s.account_id, s.ciphertext, s.key_id, a.key_version
+FROM exchange_account_secrets s
+JOIN exchange_accounts a ON a.id = s.account_id
+WHERE s.ciphertext IS NOT NULL AND s.key_id <> %(newest)s
+LIMIT %(limit)s
+
+-- name: acct_reseal
+-- Compare-and-set: a rotation of the account's key meanwhile wins.
+UPDATE exchange_account_secrets
+SET ciphertext = %(ciphertext)s, key_id = %(key_id)s, sealed_at = now()
+WHERE account_id = %(account_id)s AND ciphertext = %(old)s

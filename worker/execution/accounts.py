@@ -104,6 +104,7 @@ class AccountRegistry:
         self._clients: dict[uuid.UUID, _Client] = {}
         self._opening: dict[uuid.UUID, anyio.Lock] = {}  # one opening per account at a time
         self._retired: list[tuple[float, BinanceClient]] = []
+        self._unreadable: set[uuid.UUID] = set()  # reported: sealed with a key we lack
 
     # -- what the engine asks --------------------------------------------------------------------
 
@@ -300,6 +301,7 @@ class AccountRegistry:
         """One pass: seal new secrets, note lost ones, check new keys, tell users of invalid
         accounts, follow rotations, close idle clients."""
         await self.seal_pending()
+        await self.reseal_stale()
         await self._lost_secrets()
         await self._follow_changes()
         for account_id in await self._ids("acct_to_check", recheck_s=self._recheck_s()):
@@ -339,6 +341,33 @@ class AccountRegistry:
         if sealed:
             self.log.info("account_secrets_sealed", count=sealed)
         return sealed
+
+    async def reseal_stale(self) -> int:
+        """Seal again, with the newest key, what an older key of the keyring sealed."""
+        if not self.keyring:
+            return 0
+        newest, resealed = self.keyring.ids[0], 0
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(q("acct_stale_seals"), {"newest": newest, "limit": BATCH})
+            for account_id, old, key_id, key_version in await cur.fetchall():
+                aad = associated_data(str(account_id), key_version)
+                try:
+                    plaintext = self.keyring.open(bytes(old), key_id, aad)
+                except SealingError as exc:  # a key the keyring lost: reported once, left as is
+                    if account_id not in self._unreadable:
+                        self._unreadable.add(account_id)
+                        self.log.error(
+                            "account_secret_unreadable", account_id=str(account_id), error=str(exc)
+                        )
+                    continue
+                ciphertext, new_id = self.keyring.seal(plaintext, aad)
+                params = {"account_id": account_id, "ciphertext": ciphertext, "key_id": new_id,
+                          "old": old}  # fmt: skip
+                done = await conn.execute(q("acct_reseal"), params)
+                resealed += done.rowcount
+        if resealed:
+            self.log.info("account_secrets_resealed", count=resealed, key_id=newest)
+        return resealed
 
     async def _lost_secrets(self) -> None:
         async with self.pool.connection() as conn:
