@@ -169,7 +169,11 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        # plain tracebacks: never a frame's local variables (a secret may be one), even
+        # where rich or better_exceptions is installed and would show them
+        else structlog.dev.ConsoleRenderer(
+            colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     # Our own events are rendered and written directly (the hot path: one audit line per
     # event); stdlib records (psycopg, redis, ...) go through the same processors and

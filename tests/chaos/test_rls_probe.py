@@ -53,10 +53,24 @@ NOT_USER_DATA = {
     "public.user_limit_defaults",
     "public.user_limits",  # keyed by user_id, no id: tests/security/test_quotas.py probes it
     "public.worker_orders",  # the engine's view of orders: no grant but the owner's
+    # keyed by user_id or account_id, no grant to users at all (secrets) or own row only:
+    # tests/security/test_exchange_accounts.py probes them
+    "public.user_risk_limits",
+    "public.exchange_accounts",
+    "public.exchange_account_secrets",
+    "public.exchange_account_secret_inbox",
 }
 # Functions an authenticated user may execute that take no position: auth's (Supabase's own
 # auth.role() and auth.jwt() on the Supabase shape).
-NO_POSITION = {"auth.uid", "auth.role", "auth.jwt"}
+NO_POSITION = {"auth.uid", "auth.role", "auth.jwt"} | {
+    # a user's own exchange accounts, by account id: tests/security/test_exchange_accounts.py
+    # proves another user's account answers exactly like one that does not exist
+    f"public.{verb}_exchange_account{suffix}"
+    for verb, suffix in (
+        ("add", ""), ("rotate", "_key"), ("disable", ""), ("enable", ""),
+        ("delete", ""), ("set_default", ""),
+    )
+}  # fmt: skip
 REQUEST_CALLS = (
     "SELECT request_position_exit(%(p)s)",
     "SELECT request_position_exit(%(p)s, 0.1)",

@@ -12,6 +12,7 @@ import structlog
 
 from worker.exchanges.base import (
     ClockSkew,
+    CredentialsRejected,
     DuplicateOrder,
     ExchangeError,
     FilterViolation,
@@ -105,7 +106,7 @@ async def test_bad_credentials_are_rejected_by_the_server(
     fake: FakeBinance, clock: ManualClock, key: str, secret: str, code: int
 ) -> None:
     async with BinanceClient(key, secret, base_url=fake.base_url, clock=clock) as bad:
-        with pytest.raises(OrderRejected) as err:
+        with pytest.raises(CredentialsRejected) as err:  # the account's trouble, not an order's
             await bad.get_order("BTCUSDT", "any")
     assert err.value.code == code
     assert fake.orders() == []
@@ -715,4 +716,4 @@ async def test_secrets_never_in_repr_logs_or_errors(
     assert events, "the client logs what happens"
     text = "\n".join([repr(client), vars(client).__repr__(), caplog.text, repr(events), *errors])
     assert KEY not in text and SECRET not in text
-    assert "api_key=***" in repr(client)
+    assert "key=***" in repr(client)

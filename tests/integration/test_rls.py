@@ -556,6 +556,7 @@ USER_INSERTABLE = {
         "id", "user_id", "trader_id", "signal_id", "symbol", "side", "status",
         "requested_quantity", "requested_quote", "limit_price", "stop_loss_price",
         "take_profit_price", "max_loss_usdt", "is_paper_trade", "metadata",
+        "account_id",  # their own account only: a composite foreign key (schema/0013)
     },
     "orders": set(),
 }  # fmt: skip
