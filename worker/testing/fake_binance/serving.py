@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import json
 import threading
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ class Reply:
     hang: threading.Event | None = None  # hold the answer until set, then drop it
 
 
-class Serving:
+class Serving(abc.ABC):
     """Start, stop, ``base_url`` and the hung requests; subclasses implement ``handle``."""
 
     def __init__(self, port: int) -> None:
@@ -29,8 +30,9 @@ class Serving:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
+    @abc.abstractmethod
     def handle(self, method: str, target: str, body: str, headers: Mapping[str, str]) -> Reply:
-        raise NotImplementedError
+        """The answer to one request (FakeBinance: routes, auth, faults)."""
 
     def __repr__(self) -> str:
         where = self.base_url if self._server is not None else "not started"
