@@ -7,8 +7,10 @@ freshest source that answers.
 3. the cache even when older than its TTL (a list Binance gave is better than an older one);
 4. the snapshot shipped in the package (``data/exchange_info.json.gz``, see its README).
 
-A failed fetch is not tried again for ``retry_s``: the table in hand serves meanwhile, and no
-order waits on a timeout twice. Nothing is read or fetched before the first lookup.
+The table serves until its data is older than the TTL; after a failed fetch, the table in
+hand (cache or snapshot) serves for ``retry_s`` before the next try, so no order waits on a
+timeout twice. Without a URL the snapshot (or cache) is read again every ``retry_s``.
+Nothing is read or fetched before the first lookup.
 
 Rules are read by :func:`~worker.exchanges.filters.rules_from_symbol_info`, the parser the live
 client uses, so a paper order is checked as a live one is. Only symbols whose status is
@@ -239,8 +241,7 @@ class SymbolSource:
         self._ttl_s, self._timeout_s, self._retry_s = ttl_s, timeout_s, retry_s
         self._clock, self._transport = clock, transport
         self._table: SymbolTable | None = None
-        self._loaded_at = 0.0
-        self._failed_at: float | None = None
+        self._expires_at = 0.0
         self._lock = anyio.Lock()
         self.last_error: str | None = None
 
@@ -255,14 +256,13 @@ class SymbolSource:
         return (await self.table()).get(symbol)
 
     async def table(self) -> SymbolTable:
-        """The table in hand, reloaded once it is older than the TTL."""
-        now = self._clock()
-        if self._table is not None and now - self._loaded_at < self._ttl_s:
+        """The table in hand, reloaded once its data is older than the TTL (or, after a
+        failed fetch, once ``retry_s`` passed)."""
+        if self._table is not None and self._clock() < self._expires_at:
             return self._table
         async with self._lock:
-            if self._table is None or self._clock() - self._loaded_at >= self._ttl_s:
-                self._table = await self._load()
-                self._loaded_at = self._clock()
+            if self._table is None or self._clock() >= self._expires_at:
+                self._table, self._expires_at = await self._load()
         return self._table
 
     async def refresh(self, out: Path | None = None) -> SymbolTable:
@@ -280,24 +280,21 @@ class SymbolSource:
             write_payload(path, kept)
         return SymbolTable.of(kept, "binance")
 
-    async def _load(self) -> SymbolTable:
+    async def _load(self) -> tuple[SymbolTable, float]:
+        """The freshest table, and until when it serves."""
         cached, age = self._read_cache()
+        now = self._clock()
         if cached is not None and age < self._ttl_s:
-            return cached
-        if self._may_fetch():
+            return cached, now - age + self._ttl_s
+        if self._base_url is not None:
             try:
                 table = await self.refresh()
             except (SymbolsUnavailable, OSError) as exc:
-                self._failed_at, self.last_error = self._clock(), str(exc)
+                self.last_error = str(exc)
             else:
-                self._failed_at, self.last_error = None, None
-                return table
-        return cached if cached is not None else snapshot()
-
-    def _may_fetch(self) -> bool:
-        if self._base_url is None:
-            return False
-        return self._failed_at is None or self._clock() - self._failed_at >= self._retry_s
+                self.last_error = None
+                return table, now + self._ttl_s
+        return (cached if cached is not None else snapshot()), now + self._retry_s
 
     def _read_cache(self) -> tuple[SymbolTable | None, float]:
         """The cached table and its age in seconds (None when absent or unreadable)."""
