@@ -177,7 +177,9 @@ class BinanceMarketStream(HttpOwner):
         self._wanted_changed = anyio.Event()
         self._ws: ClientConnection | None = None
         self._request_id = 0
-        self.connects = 0  # connections opened so far (tests and logs)
+        self.attempts = 0  # connections tried so far
+        self.connects = 0  # connections opened so far
+        self.messages = 0  # stream messages received so far
         self.log = get_logger("worker.exchanges.market_stream")
 
     def __repr__(self) -> str:
@@ -212,6 +214,15 @@ class BinanceMarketStream(HttpOwner):
         assert quote is not None  # REST answered, or an older quote was kept
         return quote
 
+    async def watch(self, *symbols: str) -> None:
+        """Subscribe to ``symbols`` now (a quote subscribes to its symbol anyway)."""
+        for symbol in symbols:
+            await self._want(symbol)
+
+    def latest(self, symbol: str) -> Quote | None:
+        """The last quote heard for ``symbol``, however old; None before any."""
+        return self._quotes.get(symbol)
+
     def on_message(self, message: str | bytes) -> None:
         """Apply one stream message; one that cannot be read is logged and skipped."""
         try:
@@ -219,6 +230,7 @@ class BinanceMarketStream(HttpOwner):
         except ValueError as exc:
             self.log.warning("market_message_unreadable", error=str(exc))
             return
+        self.messages += 1
         if event is not None:
             self.on_event(event)
 
@@ -239,13 +251,16 @@ class BinanceMarketStream(HttpOwner):
         while True:
             if not self._wanted:
                 await self._wanted_changed.wait()
+            heard = self.messages
+            self.attempts += 1
             try:
                 await self._connected()
-                delay = self._backoff[0]  # it was up: the next drop starts the backoff again
             except (OSError, TimeoutError, WebSocketException) as exc:
                 self.log.warning("market_stream_down", error=repr(exc), retry_in_s=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self._backoff[1])
+            if self.messages > heard:  # it worked: the backoff starts again
+                delay = self._backoff[0]
+            await anyio.sleep(delay)  # even after a clean close: never a reconnect storm
+            delay = min(delay * 2, self._backoff[1])
 
     async def _connected(self) -> None:
         """One connection, until it drops."""
