@@ -1,0 +1,126 @@
+"""Paper trading on any Binance symbol, offline: the done-when of issue 21 (parts 1-3).
+
+Twenty symbols drawn at random (seeded) from the shipped snapshot each open and close a paper
+position through the real engine, on the paper exchange with the synthetic feed and no
+network: the listing is the snapshot (no URL to fetch from), the prices the snapshot's
+reference prices. Every fill sits on the symbol's tick and step, and every order is above its
+minimum notional.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import ROUND_UP, Decimal
+
+import pytest
+
+from tests.execution_support import (
+    call_off_loop,
+    exec_settings,
+    new_position,
+    orders,
+    position,
+    trades,
+    wait_status,
+)
+from worker.app import App
+from worker.exchanges.filters import SymbolRules, round_quantity
+from worker.exchanges.paper import PaperExchange, wall_clock_ms
+from worker.exchanges.paper_book import PaperConfig
+from worker.exchanges.prices import SyntheticPrices
+from worker.exchanges.symbols import SymbolSource, reference_price, snapshot
+from worker.execution.routing import ExchangeRouter
+
+pytestmark = pytest.mark.anyio
+D = Decimal
+SEED = 21
+
+
+def drawn(n: int = 20, seed: int = SEED) -> list[str]:
+    return random.Random(seed).sample(sorted(snapshot().rules), n)
+
+
+def entry_quantity(rules: SymbolRules) -> Decimal:
+    """Three times the minimum notional at the reference price, up to a step, >= minQty."""
+    wanted = rules.min_notional * 3 / reference_price(rules)
+    steps = (wanted / rules.step_size).to_integral_value(ROUND_UP)
+    return max(round_quantity(rules, steps * rules.step_size), rules.min_qty)
+
+
+@asynccontextmanager
+async def paper_worker(db_url: str, redis_url: str, paper: PaperExchange) -> AsyncIterator[App]:
+    app = App(
+        exec_settings(db_url, redis_url), handle_signals=False, router=ExchangeRouter(paper=paper)
+    )
+    async with app.serving():
+        yield app
+
+
+def offline_paper() -> tuple[SyntheticPrices, PaperExchange]:
+    listing = SymbolSource(base_url=None, cache_dir=None)  # never fetches: the snapshot
+    feed = SyntheticPrices({}, seed=SEED, symbols=listing)  # moved only by the test
+    config = PaperConfig(slippage_bps=D(5), spread_bps=D(2), depth_quote=D(0))
+    return feed, PaperExchange(feed, clock=wall_clock_ms, config=config, rules=listing)
+
+
+def test_the_draw_spans_quote_assets_and_is_seeded() -> None:
+    symbols = drawn()
+    assert symbols == drawn() and len(set(symbols)) == 20
+    assert len({snapshot().get(s).quote_asset for s in symbols}) > 1
+
+
+async def test_twenty_random_symbols_open_and_close_on_their_grids_offline(
+    db_url: str, redis_url: str
+) -> None:
+    feed, paper = offline_paper()
+    symbols = drawn()
+    pids: dict[uuid.UUID, SymbolRules] = {}
+    for symbol in symbols:
+        rules = snapshot().get(symbol)
+        _, pid = new_position(
+            db_url, symbol=symbol, quantity=entry_quantity(rules), is_paper_trade=True
+        )
+        pids[pid] = rules
+    async with paper_worker(db_url, redis_url, paper):
+        for pid in pids:
+            await wait_status(db_url, pid, "monitoring", "failed", timeout=60)
+        failed = {r.symbol: position(db_url, p)["failure_reason"] for p, r in pids.items()}
+        assert {s: why for s, why in failed.items() if why} == {}
+        feed.advance(5)  # the market moves before the exits
+        for pid in pids:
+            await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
+        for pid in pids:
+            await wait_status(db_url, pid, "closed", timeout=60)
+
+    for pid, rules in pids.items():
+        rows = orders(db_url, pid)
+        assert [(o["purpose"], o["side"], o["status"]) for o in rows] == [
+            ("entry", "buy", "filled"),
+            ("exit", "sell", "filled"),
+        ], rules.symbol
+        fills = trades(db_url, pid)
+        assert fills, rules.symbol
+        for fill in fills:
+            assert fill["is_paper_trade"] and fill["symbol"] == rules.symbol
+            assert fill["price"] % rules.tick_size == 0, (rules.symbol, fill["price"])
+            assert fill["quantity"] % rules.step_size == 0, (rules.symbol, fill["quantity"])
+        for order in rows:
+            mine = [f for f in fills if f["order_id"] == order["id"]]
+            notional = sum(f["price"] * f["quantity"] for f in mine)
+            assert notional >= rules.min_notional, (rules.symbol, order["purpose"], notional)
+        opened = position(db_url, pid)
+        assert opened["status"] == "closed" and opened["is_paper_trade"]
+
+
+async def test_a_symbol_the_listing_lacks_fails_with_binance_invalid_symbol(
+    db_url: str, redis_url: str
+) -> None:
+    _, paper = offline_paper()
+    _, pid = new_position(db_url, symbol="BCCUSDT", quantity=D("1"), is_paper_trade=True)
+    async with paper_worker(db_url, redis_url, paper):
+        await wait_status(db_url, pid, "failed")
+    reason = position(db_url, pid)["failure_reason"]
+    assert reason == "BCCUSDT: rejected (-1121): Invalid symbol 'BCCUSDT'."
