@@ -9,13 +9,19 @@ minimum notional.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import ROUND_UP, Decimal
 
+import anyio
+import httpx
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from tests.execution_support import (
     call_off_loop,
@@ -26,8 +32,10 @@ from tests.execution_support import (
     trades,
     wait_status,
 )
+from tests.pipeline_support import eventually
 from worker.app import App
 from worker.exchanges.filters import SymbolRules, round_quantity
+from worker.exchanges.market_stream import BinanceMarketStream
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
 from worker.exchanges.paper_book import PaperConfig
 from worker.exchanges.prices import SyntheticPrices
@@ -124,3 +132,57 @@ async def test_a_symbol_the_listing_lacks_fails_with_binance_invalid_symbol(
         await wait_status(db_url, pid, "failed")
     reason = position(db_url, pid)["failure_reason"]
     assert reason == "BCCUSDT: rejected (-1121): Invalid symbol 'BCCUSDT'."
+
+
+# -- paper.feed = "binance": a Binance-speaking stream server on loopback ----------------------
+
+
+def doge_rest(request: httpx.Request) -> httpx.Response:
+    """``GET /api/v3/ticker/bookTicker``: the first quote of a symbol, before its stream."""
+    assert request.url.path == "/api/v3/ticker/bookTicker"
+    body = {"symbol": "DOGEUSDT", "bidPrice": "0.10000", "bidQty": "5000", "askPrice": "0.10002"}
+    return httpx.Response(200, json={**body, "askQty": "5000"})
+
+
+async def test_a_paper_position_trades_on_the_binance_feed_rest_first_then_the_stream(
+    db_url: str, redis_url: str
+) -> None:
+    subscribed: list[str] = []
+    moved = anyio.Event()  # the market moves once the position is open
+
+    async def binance(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:  # the worker subscribes once it first quotes a symbol
+                subscribed.extend(json.loads(message)["params"])
+                await moved.wait()
+                data = {"u": 7, "s": "DOGEUSDT", "b": "0.12000", "B": "9000", "a": "0.12003"}
+                book = {"stream": "dogeusdt@bookTicker", "data": {**data, "A": "9000"}}
+                await ws.send(json.dumps(book))
+
+    async with serve(binance, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        feed = BinanceMarketStream(
+            stream_url=f"ws://127.0.0.1:{port}",
+            base_url="https://binance.test",
+            transport=httpx.MockTransport(doge_rest),
+        )
+        listing = SymbolSource(base_url=None, cache_dir=None)
+        paper = PaperExchange(feed, clock=wall_clock_ms, rules=listing, stale_after_ms=30_000)
+        _, pid = new_position(db_url, symbol="DOGEUSDT", quantity=D("100"), is_paper_trade=True)
+        await feed.watch("BTCUSDT")  # something to connect for before the position's symbol
+        async with paper_worker(db_url, redis_url, paper):
+            await wait_status(db_url, pid, "monitoring")
+            moved.set()
+
+            def streamed() -> bool:
+                quote = feed.latest("DOGEUSDT")
+                return quote is not None and quote.bid == D("0.12000")
+
+            await eventually(streamed, 10)
+            await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
+            await wait_status(db_url, pid, "closed")
+        await paper.aclose()
+    assert "dogeusdt@bookTicker" in subscribed and feed.connects >= 1
+    entry, exit_ = (trades(db_url, pid)[0], trades(db_url, pid)[-1])
+    assert (entry["side"], entry["price"]) == ("buy", D("0.10002"))  # REST's ask
+    assert (exit_["side"], exit_["price"]) == ("sell", D("0.12000"))  # the stream's bid

@@ -46,6 +46,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
 
+import anyio
+from anyio.abc import TaskStatus
+
 from worker.exchanges.base import (
     DuplicateOrder,
     ExchangeFill,
@@ -229,6 +232,14 @@ class PaperExchange:
         if self._age_ms(quote) is None:
             await self.on_quote(symbol, quote)
         return quote.last
+
+    async def run_feed(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep the feed's connection (Binance market streams) while this task runs; returns
+        at once for a feed without one (synthetic, fixed)."""
+        if isinstance(self._feed, BinanceMarketStream):
+            await self._feed.run(task_status=task_status)
+        else:
+            task_status.started()
 
     async def aclose(self) -> None:
         """Close the feed if it holds a connection (Binance public prices)."""
