@@ -16,6 +16,8 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import ROUND_UP, Decimal
+from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -34,13 +36,22 @@ from tests.execution_support import (
 )
 from tests.pipeline_support import eventually
 from worker.app import App
+from worker.cli import main
 from worker.exchanges.filters import SymbolRules, round_quantity
 from worker.exchanges.market_stream import BinanceMarketStream
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
 from worker.exchanges.paper_book import PaperConfig
 from worker.exchanges.prices import SyntheticPrices
-from worker.exchanges.symbols import SymbolSource, reference_price, snapshot
+from worker.exchanges.symbols import (
+    SymbolSource,
+    SymbolTable,
+    read_payload,
+    reference_price,
+    snapshot,
+)
 from worker.execution.routing import ExchangeRouter
+from worker.testing.fake_binance import FakeBinance
+from worker.testing.servers import free_port
 
 pytestmark = pytest.mark.anyio
 D = Decimal
@@ -186,3 +197,40 @@ async def test_a_paper_position_trades_on_the_binance_feed_rest_first_then_the_s
     entry, exit_ = (trades(db_url, pid)[0], trades(db_url, pid)[-1])
     assert (entry["side"], entry["price"]) == ("buy", D("0.10002"))  # REST's ask
     assert (exit_["side"], exit_["price"]) == ("sell", D("0.12000"))  # the stream's bid
+
+
+# -- position-worker refresh-symbols ------------------------------------------------------------
+
+
+def test_refresh_symbols_writes_a_snapshot_from_the_exchange(
+    fake: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("POSITION_WORKER__BINANCE__BASE_URL", fake.base_url)
+    out = tmp_path / "exchange_info.json.gz"
+    assert main(["refresh-symbols", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.endswith(f"/api/v3/exchangeInfo written to {out}")
+    payload = read_payload(out)
+    assert payload["source"]["url"] == f"{fake.base_url}/api/v3/exchangeInfo"
+    table = SymbolTable.of(payload, "file")
+    assert "BTCUSDT" in table and table.get("BTCUSDT").tick_size > 0
+
+
+def test_refresh_symbols_fills_the_cache_the_worker_reads(
+    fake: FakeBinance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POSITION_WORKER__BINANCE__BASE_URL", fake.base_url)
+    monkeypatch.setenv("POSITION_WORKER__PAPER__SYMBOLS_CACHE_DIR", str(tmp_path))
+    assert main(["refresh-symbols"]) == 0
+    assert "BTCUSDT" in SymbolTable.of(read_payload(tmp_path / "exchange_info.json.gz"), "c")
+
+
+def test_refresh_symbols_offline_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("POSITION_WORKER__BINANCE__BASE_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("POSITION_WORKER__PAPER__SYMBOLS_CACHE_DIR", str(tmp_path))
+    assert main(["refresh-symbols"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("position-worker: cannot fetch http://")
+    assert list(tmp_path.iterdir()) == []
