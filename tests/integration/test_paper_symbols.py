@@ -234,3 +234,56 @@ def test_refresh_symbols_offline_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("position-worker: cannot fetch http://")
     assert list(tmp_path.iterdir()) == []
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.ms = wall_clock_ms()
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+class SwitchableRest:
+    """bookTicker at the transport, for any symbol at 1.0000/1.0002; ``offline`` refuses."""
+
+    def __init__(self) -> None:
+        self.offline = False
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.offline:
+            raise httpx.ConnectError("offline", request=request)
+        symbol = request.url.params["symbol"]
+        body = {"symbol": symbol, "bidPrice": "1.0000", "bidQty": "1000", "askPrice": "1.0002"}
+        return httpx.Response(200, json={**body, "askQty": "1000"})
+
+
+async def test_a_stale_feed_holds_a_paper_entry_without_failing_it_until_prices_return(
+    db_url: str, redis_url: str
+) -> None:
+    clock, rest = ManualClock(), SwitchableRest()
+    feed = BinanceMarketStream(
+        stream_url="ws://127.0.0.1:9",  # no stream: REST only
+        base_url="https://binance.test",
+        clock=clock,
+        transport=httpx.MockTransport(rest),
+    )
+    listing = SymbolSource(base_url=None, cache_dir=None)
+    paper = PaperExchange(feed, clock=clock, rules=listing, stale_after_ms=30_000)
+    await feed.quote("ADAUSDT")  # heard once, then nothing for 31 s
+    rest.offline, clock.ms = True, clock.ms + 31_000
+    _, pid = new_position(db_url, symbol="ADAUSDT", quantity=D("10"), is_paper_trade=True)
+    async with paper_worker(db_url, redis_url, paper) as app:
+        await wait_status(db_url, pid, "submitting")
+        watcher = app.watcher
+        assert watcher is not None
+        passes = watcher.passes
+        await eventually(lambda: watcher.passes >= passes + 3, 15)  # three looks: still held
+        assert position(db_url, pid)["status"] == "submitting"
+        [entry] = orders(db_url, pid)
+        assert entry["status"] == "created" and entry["send_attempts"] >= 1
+        rest.offline = False  # prices again: the held entry is sent and fills at the ask
+        await wait_status(db_url, pid, "monitoring")
+    await paper.aclose()
+    [fill] = trades(db_url, pid)
+    assert (fill["side"], fill["price"], fill["quantity"]) == ("buy", D("1.0002"), D("10"))
