@@ -53,6 +53,7 @@ __all__ = [
 
 DEFAULT_STREAM_URL: Final = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL: Final = "https://api.binance.com"
+SUBSCRIBE_EVERY_S: Final = 0.25  # control messages count toward 5 a second per connection
 
 ClockMs = Callable[[], int]
 
@@ -173,9 +174,7 @@ class BinanceMarketStream(HttpOwner):
         self._http = BinanceHttp(base_url, gate or RateLimitGate(), timeout_s, transport)
         self._quotes: dict[str, Quote] = {}
         self._wanted: set[str] = set()
-        self._subscribed: set[str] = set()
         self._wanted_changed = anyio.Event()
-        self._ws: ClientConnection | None = None
         self._request_id = 0
         self.attempts = 0  # connections tried so far
         self.connects = 0  # connections opened so far
@@ -263,37 +262,45 @@ class BinanceMarketStream(HttpOwner):
             delay = min(delay * 2, self._backoff[1])
 
     async def _connected(self) -> None:
-        """One connection, until it drops."""
+        """One connection, until it drops: messages read, new symbols subscribed beside."""
         symbols = set(self._wanted)
         url = streams_url(self._stream_url, symbols)
         async with connect(url, open_timeout=self._timeout_s, max_size=2**20) as ws:
-            self._ws, self._subscribed = ws, symbols
             self.connects += 1
             self.log.info("market_stream_connected", symbols=len(symbols))
-            try:
-                await self._subscribe(set(self._wanted) - symbols)  # asked while connecting
-                async for message in ws:
-                    self.on_message(message)
-            finally:
-                self._ws, self._subscribed = None, set()
+            dropped: WebSocketException | None = None
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._subscriber, ws, symbols)
+                try:
+                    async for message in ws:
+                        self.on_message(message)
+                except WebSocketException as exc:  # raised below, not in an exception group
+                    dropped = exc
+                tg.cancel_scope.cancel()
+        if dropped is not None:
+            raise dropped
         self.log.info("market_stream_closed", code=ws.close_code)
 
     async def _want(self, symbol: str) -> None:
-        if symbol in self._wanted:
-            return
-        self._wanted.add(symbol)
-        self._wanted_changed.set()
-        self._wanted_changed = anyio.Event()
-        if self._ws is not None:
-            with contextlib.suppress(WebSocketException):  # dropped: the next connection asks
-                await self._subscribe({symbol})
+        if symbol not in self._wanted:
+            self._wanted.add(symbol)
+            self._wanted_changed.set()
+            self._wanted_changed = anyio.Event()
 
-    async def _subscribe(self, symbols: set[str]) -> None:
-        """``SUBSCRIBE`` (web-socket-streams.md, "Live Subscribing/Unsubscribing")."""
-        ws = self._ws
-        if not symbols or ws is None:
-            return
-        self._request_id += 1
-        names = stream_names(symbols)
-        await ws.send(json.dumps({"method": "SUBSCRIBE", "params": names, "id": self._request_id}))
-        self._subscribed |= symbols
+    async def _subscriber(self, ws: ClientConnection, subscribed: set[str]) -> None:
+        """``SUBSCRIBE`` the symbols asked for since the connection opened, in one message
+        at most every :data:`SUBSCRIBE_EVERY_S` (web-socket-streams.md, "Live
+        Subscribing/Unsubscribing"; "WebSocket Limits": 5 incoming messages a second)."""
+        with contextlib.suppress(WebSocketException):  # closed: the reader sees it too
+            while True:
+                changed = self._wanted_changed
+                new = self._wanted - subscribed
+                if not new:
+                    await changed.wait()
+                    continue
+                self._request_id += 1
+                names = stream_names(new)
+                message = {"method": "SUBSCRIBE", "params": names, "id": self._request_id}
+                await ws.send(json.dumps(message))
+                subscribed |= new
+                await anyio.sleep(SUBSCRIBE_EVERY_S)

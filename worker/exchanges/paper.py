@@ -74,7 +74,6 @@ from worker.exchanges.paper_book import (
     split,
 )
 from worker.exchanges.prices import (
-    DEFAULT_PRICES,
     BinancePublicPrices,
     PriceFeedStale,
     SyntheticPrices,
@@ -85,7 +84,6 @@ from worker.exchanges.symbols import (
     StaticSymbols,
     SymbolSource,
     default_cache_dir,
-    snapshot,
 )
 
 if TYPE_CHECKING:
@@ -382,11 +380,8 @@ def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> Pape
             clock=clock,
         )
     else:
-        listed = snapshot()
         feed = SyntheticPrices(
-            {s: p for s, p in DEFAULT_PRICES.items() if s in listed},
             seed=paper.seed,
-            ticks={s: listed.get(s).tick_size for s in DEFAULT_PRICES if s in listed},
             clock=clock,
             tick_ms=max(1, round(paper.tick_seconds * 1000)),
             symbols=symbols,

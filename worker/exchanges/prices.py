@@ -124,9 +124,9 @@ class SyntheticPrices:
     ``default_tick``), never below one tick. Each symbol has its own generator, seeded from
     ``seed`` and the symbol's name: one seed, one path, whatever other symbols exist.
 
-    With ``symbols``, a symbol not in ``start`` that the listing has joins the walk when first
-    read through :meth:`price`, at :func:`~worker.exchanges.symbols.reference_price` on its
-    tick; one the listing lacks is -1121.
+    With ``symbols`` (a listing), every symbol the listing has joins the walk when first read
+    through :meth:`price`, on the listing's tick: at its ``start`` price if it has one, else at
+    :func:`~worker.exchanges.symbols.reference_price`; one the listing lacks is -1121.
 
     With ``clock`` (epoch milliseconds), reading a price first takes one step per ``tick_ms``
     elapsed since the first read (at most :data:`MAX_CATCH_UP_STEPS` at once), so a running
@@ -158,8 +158,13 @@ class SyntheticPrices:
         self._scripts: dict[str, deque[Decimal]] = {}
         self._held: set[str] = set()
         self._symbols = symbols
+        self._joining: dict[str, Decimal] = {}  # with a listing: start prices, joined on read
         self.steps = 0
-        for symbol, price in (DEFAULT_PRICES if start is None else start).items():
+        initial = DEFAULT_PRICES if start is None else start
+        if symbols is not None:
+            self._joining = {s: _positive(f"{s} price", p) for s, p in initial.items()}
+            return
+        for symbol, price in initial.items():
             self._rngs[symbol] = random.Random(f"{seed}:{symbol}")
             self.set(symbol, price)
 
@@ -183,7 +188,8 @@ class SyntheticPrices:
             rules = await self._symbols.rules(symbol)  # not listed: -1121
             if rules.tick_size > 0:
                 self._ticks.setdefault(symbol, rules.tick_size)
-            self.set(symbol, reference_price(rules))
+            start = self._joining.pop(symbol) if symbol in self._joining else None
+            self.set(symbol, start or reference_price(rules))
         return self.current(symbol)
 
     # -- moving ------------------------------------------------------------------------------

@@ -277,12 +277,12 @@ class SymbolSource:
         kept = trimmed(payload, {**origin, "fetched_at": round(self._clock())})
         path = out or self.cache_file
         if path is not None:
-            write_payload(path, kept)
+            await anyio.to_thread.run_sync(write_payload, path, kept)
         return SymbolTable.of(kept, "binance")
 
     async def _load(self) -> tuple[SymbolTable, float]:
         """The freshest table, and until when it serves."""
-        cached, age = self._read_cache()
+        cached, age = await anyio.to_thread.run_sync(self._read_cache)  # files off the loop
         now = self._clock()
         if cached is not None and age < self._ttl_s:
             return cached, now - age + self._ttl_s
@@ -294,7 +294,8 @@ class SymbolSource:
             else:
                 self.last_error = None
                 return table, now + self._ttl_s
-        return (cached if cached is not None else snapshot()), now + self._retry_s
+        table = cached if cached is not None else await anyio.to_thread.run_sync(snapshot)
+        return table, now + self._retry_s
 
     def _read_cache(self) -> tuple[SymbolTable | None, float]:
         """The cached table and its age in seconds (None when absent or unreadable)."""
