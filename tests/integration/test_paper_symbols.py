@@ -26,6 +26,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from tests.execution_support import (
+    KEY,
+    SECRET,
     call_off_loop,
     exec_settings,
     new_position,
@@ -37,6 +39,8 @@ from tests.execution_support import (
 from tests.pipeline_support import eventually
 from worker.app import App
 from worker.cli import main
+from worker.exchanges.base import OrderRejected, OrderRequest
+from worker.exchanges.binance import BinanceClient
 from worker.exchanges.filters import SymbolRules, round_quantity
 from worker.exchanges.market_stream import BinanceMarketStream
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
@@ -142,7 +146,7 @@ async def test_a_symbol_the_listing_lacks_fails_with_binance_invalid_symbol(
     async with paper_worker(db_url, redis_url, paper):
         await wait_status(db_url, pid, "failed")
     reason = position(db_url, pid)["failure_reason"]
-    assert reason == "BCCUSDT: rejected (-1121): Invalid symbol 'BCCUSDT'."
+    assert reason == "BCCUSDT: rejected (-1121): Invalid symbol."  # as live trading says
 
 
 # -- paper.feed = "binance": a Binance-speaking stream server on loopback ----------------------
@@ -287,3 +291,16 @@ async def test_a_stale_feed_holds_a_paper_entry_without_failing_it_until_prices_
     await paper.aclose()
     [fill] = trades(db_url, pid)
     assert (fill["side"], fill["price"], fill["quantity"]) == ("buy", D("1.0002"), D("10"))
+
+
+async def test_paper_and_live_refuse_an_unlisted_symbol_in_the_same_words(
+    fake: FakeBinance,
+) -> None:
+    async with BinanceClient(KEY, SECRET, base_url=fake.base_url) as client:
+        with pytest.raises(OrderRejected) as live:
+            await client.symbol_rules("BCCUSDT")
+    _, paper = offline_paper()
+    with pytest.raises(OrderRejected) as simulated:
+        await paper.place_order(OrderRequest("BCCUSDT", "buy", "market", "x", quantity=D(1)))
+    assert (simulated.value.code, str(simulated.value)) == (live.value.code, str(live.value))
+    assert str(live.value) == "rejected (-1121): Invalid symbol."

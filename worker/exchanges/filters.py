@@ -53,8 +53,9 @@ def rules_from_symbol_info(info: Mapping[str, Any]) -> SymbolRules:
 
 
 def unknown_symbol(symbol: str) -> OrderRejected:
-    """The error Binance gives for a symbol it does not list (-1121), live or on paper."""
-    return OrderRejected(-1121, f"Invalid symbol {symbol!r}.")
+    """The error Binance gives for a symbol it does not list, word for word (errors.md:
+    -1121 BAD_SYMBOL, "Invalid symbol."), live or on paper. The engine names the symbol."""
+    return OrderRejected(-1121, "Invalid symbol.")
 
 
 def _dec(value: Any) -> Decimal:
