@@ -37,6 +37,7 @@ from worker.db.queries import q
 from worker.driver_errors import translated_errors, translated_redis_errors
 from worker.errors import DatabaseUnavailable, SettingsError, StreamUnavailable
 from worker.exchanges.binance import BinanceClient, RateLimitGate
+from worker.exchanges.paper import PaperExchange
 from worker.exchanges.paper import from_settings as paper_from_settings
 from worker.exchanges.signing import credentials_from_env
 from worker.execution.accounts import AccountRegistry
@@ -303,6 +304,8 @@ class App:
             tg.start_soon(self._heartbeat, client)
             if self.watcher is not None:
                 tg.start_soon(self.watcher.run)
+            if router is not None and isinstance(router.paper, PaperExchange):
+                await tg.start(router.paper.run_feed)  # paper.feed = "binance": its streams
             if router is not None and router.accounts is not None:
                 tg.start_soon(self._keep_accounts, router.accounts)
             self.log.info(

@@ -33,6 +33,7 @@ examples:
   position-worker status                  what an operator looks at first
   position-worker tail notifications      follow a stream as entries arrive
   position-worker replay --all-dead       re-queue parked events
+  position-worker refresh-symbols         paper symbols' rules from Binance, cached
 """
 
 
@@ -211,6 +212,36 @@ def _cmd_secrets_key(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_refresh_symbols(settings: Settings, args: argparse.Namespace) -> int:
+    """fetch every TRADING spot symbol's rules from Binance's public exchangeInfo (no key)
+    into the paper exchange's cache, or with --out write a new snapshot file (maintainers:
+    worker/exchanges/data/exchange_info.json.gz); offline: one line, exit 2, and the worker
+    goes on with its cache or the shipped snapshot
+
+    example:
+      position-worker refresh-symbols
+      position-worker refresh-symbols --out worker/exchanges/data/exchange_info.json.gz
+    """
+    from pathlib import Path
+
+    import anyio
+
+    from worker.exchanges.paper import symbols_from_settings
+    from worker.exchanges.symbols import SymbolSource
+
+    configured = symbols_from_settings(settings)
+    source = SymbolSource(
+        base_url=settings.binance.base_url,
+        cache_dir=configured.cache_file.parent if configured.cache_file else None,
+        timeout_s=settings.binance.timeout_seconds,
+    )
+    out = Path(args.out) if args.out else None
+    table = anyio.run(source.refresh, out)
+    where = out or source.cache_file
+    print(f"{len(table)} TRADING symbols from {table.origin['url']} written to {where}")
+    return 0
+
+
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
@@ -256,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("event_id", nargs="?", type=int, help="the event id to re-queue")
     _flag(replay, "--all-dead", "re-queue every dead event")
     _add(sub, "secrets-key", _cmd_secrets_key)
+    refresh = _add(sub, "refresh-symbols", _cmd_refresh_symbols)
+    refresh.add_argument(
+        "--out",
+        metavar="PATH",
+        help="write a snapshot to PATH (gzip when it ends in .gz) instead of the cache",
+    )
     demo = _add(sub, "demo", _cmd_demo)
     _flag(demo, "--keep", "leave the servers running")
     bench = _add(sub, "bench", _cmd_bench)

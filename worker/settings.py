@@ -97,6 +97,15 @@ class PaperSettings:
     fee_asset: str = "quote"  # quote | base | BNB: which asset pays the fee
     slippage_bps: Decimal = Decimal("5")  # market orders fill this much worse
     partial_fills: int = 1  # split each fill into this many parts
+    # -- symbols, book and feed (README: Paper trading) --
+    bnb_discount: Decimal = Decimal("0.25")  # fee_asset BNB: this fraction off (Binance's)
+    spread_bps: Decimal = Decimal("2")  # synthetic feed: bid and ask this far apart
+    depth_quote: Decimal = Decimal("0")  # quote value per book level; 0 = unlimited
+    stale_after_seconds: float = 30.0  # no price this long: new orders wait; 0 = never
+    stream_url: str = "wss://stream.binance.com:9443"  # feed binance: public market streams
+    symbols: str = "auto"  # auto (cache, Binance, snapshot) | snapshot (shipped only)
+    symbols_cache_ttl_seconds: float = 86400.0  # refetch exchangeInfo after this long
+    symbols_cache_dir: str = ""  # "" = $XDG_CACHE_HOME/position-worker (~/.cache/...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,7 @@ _CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "log.format": ("auto", "json", "console"),
     "paper.feed": ("synthetic", "binance"),
     "paper.fee_asset": ("quote", "base", "BNB"),
+    "paper.symbols": ("auto", "snapshot"),
     "risk.short_selling": ("off", "holdings", "any"),
 }
 _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
@@ -174,6 +184,7 @@ _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "redis.url": ("redis://", "rediss://", "unix://"),
     "binance.base_url": ("https://", "http://"),
     "binance.testnet_base_url": ("https://", "http://"),
+    "paper.stream_url": ("wss://", "ws://"),
 }
 _SYMBOL: Final = re.compile(r"^[A-Z0-9]{2,20}$")
 

@@ -16,7 +16,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.app import build_router, serve_metrics
 from worker.errors import SettingsError
-from worker.exchanges.binance import BinanceClient, BinancePublicPrices
+from worker.exchanges.binance import BinanceClient
+from worker.exchanges.market_stream import BinanceMarketStream
 from worker.exchanges.paper import PaperExchange
 from worker.metrics import Metrics
 from worker.settings import AccountSettings, PaperSettings, Settings
@@ -44,7 +45,7 @@ async def test_the_exchanges_http_clients_close_with_their_owner(
         router = build_router(settings, owned, pool, redis, structlog.get_logger())
         assert isinstance(router.paper, PaperExchange)
         feed = router.paper.feed
-        assert isinstance(feed, BinancePublicPrices)
+        assert isinstance(feed, BinanceMarketStream)  # public streams, REST over httpx
         clients = [feed._http.client]
         if opt_in:
             assert isinstance(router.operator, BinanceClient)

@@ -29,15 +29,16 @@ from worker.exchanges.base import (
     Side,
     UnknownOrder,
 )
-from worker.exchanges.paper import DEFAULT_RULES, PaperConfig, PaperExchange, from_settings
+from worker.exchanges.paper import PaperConfig, PaperExchange, from_settings
 from worker.exchanges.paper_book import split
-from worker.exchanges.prices import BinancePublicPrices, FixedPrices, SyntheticPrices
+from worker.exchanges.prices import BinanceMarketStream, FixedPrices, SyntheticPrices
+from worker.exchanges.symbols import snapshot
 from worker.settings import Settings
 
 pytestmark = pytest.mark.anyio
 D = Decimal
 BTC = Market("BTC", "USDT")
-BTC_RULES = DEFAULT_RULES[0]
+BTC_RULES = snapshot().get("BTCUSDT")
 T0 = 1_700_000_000_000
 
 
@@ -492,12 +493,17 @@ async def test_same_seed_same_prices_and_fills() -> None:
     assert first != other
 
 
+OFFLINE = dataclasses.replace(
+    Settings(), paper=dataclasses.replace(Settings().paper, symbols="snapshot")
+)
+
+
 async def test_from_settings_builds_a_clock_driven_synthetic_exchange() -> None:
     clock = ManualClock()
-    paper = from_settings(Settings(), clock=clock)
+    paper = from_settings(OFFLINE, clock=clock)
     exchange: Exchange = paper  # the port, statically
     assert isinstance(paper.feed, SyntheticPrices)
-    assert paper.config == PaperConfig(slippage_bps=D(5))
+    assert paper.config == PaperConfig(slippage_bps=D(5), spread_bps=D(2), bnb_discount=D("0.25"))
     state = await exchange.place_order(order("s", qty="0.001"))
     assert state.exchange_order_id == f"P{T0}-1" and state.fills[0].trade_id == f"P{T0}-1"
     clock.ms += 3_000
@@ -505,11 +511,12 @@ async def test_from_settings_builds_a_clock_driven_synthetic_exchange() -> None:
     assert paper.feed.steps == 3
 
 
-async def test_from_settings_with_binance_public_prices() -> None:
-    base = Settings()
-    settings_ = dataclasses.replace(base, paper=dataclasses.replace(base.paper, feed="binance"))
+async def test_from_settings_with_binance_public_market_streams() -> None:
+    settings_ = dataclasses.replace(
+        OFFLINE, paper=dataclasses.replace(OFFLINE.paper, feed="binance")
+    )
     paper = from_settings(settings_, clock=ManualClock())
-    assert isinstance(paper.feed, BinancePublicPrices)
+    assert isinstance(paper.feed, BinanceMarketStream)
     await paper.aclose()
 
 

@@ -11,13 +11,15 @@ from typing import Any, TypeVar
 
 from worker.exchanges.base import (
     ExchangeFill,
-    OrderRejected,
     OrderState,
     OutcomeUnknown,
     SymbolRules,
 )
+from worker.exchanges.filters import rules_from_symbol_info, unknown_symbol
 
 T = TypeVar("T")
+
+symbol_rules = rules_from_symbol_info  # an exchangeInfo symbol, read as every adapter reads it
 
 
 def parsed(parse: Callable[[Mapping[str, Any]], T], body: Any) -> T:
@@ -80,31 +82,9 @@ def trade_fill(trade: Mapping[str, Any]) -> ExchangeFill:
     )
 
 
-def symbol_rules(info: Mapping[str, Any]) -> SymbolRules:
-    """One entry of exchangeInfo's ``symbols`` list."""
-    filters = {f["filterType"]: f for f in info.get("filters", ())}
-    price = filters.get("PRICE_FILTER", {})
-    lot = filters.get("LOT_SIZE", {})
-    notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
-    return SymbolRules(
-        symbol=str(info["symbol"]),
-        base_asset=str(info["baseAsset"]),
-        quote_asset=str(info["quoteAsset"]),
-        tick_size=_dec(price.get("tickSize")),
-        step_size=_dec(lot.get("stepSize")),
-        min_qty=_dec(lot.get("minQty")),
-        max_qty=_dec(lot.get("maxQty")),
-        min_notional=_dec(notional.get("minNotional")),
-    )
-
-
 def rules_from_exchange_info(payload: Mapping[str, Any], symbol: str) -> SymbolRules:
     """Find ``symbol`` in an exchangeInfo response; OrderRejected(-1121) when absent."""
     for info in payload.get("symbols", ()):
         if info.get("symbol") == symbol:
             return symbol_rules(info)
-    raise OrderRejected(-1121, f"Invalid symbol {symbol!r}.")
-
-
-def _dec(value: Any) -> Decimal:
-    return Decimal(0) if value is None else Decimal(str(value))
+    raise unknown_symbol(symbol)

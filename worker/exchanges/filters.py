@@ -1,5 +1,6 @@
-"""A symbol's trading rules (Binance's exchangeInfo filters) and the pure rounding and
-pre-checks on them, no I/O.
+"""A symbol's trading rules (Binance's exchangeInfo filters), read from exchangeInfo's JSON by
+the one parser every adapter shares (:func:`rules_from_symbol_info`: the live client, the
+paper exchange and its shipped snapshot), and the pure rounding and pre-checks on them, no I/O.
 
 An order that breaks a filter fails here, before anything is sent, with a reason a person can
 read ("quantity 0.00000900 below minQty 0.00001000"), instead of a bare -1013 from Binance.
@@ -7,10 +8,12 @@ read ("quantity 0.00000900 below minQty 0.00001000"), instead of a bare -1013 fr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import Any
 
-from worker.exchanges.errors import FilterViolation
+from worker.exchanges.errors import FilterViolation, OrderRejected
 
 ZERO = Decimal(0)
 
@@ -27,6 +30,36 @@ class SymbolRules:
     min_qty: Decimal
     max_qty: Decimal
     min_notional: Decimal
+
+
+def rules_from_symbol_info(info: Mapping[str, Any]) -> SymbolRules:
+    """One entry of exchangeInfo's ``symbols`` list: PRICE_FILTER's tickSize, LOT_SIZE's
+    stepSize/minQty/maxQty, and NOTIONAL's minNotional (MIN_NOTIONAL on older answers).
+    A filter the answer lacks reads as "no rule" (zero)."""
+    filters = {f["filterType"]: f for f in info.get("filters", ())}
+    price = filters.get("PRICE_FILTER", {})
+    lot = filters.get("LOT_SIZE", {})
+    notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
+    return SymbolRules(
+        symbol=str(info["symbol"]),
+        base_asset=str(info["baseAsset"]),
+        quote_asset=str(info["quoteAsset"]),
+        tick_size=_dec(price.get("tickSize")),
+        step_size=_dec(lot.get("stepSize")),
+        min_qty=_dec(lot.get("minQty")),
+        max_qty=_dec(lot.get("maxQty")),
+        min_notional=_dec(notional.get("minNotional")),
+    )
+
+
+def unknown_symbol(symbol: str) -> OrderRejected:
+    """The error Binance gives for a symbol it does not list, word for word (errors.md:
+    -1121 BAD_SYMBOL, "Invalid symbol."), live or on paper. The engine names the symbol."""
+    return OrderRejected(-1121, "Invalid symbol.")
+
+
+def _dec(value: Any) -> Decimal:
+    return ZERO if value is None else Decimal(str(value))
 
 
 def round_quantity(rules: SymbolRules, quantity: Decimal) -> Decimal:

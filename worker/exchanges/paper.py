@@ -5,14 +5,22 @@ For ``is_paper_trade`` positions. Prices come from a :class:`~worker.exchanges.b
 deterministic for a given feed and clock. Behaves like Binance spot (and the tests' fake
 Binance) where they overlap; the pure rules live in :mod:`worker.exchanges.paper_book`:
 
-* **Market** orders fill at once at the feed's price made ``slippage_bps`` worse, as taker;
-  what :meth:`PaperExchange.set_liquidity` leaves unfilled EXPIRES. By ``quote_quantity``:
-  the quantity the quote buys at the fill price, floored to stepSize.
-* **Limit** orders that cross on arrival fill as taker at the market price (never beyond the
-  limit); the others rest (NEW) and fill at their limit, as maker, once a price crosses them.
-* **stop_loss / take_profit** rest until the price reaches ``stop_price`` (a sell stop-loss
-  as it falls, a sell take-profit as it rises; buys the mirror), then fill as a market order,
-  or as a limit with ``price``. One that would fire at once is rejected (-2010), as on Binance.
+* **Symbols**: every symbol the listing has (:mod:`worker.exchanges.symbols`: Binance's
+  exchangeInfo, cached, else the shipped snapshot), with its real filters.
+* **The book**: the feed's best bid and ask (:func:`~worker.exchanges.prices.read_quote`; a
+  feed with only a price is the mid of a book ``spread_bps`` wide).
+* **Market** orders take the ask (buy) or the bid (sell), ``slippage_bps`` worse, as taker,
+  walking the book past the touch's size (``depth_quote``); what the book or
+  :meth:`PaperExchange.set_liquidity` leaves unfilled EXPIRES. By ``quote_quantity``: the
+  quantity the quote buys at the first price, floored to stepSize.
+* **Limit** orders that cross on arrival fill as taker from the touch (never beyond the
+  limit); the others rest (NEW) and fill at their limit, as maker, once the touch crosses it.
+* **stop_loss / take_profit** rest until the last price reaches ``stop_price`` (a sell
+  stop-loss as it falls, a sell take-profit as it rises; buys the mirror), then fill as a
+  market order, or as a limit with ``price``. One that would fire at once is rejected (-2010).
+* **A stale feed** (no price heard for ``stale_after_ms``) holds new orders:
+  ``PriceFeedStale``, an ExchangeError the engine retries on its next pass; open orders are
+  not matched against a stale price.
 * Matching runs on :meth:`PaperExchange.on_price_tick` (a price pushed in),
   :meth:`PaperExchange.poll` (the feed's price for every symbol with open orders), and at
   every port call on a symbol, which reads the feed first: a worker that looks at an order
@@ -35,7 +43,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
+
+import anyio
+from anyio.abc import TaskStatus
 
 from worker.exchanges.base import (
     DuplicateOrder,
@@ -48,25 +60,36 @@ from worker.exchanges.base import (
     PriceFeed,
     UnknownOrder,
 )
-from worker.exchanges.filters import SymbolRules, round_quantity
+from worker.exchanges.filters import SymbolRules
+from worker.exchanges.market_stream import BinanceMarketStream
 from worker.exchanges.paper_book import (
-    DEFAULT_RULES,
+    Execution,
     FeeAsset,
     PaperConfig,
     PaperOrder,
+    Quote,
     commission,
-    limit_crossed,
+    match,
     new_order,
-    slipped,
     split,
-    stop_triggered,
 )
-from worker.exchanges.prices import BinancePublicPrices, SyntheticPrices, unknown_symbol
+from worker.exchanges.prices import (
+    BinancePublicPrices,
+    PriceFeedStale,
+    SyntheticPrices,
+    read_quote,
+)
+from worker.exchanges.symbols import (
+    RulesSource,
+    StaticSymbols,
+    SymbolSource,
+    default_cache_dir,
+)
 
 if TYPE_CHECKING:
     from worker.settings import Settings
 
-__all__ = ["DEFAULT_RULES", "PaperConfig", "PaperExchange", "from_settings"]
+__all__ = ["PaperConfig", "PaperExchange", "from_settings"]
 
 ClockMs = Callable[[], int]
 INSUFFICIENT_BALANCE: Final = "Account has insufficient balance for requested action."
@@ -81,7 +104,8 @@ class PaperExchange:
     """A simulated spot exchange over ``feed`` (see the module notes for the matching rules).
 
     ``clock`` returns epoch ms (order and fill times); ``config`` sets fees, fee asset,
-    slippage and partial fills; ``rules`` lists the tradable symbols and their filters;
+    slippage and partial fills; ``rules`` are the tradable symbols and their filters (a
+    :class:`~worker.exchanges.symbols.SymbolSource`, a list, or by default the snapshot);
     ``id_prefix`` starts every exchange order id and trade id (give each run its own if
     its ids must not collide with an earlier run's).
     """
@@ -92,12 +116,15 @@ class PaperExchange:
         *,
         clock: ClockMs,
         config: PaperConfig | None = None,
-        rules: Iterable[SymbolRules] = DEFAULT_RULES,
+        rules: Iterable[SymbolRules] | RulesSource | None = None,
         id_prefix: str = "",
+        stale_after_ms: int = 0,
     ) -> None:
         self._feed, self._clock = feed, clock
         self.config = config or PaperConfig()
-        self._rules = {r.symbol: r for r in rules}
+        # symbols and quotes (worker/exchanges/symbols.py, prices.py): 0 = never stale
+        self._symbols = _rules_source(rules)
+        self._stale_after_ms = stale_after_ms
         self._prefix = id_prefix
         self._orders: dict[str, PaperOrder] = {}  # by exchange order id, oldest first
         self._latest: dict[tuple[str, str], PaperOrder] = {}  # by (symbol, client order id)
@@ -142,17 +169,17 @@ class PaperExchange:
     async def place_order(self, req: OrderRequest) -> OrderState:
         """Validate, then fill what can fill now. The answer carries this call's fills."""
         rules = await self.symbol_rules(req.symbol)
-        market = await self.price(req.symbol)  # resting orders first see the market
+        quote = await self._fresh_quote(rules)  # resting orders first see the market
         bnb_price = await self._bnb_price(rules)
         # no await from here on: the id check and the registration are one atomic step
         self._scripted_rejection(req.symbol)
         self._check_client_id(req.client_order_id)
         order_id, now = f"{self._prefix}{self._order_seq + 1}", self._clock()
-        order = new_order(rules, req, market, self.config, exchange_order_id=order_id, now_ms=now)
+        order = new_order(rules, req, quote, self.config, exchange_order_id=order_id, now_ms=now)
         self._order_seq += 1
         self._orders[order.exchange_order_id] = order
         self._latest[(req.symbol, req.client_order_id)] = order
-        return order.state(self._match(order, rules, market, bnb_price, placing=True))
+        return order.state(self._match(order, rules, quote, bnb_price, placing=True))
 
     async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
         """Both legs as two independent orders: the paper exchange has no balances to lock
@@ -193,93 +220,118 @@ class PaperExchange:
         return list(order.fills) if order is not None and order.symbol == symbol else []
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
-        try:
-            return self._rules[symbol]
-        except KeyError:
-            raise unknown_symbol(symbol) from None
+        return await self._symbols.rules(symbol)
 
     async def price(self, symbol: str) -> Decimal:
-        """The feed's price; open orders of a tradable ``symbol`` are matched against it."""
-        price = await self._feed.price(symbol)
-        if symbol in self._rules:
-            await self.on_price_tick(symbol, price)
-        return price
+        """The feed's last price of a listed ``symbol``; its open orders are matched against
+        the book first (unless the feed is stale)."""
+        rules = await self.symbol_rules(symbol)
+        quote = await read_quote(self._feed, rules, self.config.spread_bps)
+        if self._age_ms(quote) is None:
+            await self.on_quote(symbol, quote)
+        return quote.last
+
+    async def run_feed(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep the feed's connection (Binance market streams) while this task runs; returns
+        at once for a feed without one (synthetic, fixed)."""
+        if isinstance(self._feed, BinanceMarketStream):
+            await self._feed.run(task_status=task_status)
+        else:
+            task_status.started()
 
     async def aclose(self) -> None:
         """Close the feed if it holds a connection (Binance public prices)."""
-        if isinstance(self._feed, BinancePublicPrices):
+        if isinstance(self._feed, BinancePublicPrices | BinanceMarketStream):
             await self._feed.aclose()
 
     # -- matching --------------------------------------------------------------------------------
 
     async def on_price_tick(self, symbol: str, price: Decimal) -> list[ExchangeFill]:
-        """``symbol`` trades at ``price``: fill the open orders it triggers or crosses."""
+        """``symbol`` trades at ``price`` (the mid of a book ``spread_bps`` wide): fill the
+        open orders it triggers or crosses."""
+        rules = await self.symbol_rules(symbol)
+        return await self.on_quote(symbol, Quote.around(rules, price, self.config.spread_bps))
+
+    async def on_quote(self, symbol: str, quote: Quote) -> list[ExchangeFill]:
+        """``symbol``'s book is ``quote``: fill the open orders it triggers or crosses."""
         rules = await self.symbol_rules(symbol)
         if not any(o.symbol == symbol and o.is_open for o in self._orders.values()):
             return []
         bnb_price = await self._bnb_price(rules)
         orders = [o for o in self._orders.values() if o.symbol == symbol and o.is_open]
-        return [f for o in orders for f in self._match(o, rules, price, bnb_price, placing=False)]
+        return [f for o in orders for f in self._match(o, rules, quote, bnb_price, placing=False)]
 
     async def poll(self) -> list[ExchangeFill]:
         """Read the feed for every symbol with open orders and match them; the new fills."""
         symbols = dict.fromkeys(o.symbol for o in self._orders.values() if o.is_open)
         fills: list[ExchangeFill] = []
         for symbol in symbols:
-            fills += await self.on_price_tick(symbol, await self._feed.price(symbol))
+            rules = await self.symbol_rules(symbol)
+            quote = await read_quote(self._feed, rules, self.config.spread_bps)
+            if self._age_ms(quote) is None:
+                fills += await self.on_quote(symbol, quote)
         return fills
 
     def _match(
         self,
         order: PaperOrder,
         rules: SymbolRules,
-        market: Decimal,
+        quote: Quote,
         bnb_price: Decimal | None,
         *,
         placing: bool,
     ) -> list[ExchangeFill]:
-        if not order.triggered:
-            if not stop_triggered(order.req.type, order.side, order.stop_price, market):
-                return []
-            order.triggered = placing = True  # a stop that fires takes the market, like an arrival
-        taker_price = slipped(rules, order.side, market, self.config.slippage_bps)
-        if order.price is None:  # market, or a triggered stop without a limit
-            fills = self._execute(order, rules, taker_price, bnb_price, maker=False)
-            if order.remaining > 0:
-                order.status = "EXPIRED"
-            return fills
-        if not limit_crossed(order.side, order.price, market):
-            return []
-        if placing:  # takes the book, never beyond its limit
-            better = min if order.side == "buy" else max
-            return self._execute(
-                order, rules, better(order.price, taker_price), bnb_price, maker=False
-            )
-        return self._execute(order, rules, order.price, bnb_price, maker=True)
+        """paper_book.match's executions as fills; a market order's rest EXPIRES."""
+        cap = self._liquidity.get(order.symbol)
+        executions, expires = match(order, rules, quote, self.config, placing=placing, cap=cap)
+        fills = self._execute(order, rules, executions, bnb_price)
+        if expires and order.remaining > 0:
+            order.status = "EXPIRED"
+        return fills
 
     def _execute(
         self,
         order: PaperOrder,
         rules: SymbolRules,
-        price: Decimal,
+        executions: list[Execution],
         bnb_price: Decimal | None,
-        *,
-        maker: bool,
     ) -> list[ExchangeFill]:
-        """Fill what the liquidity cap allows at ``price``, in ``partial_fills`` parts."""
-        cap = self._liquidity.get(order.symbol)
-        quantity = (
-            order.remaining if cap is None else min(order.remaining, round_quantity(rules, cap))
-        )
+        """Each execution as ``partial_fills`` fills, with fees and trade ids."""
         now = self._clock()
         fills = []
-        for part in split(rules, quantity, self.config.partial_fills):
-            fee, asset = commission(
-                self.config, rules, order.side, price * part, part, maker=maker, bnb_price=bnb_price
-            )
-            fills.append(ExchangeFill(next(self._trade_ids), price, part, fee, asset, now))
+        for execution in executions:
+            price = execution.price
+            for part in split(rules, execution.quantity, self.config.partial_fills):
+                fee, asset = commission(
+                    self.config,
+                    rules,
+                    order.side,
+                    price * part,
+                    part,
+                    maker=execution.maker,
+                    bnb_price=bnb_price,
+                )
+                fills.append(ExchangeFill(next(self._trade_ids), price, part, fee, asset, now))
         order.record(fills, now)
         return fills
+
+    # -- quotes (worker/exchanges/prices.py) -----------------------------------------------------
+
+    async def _fresh_quote(self, rules: SymbolRules) -> Quote:
+        """The book now, matched against open orders; PriceFeedStale when it is too old."""
+        quote = await read_quote(self._feed, rules, self.config.spread_bps)
+        age = self._age_ms(quote)
+        if age is not None:
+            raise PriceFeedStale(rules.symbol, age)
+        await self.on_quote(rules.symbol, quote)
+        return quote
+
+    def _age_ms(self, quote: Quote) -> int | None:
+        """How old a stale quote is (None: fresh enough, or a feed that cannot go stale)."""
+        if quote.time_ms is None or self._stale_after_ms <= 0:
+            return None
+        age = self._clock() - quote.time_ms
+        return age if age > self._stale_after_ms else None
 
     # -- placing ---------------------------------------------------------------------------------
 
@@ -298,7 +350,6 @@ class PaperExchange:
 
     async def _sync(self, symbol: str) -> None:
         """Match ``symbol``'s open orders at the feed's price now; -1121 if not tradable."""
-        await self.symbol_rules(symbol)
         await self.price(symbol)
 
     async def _bnb_price(self, rules: SymbolRules) -> Decimal | None:
@@ -313,27 +364,65 @@ class PaperExchange:
 
 
 def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> PaperExchange:
-    """The paper exchange ``[paper]`` describes: a clock-driven synthetic feed or Binance's
-    public prices, the configured fees, fee asset, slippage and partial fills. Ids start with
-    the build time, so a restarted worker never re-issues an earlier run's trade ids."""
+    """The paper exchange ``[paper]`` describes: every listed symbol (see
+    :func:`symbols_from_settings`), a clock-driven synthetic feed or Binance's public market
+    streams, the configured book, fees, fee asset, slippage and partial fills. Ids start with
+    the build time, so a restarted worker never re-issues an earlier run's trade ids. Nothing
+    is read or fetched here."""
     paper = settings.paper
+    symbols = symbols_from_settings(settings)
     feed: PriceFeed
     if paper.feed == "binance":
-        feed = BinancePublicPrices(
-            base_url=settings.binance.base_url, timeout_s=settings.binance.timeout_seconds
+        feed = BinanceMarketStream(
+            stream_url=paper.stream_url,
+            base_url=settings.binance.base_url,
+            timeout_s=min(settings.binance.timeout_seconds, 5.0),
+            clock=clock,
         )
     else:
         feed = SyntheticPrices(
             seed=paper.seed,
-            ticks={r.symbol: r.tick_size for r in DEFAULT_RULES},
             clock=clock,
             tick_ms=max(1, round(paper.tick_seconds * 1000)),
+            symbols=symbols,
         )
     config = PaperConfig(
         taker_fee=paper.taker_fee,
         maker_fee=paper.maker_fee,
         fee_asset=cast(FeeAsset, paper.fee_asset),
+        bnb_discount=paper.bnb_discount,
         slippage_bps=paper.slippage_bps,
+        spread_bps=paper.spread_bps,
+        depth_quote=paper.depth_quote,
         partial_fills=paper.partial_fills,
     )
-    return PaperExchange(feed, clock=clock, config=config, id_prefix=f"P{clock()}-")
+    return PaperExchange(
+        feed,
+        clock=clock,
+        config=config,
+        rules=symbols,
+        id_prefix=f"P{clock()}-",
+        stale_after_ms=round(paper.stale_after_seconds * 1000),
+    )
+
+
+def symbols_from_settings(settings: Settings) -> SymbolSource:
+    """The listing ``[paper]`` describes: ``symbols = "auto"`` fetches Binance's exchangeInfo
+    (``binance.base_url``) when the cache is older than its TTL; ``"snapshot"`` never does."""
+    paper = settings.paper
+    fetch = paper.symbols == "auto"
+    return SymbolSource(
+        base_url=settings.binance.base_url if fetch else None,
+        cache_dir=Path(paper.symbols_cache_dir) if paper.symbols_cache_dir else default_cache_dir(),
+        ttl_s=paper.symbols_cache_ttl_seconds,
+        timeout_s=min(settings.binance.timeout_seconds, 5.0),
+    )
+
+
+def _rules_source(rules: Iterable[SymbolRules] | RulesSource | None) -> RulesSource:
+    """The snapshot by default; a list of rules as a fixed listing."""
+    if rules is None:
+        return SymbolSource(base_url=None, cache_dir=None)
+    if isinstance(rules, RulesSource):
+        return rules
+    return StaticSymbols(rules)

@@ -10,7 +10,16 @@ answers in :class:`~decimal.Decimal`. A symbol the feed does not know raises
   or, given a ``clock``, by catching up one step per ``tick_ms`` elapsed whenever a price is
   read. Scripted paths (:meth:`~SyntheticPrices.script`) replace the walk for the next steps,
   so a demo can make a stop-loss fire on cue.
-* :class:`~worker.exchanges.binance.BinancePublicPrices` - real prices, no key; re-exported.
+  Given ``symbols`` (the listing, :mod:`worker.exchanges.symbols`), any listed symbol joins
+  the walk when first read, at its synthetic reference price, on its tick.
+* :class:`~worker.exchanges.market_stream.BinanceMarketStream` - real best bid/ask and trades
+  from Binance's public WebSocket streams, REST when the stream has nothing; re-exported.
+* :class:`~worker.exchanges.binance.BinancePublicPrices` - real last prices over REST, no key.
+
+A feed that also knows the book implements :class:`QuoteFeed`; :func:`read_quote` reads any
+feed as a :class:`~worker.exchanges.paper_book.Quote` (a bare price is the mid of a book
+``spread_bps`` wide). :class:`PriceFeedStale` is what the paper exchange raises instead of
+filling at a price older than it accepts.
 """
 
 from __future__ import annotations
@@ -19,16 +28,24 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
-from worker.exchanges.base import OrderRejected
+from worker.exchanges.base import ExchangeError, PriceFeed
 from worker.exchanges.binance import BinancePublicPrices
+from worker.exchanges.filters import SymbolRules, unknown_symbol
+from worker.exchanges.market_stream import BinanceMarketStream
+from worker.exchanges.paper_book import Quote
+from worker.exchanges.symbols import RulesSource, reference_price
 
 __all__ = [
     "DEFAULT_PRICES",
+    "BinanceMarketStream",
     "BinancePublicPrices",
     "FixedPrices",
+    "PriceFeedStale",
+    "QuoteFeed",
     "SyntheticPrices",
+    "read_quote",
     "unknown_symbol",
 ]
 
@@ -45,9 +62,27 @@ _BPS: Final = Decimal(10_000)
 ClockMs = Callable[[], int]
 
 
-def unknown_symbol(symbol: str) -> OrderRejected:
-    """The error Binance gives for a symbol it does not list."""
-    return OrderRejected(-1121, f"Invalid symbol {symbol!r}.")
+class PriceFeedStale(ExchangeError):
+    """The feed has had no price for ``symbol`` for longer than the exchange accepts: a new
+    order waits (the engine looks again on its next pass) rather than fill at an old price."""
+
+    def __init__(self, symbol: str, age_ms: int) -> None:
+        self.symbol, self.age_ms = symbol, age_ms
+        super().__init__(f"held: price feed stale for {symbol} (last price {age_ms // 1000}s ago)")
+
+
+@runtime_checkable
+class QuoteFeed(Protocol):
+    """A feed that knows the best bid and ask, not only a price."""
+
+    async def quote(self, symbol: str) -> Quote: ...
+
+
+async def read_quote(feed: PriceFeed, rules: SymbolRules, spread_bps: Decimal) -> Quote:
+    """``rules.symbol``'s book from ``feed``: its own quote, else a book around its price."""
+    if isinstance(feed, QuoteFeed):
+        return await feed.quote(rules.symbol)
+    return Quote.around(rules, await feed.price(rules.symbol), spread_bps)
 
 
 def _positive(name: str, value: Decimal) -> Decimal:
@@ -89,6 +124,10 @@ class SyntheticPrices:
     ``default_tick``), never below one tick. Each symbol has its own generator, seeded from
     ``seed`` and the symbol's name: one seed, one path, whatever other symbols exist.
 
+    With ``symbols`` (a listing), every symbol the listing has joins the walk when first read
+    through :meth:`price`, on the listing's tick: at its ``start`` price if it has one, else at
+    :func:`~worker.exchanges.symbols.reference_price`; one the listing lacks is -1121.
+
     With ``clock`` (epoch milliseconds), reading a price first takes one step per ``tick_ms``
     elapsed since the first read (at most :data:`MAX_CATCH_UP_STEPS` at once), so a running
     worker sees prices move without a task of their own. Without it, only :meth:`step` and
@@ -105,6 +144,7 @@ class SyntheticPrices:
         default_tick: Decimal = DEFAULT_TICK,
         clock: ClockMs | None = None,
         tick_ms: int = 1_000,
+        symbols: RulesSource | None = None,
     ) -> None:
         if step_bps < 0 or tick_ms <= 0:
             raise ValueError("step_bps must be >= 0 and tick_ms > 0")
@@ -117,8 +157,14 @@ class SyntheticPrices:
         self._rngs: dict[str, random.Random] = {}
         self._scripts: dict[str, deque[Decimal]] = {}
         self._held: set[str] = set()
+        self._symbols = symbols
+        self._joining: dict[str, Decimal] = {}  # with a listing: start prices, joined on read
         self.steps = 0
-        for symbol, price in (DEFAULT_PRICES if start is None else start).items():
+        initial = DEFAULT_PRICES if start is None else start
+        if symbols is not None:
+            self._joining = {s: _positive(f"{s} price", p) for s, p in initial.items()}
+            return
+        for symbol, price in initial.items():
             self._rngs[symbol] = random.Random(f"{seed}:{symbol}")
             self.set(symbol, price)
 
@@ -138,6 +184,12 @@ class SyntheticPrices:
 
     async def price(self, symbol: str) -> Decimal:
         self.catch_up()
+        if symbol not in self._prices and self._symbols is not None:
+            rules = await self._symbols.rules(symbol)  # not listed: -1121
+            if rules.tick_size > 0:
+                self._ticks.setdefault(symbol, rules.tick_size)
+            start = self._joining.pop(symbol) if symbol in self._joining else None
+            self.set(symbol, start or reference_price(rules))
         return self.current(symbol)
 
     # -- moving ------------------------------------------------------------------------------
