@@ -304,10 +304,10 @@ class WsApi:
         return len(cut)
 
     def lose_events(self, count: int, account: str = "default") -> None:
-        """A stream gap: the next ``count`` events of ``account`` are never sent."""
+        """A stream gap: the next ``count`` events of ``account`` are never sent (0: from
+        now on every event is sent again)."""
         with self.fake._lock:
-            book = self.fake.accounts[account].book
-            self._lose[id(book)] = self._lose.get(id(book), 0) + count
+            self._lose[id(self.fake.accounts[account].book)] = count
 
     def server_shutdown(self) -> None:
         """The ``serverShutdown`` event on every connection ("Connection events")."""
