@@ -71,7 +71,7 @@ class FakeBinance(Serving):
         self.accounts: dict[str, FakeAccount] = {}  # by name
         self._lock = threading.RLock()
         self._requests: list[RecordedRequest] = []
-        self.ws_api = WsApi(self)  # the WebSocket API: user data stream (ws_api.py)
+        self.ws_api = WsApi(self, self._lock)  # the WebSocket API: user data stream (ws_api.py)
         self.add_account(DEFAULT_ACCOUNT, api_key=api_key, api_secret=api_secret)
 
     def start(self) -> Self:

@@ -38,19 +38,17 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
 from worker.testing.fake_binance.accounts import FakeAccount, identify
 from worker.testing.fake_binance.book import Book
-from worker.testing.fake_binance.limits import RateLimited
+from worker.testing.fake_binance.limits import Limits, RateLimited
+from worker.testing.fake_binance.market import Market
 from worker.testing.fake_binance.orders import ApiError, Order, Trade, f8
 from worker.testing.fake_binance.signatures import BAD_SIGNATURE, check_timestamp, verify
-
-if TYPE_CHECKING:
-    from worker.testing.fake_binance.server import FakeBinance
 
 PATH = "/ws-api/v3"
 WEIGHT = 2  # every method used here weighs 2 (web-socket-api.md), as does connecting
@@ -86,11 +84,22 @@ class _Seen:
     trades: int
 
 
-class WsApi:
-    """The endpoint; :class:`FakeBinance` starts and stops it with its HTTP server."""
+class Host(Protocol):
+    """What the endpoint uses of the fake (``FakeBinance``)."""
 
-    def __init__(self, fake: FakeBinance) -> None:
-        self.fake = fake
+    accounts: dict[str, FakeAccount]
+    limits: Limits
+    market: Market
+
+    def now_ms(self) -> int: ...
+
+
+class WsApi:
+    """The endpoint; ``FakeBinance`` starts and stops it with its HTTP server, and shares
+    its lock (every change of the books happens under it)."""
+
+    def __init__(self, fake: Host, lock: threading.RLock) -> None:
+        self.fake, self._lock = fake, lock
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._sessions: list[_Session] = []
@@ -126,7 +135,7 @@ class WsApi:
         return f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}{PATH}"
 
     def _serve(self, connection: ServerConnection) -> None:
-        with self.fake._lock:
+        with self._lock:
             self.connections += 1
             session = _Session(connection, self.fake.now_ms())
             self._sessions.append(session)
@@ -140,7 +149,7 @@ class WsApi:
         except ConnectionClosed:
             pass
         finally:
-            with self.fake._lock:
+            with self._lock:
                 if session in self._sessions:
                     self._sessions.remove(session)
             session.outbox.put(None)
@@ -165,7 +174,7 @@ class WsApi:
             request_id = request.get("id")
             params = request.get("params") or {}
             method = request["method"].removeprefix("v3/")
-            with self.fake._lock:
+            with self._lock:
                 self.fake.limits.gate()
                 self.fake.limits.charge(WEIGHT)
                 handler = self._METHODS.get(method)
@@ -289,7 +298,7 @@ class WsApi:
     def drop_connections(self, account: str | None = None) -> int:
         """Cut the connections (those subscribed to ``account``, or all) without a close
         frame, as a network failure would; how many were cut."""
-        with self.fake._lock:
+        with self._lock:
             book = self.fake.accounts[account].book if account else None
             cut = [
                 s for s in self._sessions
@@ -306,12 +315,12 @@ class WsApi:
     def lose_events(self, count: int, account: str = "default") -> None:
         """A stream gap: the next ``count`` events of ``account`` are never sent (0: from
         now on every event is sent again)."""
-        with self.fake._lock:
+        with self._lock:
             self._lose[id(self.fake.accounts[account].book)] = count
 
     def server_shutdown(self) -> None:
         """The ``serverShutdown`` event on every connection ("Connection events")."""
-        with self.fake._lock:
+        with self._lock:
             for session in self._sessions:
                 session.send({"event": {"e": "serverShutdown", "E": self.fake.now_ms()}})
 
