@@ -66,6 +66,11 @@ def _walk_down(
 async def test_fill_to_database_latency_over_the_stream(
     db_url: str, redis_url: str, fake: FakeBinance
 ) -> None:
+    # the setup places 200 orders at once: room for them (the measure is of the fills)
+    fake.set_rate_limit("ORDERS", "SECOND", 10, 10_000)
+    for f in fake.market.symbols["BTCUSDT"]["filters"]:
+        if f["filterType"] == "MAX_NUM_ORDERS":
+            f["maxNumOrders"] = 1_000
     prices = [D("99") - D("0.1") * i for i in range(FILLS)]  # highest first: one fill each
     pids = [
         new_position(db_url, quantity=D("0.1"), limit_price=p, is_paper_trade=False)[1]
