@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -202,3 +203,48 @@ def test_a_cancel_report_names_the_cancelled_order() -> None:
     with pytest.raises(ValueError):
         parse_event({"subscriptionId": 0, "event": {**event, "z": "x"}})
     assert parse_event({"event": {"e": "outboundAccountPosition"}}) is None
+
+
+async def test_each_users_account_has_its_own_stream(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """Users' accounts (the registry's clients: Ed25519 and RSA keys here) are followed from
+    their client's first use; each fill lands on its own user's position, from its own
+    account's stream, with the reconcile pass at 30 s."""
+    from tests.security.test_account_trading import (
+        add_account,
+        live_position,
+        new_user,
+        settings,
+        worker,
+    )
+
+    users, accounts = [], []
+    for name, kind in (("alice", "ed25519"), ("bob", "rsa")):
+        acct = fake.add_account(name, key_type=kind)  # type: ignore[arg-type]
+        user = new_user(db_url)
+        assert acct.private_key_pem is not None
+        accounts.append(
+            add_account(db_url, user.user_id, "main", acct.api_key, acct.private_key_pem, kind)
+        )
+        users.append(user)
+    base = settings(db_url, redis_url, fake)
+    s = replace(base, execution=replace(base.execution, reconcile_interval=SLOW_RECONCILE))
+    async with worker(s) as app:
+        streams = app.user_streams
+        assert streams is not None
+        pids = [
+            live_position(db_url, user, quantity=D("0.1"), limit_price=D("95")) for user in users
+        ]
+        await eventually(lambda: set(streams.streams) == set(accounts), 10)
+        await eventually(lambda: len(resting(fake)) == 2, 10)
+        await eventually(lambda: streams.caught_up >= 2, 10)
+        fake.set_price("BTCUSDT", "95")
+        for pid in pids:
+            await wait_status(db_url, pid, "open", "monitoring", timeout=3)
+        assert streams.recorded >= 2
+        assert app.watcher is not None and app.watcher.passes == 1
+    for pid, name in zip(pids, ("alice", "bob"), strict=True):
+        [fill] = trades(db_url, pid)
+        [on_exchange] = fake.trades(account=name)
+        assert fill["binance_trade_id"] == str(on_exchange["id"])
