@@ -117,18 +117,30 @@ def _order_update(e: Mapping[str, Any]) -> OrderUpdate:
     return OrderUpdate(str(e["s"]), execution, state, int(e["E"]))
 
 
+def signed(credentials: Credentials, params: Mapping[str, Any]) -> dict[str, Any]:
+    """web-socket-api.md "SIGNED request security": ``params`` with their ``signature``:
+    the params sorted by name, written ``name=value`` joined by ``&`` (no percent-encoding),
+    signed with the account's key."""
+    payload = "&".join(f"{k}={_text(v)}" for k, v in sorted(params.items()))
+    return {**params, "signature": credentials.sign(payload)}
+
+
 def signed_params(
     credentials: Credentials, timestamp_ms: int, recv_window_ms: int
 ) -> dict[str, Any]:
-    """web-socket-api.md "SIGNED request security": the params sorted by name, written
-    ``name=value`` joined by ``&`` (no percent-encoding), signed with the account's key."""
-    params: dict[str, Any] = {
+    """The params of a subscription (or a logon): the key, the time, their signature."""
+    params = {
         "apiKey": credentials.api_key.reveal(),
         "recvWindow": recv_window_ms,
         "timestamp": timestamp_ms,
     }
-    payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
-    return {**params, "signature": credentials.sign(payload)}
+    return signed(credentials, params)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def reconnect_delay(attempt: int, ceiling_s: float, jitter: float = 0.0) -> float:
@@ -253,5 +265,6 @@ __all__ = [
     "UserStream",
     "parse_event",
     "reconnect_delay",
+    "signed",
     "signed_params",
 ]
