@@ -89,3 +89,35 @@ async def test_fill_to_database_latency_over_the_stream(
         f" p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms[-1]:.1f} ms"
     )
     assert p99 < 100, f"p99 {p99:.1f} ms"
+
+
+BURST = 50
+
+
+async def test_a_burst_of_fills_is_recorded_side_by_side(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """One price move fills 50 resting orders of 50 positions at once (stops firing
+    together): the time until the last fill is in the database."""
+    fake.set_rate_limit("ORDERS", "SECOND", 10, 10_000)
+    pids = [
+        new_position(db_url, quantity=D("0.1"), limit_price=D("95"), is_paper_trade=False)[1]
+        for _ in range(BURST)
+    ]
+    settings = exec_settings(db_url, redis_url, reconcile_interval=30.0)
+    async with live_worker(settings, fake, ws_api_url=fake.ws_api_url):
+        await eventually(lambda: _entry_order_ids(db_url, pids), 120, interval=0.5)
+
+        def burst() -> float:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                started = time.perf_counter()
+                fake.set_price("BTCUSDT", "95")
+                while (conn.execute("SELECT count(*) FROM trades").fetchone() or [0])[0] < BURST:
+                    if time.perf_counter() - started > 10:
+                        raise TimeoutError("the burst never reached the database")
+                    time.sleep(POLL_S)
+                return time.perf_counter() - started
+
+        took = await anyio.to_thread.run_sync(burst)
+    print(f"\n{BURST} fills at once over the user data stream: the last in {took * 1000:.0f} ms")
+    assert took < 5

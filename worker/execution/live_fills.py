@@ -9,8 +9,9 @@
   :meth:`Engine.record_pushed`, through the recording a lookup's answer goes through
   (trades deduplicated by trade id): a fill seen by the stream and by the reconcile pass
   is recorded once. NEW reports are skipped: a placement's own answer records acceptance.
-* A position busy elsewhere (its lock held: the order being placed, a reconcile pass) is
-  tried again shortly, a few times, in the background; the reconcile pass is the safety net.
+* Updates are recorded side by side across positions, one at a time per position, in the
+  order they came. A position busy elsewhere (its lock held: the order being placed, a
+  reconcile pass) is tried again shortly, a few times; the reconcile pass is the safety net.
 * On every (re)connection, before any pushed update is handled, a catch-up over REST: for
   each symbol with orders in flight, ``openOrders``; every order of ours that left the open
   list or executed more than its row says is reconciled (``get_order``, then ``myTrades``
@@ -58,6 +59,7 @@ class UserStreams:
         self._tg: TaskGroup | None = None
         self._scopes: dict[uuid.UUID | None, anyio.CancelScope] = {}
         self.streams: dict[uuid.UUID | None, UserStream] = {}
+        self._turns: dict[str, anyio.Lock] = {}  # position id -> its updates, one at a time
         self.recorded = 0  # updates recorded (tests and the bench read it)
         self.caught_up = 0  # catch-ups done
 
@@ -118,31 +120,37 @@ class UserStreams:
     # -- pushed updates --------------------------------------------------------------------------
 
     async def _record(self, account_id: uuid.UUID | None, log: Any, update: OrderUpdate) -> None:
+        """Hand the update of one of our orders to its position's turn: positions are
+        recorded side by side, each one's updates in the order they came."""
         if update.execution == "NEW" or not update.client_order_id.startswith(WORKER_IDS):
             return
         found = await self._guarded(log, self._order_of, account_id, update.client_order_id)
-        if found is None:
+        if found is None or self._tg is None:
             return  # not one of ours on this account (or the database is away: polled later)
         position_id, order_id = found
         record = partial(self.engine.record_pushed, position_id, order_id, update.state)
-        try:
-            await self._guarded(log, record, busy=True)
-        except PositionBusy:
-            if self._tg is not None:
-                self._tg.start_soon(self._retry, log, record)
-            return
-        self.recorded += 1
+        turn = self._turns.setdefault(position_id, anyio.Lock())
+        self._tg.start_soon(self._record_in_turn, position_id, turn, log, record)
 
-    async def _retry(self, log: Any, record: Callable[[], Awaitable[None]]) -> None:
-        for attempt in range(BUSY_RETRIES):
-            await anyio.sleep(BUSY_FIRST_S * 2**attempt)
-            try:
-                await self._guarded(log, record, busy=True)
-            except PositionBusy:
-                continue
-            self.recorded += 1
-            return
-        log.info("user_stream_update_deferred", detail="position busy: the reconcile pass")
+    async def _record_in_turn(
+        self, position_id: str, turn: anyio.Lock, log: Any, record: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Record under the position's turn; a position busy elsewhere is tried again
+        shortly, a few times, then left to the reconcile pass."""
+        async with turn:
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    await self._guarded(log, record, busy=True)
+                except PositionBusy:
+                    if attempt < BUSY_RETRIES:
+                        await anyio.sleep(BUSY_FIRST_S * 2**attempt)
+                    continue
+                self.recorded += 1
+                break
+            else:
+                log.info("user_stream_update_deferred", detail="position busy: the reconcile pass")
+        if not turn.locked() and turn.statistics().tasks_waiting == 0:
+            self._turns.pop(position_id, None)
 
     async def _order_of(
         self, account_id: uuid.UUID | None, client_order_id: str
