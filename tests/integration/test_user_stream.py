@@ -28,6 +28,13 @@ from tests.execution_support import (
     wait_status,
 )
 from tests.pipeline_support import eventually
+from tests.security.test_account_trading import (
+    add_account,
+    live_position,
+    new_user,
+    settings,
+    worker,
+)
 from worker.app import App
 from worker.exchanges.base import OrderRequest
 from worker.exchanges.binance import BinanceClient
@@ -211,14 +218,6 @@ async def test_each_users_account_has_its_own_stream(
     """Users' accounts (the registry's clients: Ed25519 and RSA keys here) are followed from
     their client's first use; each fill lands on its own user's position, from its own
     account's stream, with the reconcile pass at 30 s."""
-    from tests.security.test_account_trading import (
-        add_account,
-        live_position,
-        new_user,
-        settings,
-        worker,
-    )
-
     users, accounts = [], []
     for name, kind in (("alice", "ed25519"), ("bob", "rsa")):
         acct = fake.add_account(name, key_type=kind)  # type: ignore[arg-type]

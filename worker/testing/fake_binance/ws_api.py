@@ -103,6 +103,7 @@ class WsApi:
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
         self._sessions: list[_Session] = []
+        self._books: dict[int, Book] = {}  # every book subscribed to once, by id
         self._seen: dict[int, dict[int, _Seen]] = {}  # id(book) -> order id -> last published
         self._lists: dict[int, dict[int, str]] = {}  # id(book) -> list id -> list status
         self._balances: dict[int, dict[str, Decimal]] = {}  # id(book) -> last published
@@ -329,15 +330,16 @@ class WsApi:
     def _baseline(self, book: Book) -> None:
         """Take the book as published (called before its first subscription)."""
         if id(book) not in self._seen:
+            self._books[id(book)] = book
             self._seen[id(book)] = {o.order_id: _Seen(o.status, len(o.trades)) for o in book.orders}
             self._lists[id(book)] = {}
             self._balances[id(book)] = dict(book.balances or {})
 
     def publish(self) -> None:
-        """Push the events of what changed in the subscribed books since the last call
-        (the server calls it under its lock)."""
-        books = {id(a.book): a.book for s in self._sessions for a in s.subscriptions.values()}
-        for key, book in books.items():
+        """Push the events of what changed in the books since the last call (the server
+        calls it under its lock). A change while nobody is subscribed is lost, as on
+        Binance: a stream never replays what happened before it started."""
+        for key, book in self._books.items():
             events = self._order_events(book) + self._balance_events(book)
             for event in events:
                 if self._lose.get(key, 0) > 0:
