@@ -194,6 +194,33 @@ async def test_the_client_reconnects_and_resubscribes_on_its_own(fake: FakeBinan
     assert stream.subscriptions == 3
 
 
+async def test_a_connection_is_replaced_before_the_24_hour_limit(fake: FakeBinance) -> None:
+    """web-socket-api.md: "A single connection to the API is only valid for 24 hours" (here
+    scaled down to 0.3 s): a new one is opened, subscribed and caught up in time."""
+    caught_up = 0
+
+    async def on_connected() -> None:
+        nonlocal caught_up
+        caught_up += 1
+
+    async def ignore(update: OrderUpdate) -> None:
+        pass
+
+    async with BinanceClient(KEY, SECRET, base_url=fake.base_url) as client:
+        stream = UserStream(
+            fake.ws_api_url,
+            client.credentials,
+            timestamp=client.timestamp_ms,
+            log=get_logger("test"),
+            connection_max_s=0.3,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.run, ignore, on_connected)
+            await eventually(lambda: caught_up >= 3, 5)
+            tg.cancel_scope.cancel()
+    assert fake.ws_api.connections >= 3 and stream.subscriptions >= 3
+
+
 def test_a_cancel_report_names_the_cancelled_order() -> None:
     """user-data-stream.md: ``C`` is "the ID of the order being canceled"."""
     event = {

@@ -14,9 +14,9 @@ Binance spot API docs, web-socket-api.md and user-data-stream.md:
   ``n``, ``N``, ``T``). A cancelled order's own client id is ``C`` ("the ID of the order
   being canceled"); ``c`` is then the cancel's.
 * The server pings every 20 s and expects a pong (the ``websockets`` client answers); a
-  connection lasts at most 24 hours; ``serverShutdown`` and ``eventStreamTerminated`` say
-  the stream ends. Whatever ends it, :class:`UserStream` connects and subscribes again,
-  with backoff.
+  connection lasts at most 24 hours (it is replaced after 23.5); ``serverShutdown`` and
+  ``eventStreamTerminated`` say the stream ends. Whatever ends it, :class:`UserStream`
+  connects and subscribes again, with backoff.
 
 A stream says nothing of what happened while it was down, so every (re)connection calls
 ``on_connected`` after subscribing and before any event is handled: the caller catches up
@@ -46,6 +46,8 @@ from worker.exchanges.signing import Credentials
 DEFAULT_WS_API_URL: Final = "wss://ws-api.binance.com:443/ws-api/v3"
 TESTNET_WS_API_URL: Final = "wss://ws-api.testnet.binance.vision/ws-api/v3"
 FIRST_RETRY_S: Final = 0.2
+# "A single connection to the API is only valid for 24 hours": a fresh one before that
+CONNECTION_MAX_S: Final = 23.5 * 3600
 
 Timestamp = Callable[[], Awaitable[int]]
 
@@ -167,11 +169,13 @@ class UserStream:
         recv_window_ms: int = 5_000,
         reconnect_max_s: float = 30.0,
         open_timeout_s: float = 10.0,
+        connection_max_s: float = CONNECTION_MAX_S,
     ) -> None:
         self.url, self._credentials = url, credentials
         self._timestamp, self._resync = timestamp, resync
         self._recv_window_ms = recv_window_ms
         self._reconnect_max_s, self._open_timeout_s = reconnect_max_s, open_timeout_s
+        self._connection_max_s = connection_max_s
         self.log = log
         self._ids = itertools.count(1)
         self.subscriptions = 0  # successful subscriptions so far (a resubscription adds one)
@@ -188,26 +192,46 @@ class UserStream:
         (catch up), then ``on_update`` for each order update, in order."""
         attempt = 0
         while True:
+            subscribed = self.subscriptions
             try:
                 async with connect(
                     self.url, open_timeout=self._open_timeout_s, compression=None, max_queue=None
                 ) as ws:
-                    await self._subscribe(ws)
-                    attempt = 0
-                    await on_connected()
-                    await self._follow(ws, on_update)
-            except CredentialsRejected as exc:
+                    try:
+                        aged = await self._connected(ws, on_update, on_connected)
+                    except anyio.get_cancelled_exc_class():
+                        ws.transport.abort()  # no close handshake to wait for: cancelled
+                        raise
+                    if aged:
+                        self.log.info("user_stream_renewed", detail="the 24-hour limit")
+                        continue  # at once: the next connection's catch-up covers the switch
+            except CredentialsRejected as exc:  # a refused key: retry at the slowest pace
                 self.log.error("user_stream_refused", code=exc.code, error=exc.msg)
-                attempt = max(attempt, 30)  # a refused key: retry at the slowest pace
+                attempt, subscribed = max(attempt, 30), self.subscriptions
             except (OSError, TimeoutError, WebSocketException, ExchangeError) as exc:
                 self.log.warning("user_stream_lost", error=f"{type(exc).__name__}: {exc}")
             except Exception as exc:  # a callback's trouble: logged, and the stream goes on
                 self.log.error(
                     "user_stream_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True
                 )
+            if self.subscriptions > subscribed:
+                attempt = 0  # it worked for a while: start the backoff afresh
             delay = reconnect_delay(attempt, self._reconnect_max_s, random.random())
             attempt += 1
             await anyio.sleep(delay)
+
+    async def _connected(
+        self,
+        ws: ClientConnection,
+        on_update: Callable[[OrderUpdate], Awaitable[None]],
+        on_connected: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Subscribe, catch up, follow; True when the connection reached its age limit."""
+        await self._subscribe(ws)
+        await on_connected()
+        with anyio.move_on_after(self._connection_max_s) as aged:
+            await self._follow(ws, on_update)
+        return aged.cancelled_caught
 
     async def _subscribe(self, ws: ClientConnection) -> None:
         """``userDataStream.subscribe.signature``; a -1021 answer resyncs the clock once."""

@@ -11,7 +11,8 @@
   is recorded once. NEW reports are skipped: a placement's own answer records acceptance.
 * Updates are recorded side by side across positions, one at a time per position, in the
   order they came. A position busy elsewhere (its lock held: the order being placed, a
-  reconcile pass) is tried again shortly, a few times; the reconcile pass is the safety net.
+  reconcile pass), or a recording that failed (rolled back), is tried again shortly, a few
+  times; the reconcile pass is the safety net.
 * On every (re)connection, before any pushed update is handled, a catch-up over REST: for
   each symbol with orders in flight, ``openOrders``; every order of ours that left the open
   list or executed more than its row says is reconciled (``get_order``, then ``myTrades``
@@ -135,22 +136,38 @@ class UserStreams:
     async def _record_in_turn(
         self, position_id: str, turn: anyio.Lock, log: Any, record: Callable[[], Awaitable[None]]
     ) -> None:
-        """Record under the position's turn; a position busy elsewhere is tried again
-        shortly, a few times, then left to the reconcile pass."""
+        """Record under the position's turn. A position busy elsewhere, or moved under the
+        recording (a transaction rolled back), is tried again shortly, a few times, then
+        left to the reconcile pass."""
         async with turn:
             for attempt in range(BUSY_RETRIES + 1):
-                try:
-                    await self._guarded(log, record, busy=True)
-                except PositionBusy:
-                    if attempt < BUSY_RETRIES:
-                        await anyio.sleep(BUSY_FIRST_S * 2**attempt)
-                    continue
-                self.recorded += 1
-                break
+                if attempt:
+                    await anyio.sleep(BUSY_FIRST_S * 2 ** (attempt - 1))
+                if await self._attempt(log, record, final=attempt == BUSY_RETRIES):
+                    self.recorded += 1
+                    break
             else:
-                log.info("user_stream_update_deferred", detail="position busy: the reconcile pass")
+                log.info("user_stream_update_deferred", detail="left to the reconcile pass")
         if not turn.locked() and turn.statistics().tasks_waiting == 0:
             self._turns.pop(position_id, None)
+
+    async def _attempt(
+        self, log: Any, record: Callable[[], Awaitable[None]], *, final: bool
+    ) -> bool:
+        """One try; False to try again. Failures are logged as errors on the last try."""
+        try:
+            async with translated_errors():
+                await record()
+        except PositionBusy:
+            return False
+        except (DatabaseUnavailable, ExchangeError) as exc:
+            log.warning("user_stream_update_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        except Exception as exc:  # e.g. the position moved under the recording: again
+            level = log.error if final else log.warning
+            level("user_stream_update_failed", error=f"{type(exc).__name__}: {exc}", exc_info=final)
+            return False
+        return True
 
     async def _order_of(
         self, account_id: uuid.UUID | None, client_order_id: str
@@ -161,17 +178,13 @@ class UserStreams:
             row = await cur.fetchone()
         return None if row is None else (str(row[0]), row[1])
 
-    async def _guarded(
-        self, log: Any, action: Callable[..., Awaitable[Any]], *args: Any, busy: bool = False
-    ) -> Any:
-        """Run ``action``; trouble is logged, never ends the stream (None then).
-        PositionBusy is raised when ``busy`` (the caller tries again), else swallowed."""
+    async def _guarded(self, log: Any, action: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run ``action``; trouble is logged, never ends the stream (None then)."""
         try:
             async with translated_errors():
                 return await action(*args)
         except PositionBusy:
-            if busy:
-                raise
+            pass  # somebody is on it right now
         except (DatabaseUnavailable, ExchangeError) as exc:
             log.warning("user_stream_update_failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
