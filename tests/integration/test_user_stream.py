@@ -274,3 +274,19 @@ async def test_each_users_account_has_its_own_stream(
         [fill] = trades(db_url, pid)
         [on_exchange] = fake.trades(account=name)
         assert fill["binance_trade_id"] == str(on_exchange["id"])
+
+
+async def test_with_the_stream_off_fills_come_from_the_reconcile_pass(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """``binance.user_stream = false``: no connection to the WebSocket API at all."""
+    _, pid = new_position(db_url, quantity=D("0.5"), limit_price=D("95"), is_paper_trade=False)
+    base = exec_settings(db_url, redis_url)
+    s = replace(base, binance=replace(base.binance, user_stream=False))
+    async with live_worker(s, fake, ws_api_url=fake.ws_api_url) as app:
+        assert app.user_streams is None
+        await eventually(lambda: len(resting(fake)) == 1, 10)
+        fake.set_price("BTCUSDT", "95")
+        await wait_status(db_url, pid, "open", "monitoring", timeout=10)
+    assert fake.ws_api.connections == 0
+    assert_matches_exchange(db_url, fake, pid)
