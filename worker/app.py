@@ -44,6 +44,7 @@ from worker.execution.accounts import AccountRegistry
 from worker.execution.context import CrashPoint, no_crash_point
 from worker.execution.engine import Engine
 from worker.execution.handlers import add_execution_handlers
+from worker.execution.live_fills import UserStreams
 from worker.execution.routing import ExchangeRouter
 from worker.execution.watcher import Watcher
 from worker.logs import get_logger
@@ -147,6 +148,7 @@ def build_router(
             recv_window_ms=settings.binance.recv_window_ms,
             timeout_s=settings.binance.timeout_seconds,
             gate=gate,
+            ws_api_url=settings.binance.ws_api_url,
         )
         owned.push_async_callback(operator.aclose)
     elif credentials is not None:
@@ -208,6 +210,7 @@ class App:
         self.crash_point = crash_point  # the engine's, for recovery tests (testing/armed_worker)
         self.engine: Engine | None = None
         self.watcher: Watcher | None = None
+        self.user_streams: UserStreams | None = None
         self.dispatcher: Dispatcher | None = None
         self.listener: Listener | None = None
         self._scope: anyio.CancelScope | None = None
@@ -302,6 +305,8 @@ class App:
             tg.start_soon(self._dispatch_then_stop, tg.cancel_scope)
             tg.start_soon(self._sample_lag, pool)
             tg.start_soon(self._heartbeat, client)
+            if self.engine is not None and router is not None:
+                await self._follow_user_streams(tg, self.engine, pool, router)
             if self.watcher is not None:
                 tg.start_soon(self.watcher.run)
             if router is not None and isinstance(router.paper, PaperExchange):
@@ -314,6 +319,25 @@ class App:
                 batch_size=s.pipeline.batch_size,
             )
             task_status.started()
+
+    async def _follow_user_streams(
+        self,
+        tg: anyio.abc.TaskGroup,
+        engine: Engine,
+        pool: AsyncConnectionPool[Any],
+        router: ExchangeRouter,
+    ) -> None:
+        """Fills pushed over each live account's user data stream (``live_fills.py``): the
+        operator's account from the start, users' accounts as their clients open."""
+        if not self.settings.binance.user_stream:
+            return
+        streams = UserStreams(engine, pool, self.settings.binance, self.log)
+        await tg.start(streams.run)
+        self.user_streams = streams
+        if isinstance(router.operator, BinanceClient):
+            streams.open(None, router.operator)
+        if router.accounts is not None:
+            router.accounts.streams = streams
 
     async def _keep_accounts(self, accounts: AccountRegistry) -> None:
         """Seal new secrets, check new keys, tell users of refused keys, close idle clients

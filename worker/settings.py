@@ -115,6 +115,12 @@ class BinanceSettings:
     testnet_base_url: str = "https://testnet.binance.vision"
     recv_window_ms: int = 5000
     timeout_seconds: float = 10.0
+    # The WebSocket API (web-socket-api.md "General API Information"): the user data stream
+    # pushes each account's order updates; its fills are recorded as they arrive.
+    ws_api_url: str = "wss://ws-api.binance.com:443/ws-api/v3"
+    testnet_ws_api_url: str = "wss://ws-api.testnet.binance.vision/ws-api/v3"
+    user_stream: bool = True  # off: fills are found by the reconcile pass only
+    stream_reconnect_max_seconds: float = 30.0  # backoff ceiling between reconnects
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +191,8 @@ _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "binance.base_url": ("https://", "http://"),
     "binance.testnet_base_url": ("https://", "http://"),
     "paper.stream_url": ("wss://", "ws://"),
+    "binance.ws_api_url": ("wss://", "ws://"),
+    "binance.testnet_ws_api_url": ("wss://", "ws://"),
 }
 _SYMBOL: Final = re.compile(r"^[A-Z0-9]{2,20}$")
 

@@ -82,6 +82,7 @@ def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) ->
         "POSITION_WORKER__EXECUTION__RECONCILE_INTERVAL": "0.2",
         "POSITION_WORKER__EXECUTION__RECONCILE_GRACE_SECONDS": "0.5",
         "POSITION_WORKER__BINANCE__BASE_URL": fake.base_url,
+        "POSITION_WORKER__BINANCE__WS_API_URL": fake.ws_api_url,  # fills pushed too
         "POSITION_WORKER__PAPER__FEED": "binance",
         "POSITION_WORKER__PAPER__SLIPPAGE_BPS": "0",
         "POSITION_WORKER__PAPER__TAKER_FEE": "0.001",

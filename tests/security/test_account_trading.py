@@ -82,7 +82,12 @@ def settings(db_url: str, redis_url: str, fake: FakeBinance, **risk: Any) -> Set
     base = exec_settings(db_url, redis_url)
     return replace(
         base,
-        binance=BinanceSettings(base_url=fake.base_url, testnet_base_url=fake.base_url),
+        binance=BinanceSettings(
+            base_url=fake.base_url,
+            testnet_base_url=fake.base_url,
+            ws_api_url=fake.ws_api_url,  # each account's user data stream
+            testnet_ws_api_url=fake.ws_api_url,
+        ),
         accounts=AccountSettings(check_interval=0.1, recheck_invalid_seconds=0.5),
         risk=replace(base.risk, **risk),
     )

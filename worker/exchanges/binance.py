@@ -109,6 +109,7 @@ class BinanceClient(HttpOwner):
         transport: httpx.AsyncBaseTransport | None = None,
         rules_ttl_s: float = 3_600.0,
         trades_page_size: int = MAX_TRADES_PAGE,
+        ws_api_url: str | None = None,
     ) -> None:
         if not 0 < recv_window_ms <= MAX_RECV_WINDOW_MS:
             raise ValueError(f"recv_window_ms must be in 1..{MAX_RECV_WINDOW_MS}")
@@ -126,6 +127,7 @@ class BinanceClient(HttpOwner):
         self._offset_ms: int | None = None
         self._rules: dict[str, tuple[float, SymbolRules]] = {}
         self._rules_ttl_s = rules_ttl_s
+        self.ws_api_url = ws_api_url  # the account's user data stream (None: not followed)
 
     def __repr__(self) -> str:
         key_type = self._credentials.key_type
@@ -201,7 +203,26 @@ class BinanceClient(HttpOwner):
         except (KeyError, TypeError, ArithmeticError) as exc:
             raise OutcomeUnknown(f"unreadable account answer: {type(exc).__name__}") from exc
 
+    async def open_orders(self, symbol: str) -> list[OrderState]:
+        """``GET /api/v3/openOrders`` for one symbol (weight 6): the account's orders still
+        working there, each with what it executed so far."""
+        body = await self._signed("GET", "/api/v3/openOrders", {"symbol": symbol})
+        if not isinstance(body, list):
+            raise OutcomeUnknown("unreadable openOrders answer: not a list")
+        return [parsed(order_state, item) for item in body]
+
+    @property
+    def credentials(self) -> Credentials:
+        """The account's key (for the user data stream's signed subscription)."""
+        return self._credentials
+
     # -- time and signing ----------------------------------------------------------------------
+
+    async def timestamp_ms(self) -> int:
+        """A request ``timestamp``: our clock corrected by the server's (synced on first use)."""
+        if self._offset_ms is None:
+            await self.sync_time()
+        return round(self._clock() * 1000) + (self._offset_ms or 0)
 
     async def sync_time(self) -> int:
         """Measure the server clock's offset from ours (ms); used for every timestamp."""

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import httpx
@@ -60,6 +60,14 @@ from worker.settings import Settings
 Notify = Callable[[Mapping[str, str]], Awaitable[None]]
 BATCH: Final = 100  # accounts handled per query in one maintenance pass
 RETIRED_GRACE_S: Final = 120.0  # a replaced client outlives any call it may have in flight
+
+
+class Streams(Protocol):
+    """Who follows an account's user data stream (``live_fills.UserStreams``)."""
+
+    def open(self, account_id: uuid.UUID | None, client: BinanceClient) -> None: ...
+
+    def close(self, account_id: uuid.UUID | None) -> None: ...
 
 
 class AccountUnusable(WorkerError):
@@ -105,6 +113,7 @@ class AccountRegistry:
         self._opening: dict[uuid.UUID, anyio.Lock] = {}  # one opening per account at a time
         self._retired: list[tuple[float, BinanceClient]] = []
         self._unreadable: set[uuid.UUID] = set()  # reported: sealed with a key we lack
+        self.streams: Streams | None = None  # each open client's user data stream
 
     # -- what the engine asks --------------------------------------------------------------------
 
@@ -150,6 +159,8 @@ class AccountRegistry:
                 if entry is None:
                     entry = await self._open(account_id)
                     self._clients[account_id] = entry
+                    if self.streams is not None:
+                        self.streams.open(account_id, entry.client)
                     if entry.status == "active":
                         await self._check(entry)  # first use since start-up, rotation, idle
             self._opening.pop(account_id, None)
@@ -172,7 +183,8 @@ class AccountRegistry:
             await self._mark(row["id"], row["key_version"], "invalid", str(exc))
             raise AccountUnusable(f"exchange account {row['label']!r}: {exc}") from None
         b = self.settings.binance
-        base_url = b.testnet_base_url if row["exchange"] == "binance_testnet" else b.base_url
+        testnet = row["exchange"] == "binance_testnet"
+        base_url = b.testnet_base_url if testnet else b.base_url
         client = BinanceClient(
             credentials,
             base_url=base_url,
@@ -180,6 +192,7 @@ class AccountRegistry:
             timeout_s=b.timeout_seconds,
             gate=self.gate,
             transport=self._transport,
+            ws_api_url=b.testnet_ws_api_url if testnet else b.ws_api_url,
         )
         self.log.info("account_client_opened", account_id=str(account_id), exchange=row["exchange"])
         return _Client(
@@ -235,6 +248,8 @@ class AccountRegistry:
         entry = self._clients.pop(account_id, None)
         if entry is not None:
             self._retired.append((self._clock(), entry.client))
+            if self.streams is not None:
+                self.streams.close(account_id)
 
     async def _close_retired(self, *, all_of_them: bool = False) -> None:
         horizon = self._clock() - RETIRED_GRACE_S

@@ -6,6 +6,8 @@ position under that position's lock (``locks.py``).
 * :meth:`Engine.handle_request`: an exit, partial exit or scale-in makes its order
   (``requests.py``);
 * :meth:`Engine.reconcile`: the watcher's pass over a position with an order in flight;
+* :meth:`Engine.record_pushed`: an order update the exchange pushed (the user data stream,
+  ``live_fills.py``), recorded as a lookup's answer would be;
 * :meth:`Engine.restore_protection`: the watcher's repair of a live position held without
   the stop-loss / take-profit it asks for (``protection.py``).
 
@@ -21,10 +23,13 @@ process there (``worker/testing/crashpoints.py``, run by ``worker/testing/armed_
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from worker.exchanges.base import OrderState
 from worker.execution.context import Context, CrashPoint, no_crash_point
 from worker.execution.entry import Entry
 from worker.execution.locks import (
@@ -83,6 +88,21 @@ class Engine:
             position = await find_position(conn, position_id)
             if position is not None:
                 await self.drive_open_orders(conn, position)
+
+    async def record_pushed(self, position_id: str, order_id: uuid.UUID, state: OrderState) -> None:
+        """Record an order update the exchange pushed, then its follow-ups (as for a lookup's
+        answer). An update older than what the order's row says (a final row, or more
+        executed than ``state`` says: updates and lookups can cross) is dropped."""
+        async with locked(self.pool, position_id) as conn:
+            position = await find_position(conn, position_id)
+            orders = await load_orders(conn, position_id) if position is not None else []
+            order = next((o for o in orders if o.id == order_id), None)
+            if position is None or order is None or order.status in FINAL_ORDER:
+                return
+            if (order.filled_quantity or Decimal(0)) > state.executed_qty:
+                return
+            exchange = await self.ctx.router.for_position(position)
+            await self.driver.record(conn, exchange, position, order, state)
 
     async def restore_protection(self, position_id: str) -> None:
         """Put back the stop-loss / take-profit a live position is missing

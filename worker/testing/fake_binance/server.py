@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 
 from worker.testing.fake_binance.accounts import (
@@ -31,6 +31,7 @@ from worker.testing.fake_binance.routes import Call, Route
 from worker.testing.fake_binance.serving import Reply, Serving
 from worker.testing.fake_binance.signatures import check_timestamp, payload, verify
 from worker.testing.fake_binance.table import OCO, ROUTES
+from worker.testing.fake_binance.ws_api import WsApi
 
 HANG_LIMIT_S = 30.0
 DEFAULT_ACCOUNT = "default"
@@ -70,7 +71,22 @@ class FakeBinance(Serving):
         self.accounts: dict[str, FakeAccount] = {}  # by name
         self._lock = threading.RLock()
         self._requests: list[RecordedRequest] = []
+        self.ws_api = WsApi(self, self._lock)  # the WebSocket API: user data stream (ws_api.py)
         self.add_account(DEFAULT_ACCOUNT, api_key=api_key, api_secret=api_secret)
+
+    def start(self) -> Self:
+        super().start()
+        self.ws_api.start()
+        return self
+
+    def stop(self) -> None:
+        self.ws_api.stop()
+        super().stop()
+
+    @property
+    def ws_api_url(self) -> str:
+        """``ws://127.0.0.1:<port>/ws-api/v3``: give it to the client as its WebSocket API URL."""
+        return self.ws_api.url
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -140,6 +156,7 @@ class FakeBinance(Serving):
             for account in self.accounts.values():
                 account.book.reset()
                 account.order_times.clear()
+            self.ws_api.forget()
 
     # -- the market and the accounts' books ----------------------------------------------------
 
@@ -148,6 +165,7 @@ class FakeBinance(Serving):
         with self._lock:
             for account in self.accounts.values():
                 account.book.set_price(symbol, Decimal(price))
+            self.ws_api.publish()
 
     def set_partial_fills(self, parts: int, price_step: Decimal | str = "0") -> None:
         """Split every fill into ``parts`` trades, each ``price_step`` worse than the last."""
@@ -207,6 +225,7 @@ class FakeBinance(Serving):
                 if live:
                     live[-1].status, live[-1].update_ms = status, self.now_ms()
                     book.end_list(live[-1], status)  # ending one leg of an OCO ends the list
+                    self.ws_api.publish()
                     return
             raise LookupError(f"no open order {client_order_id!r}")
 
@@ -229,6 +248,7 @@ class FakeBinance(Serving):
         full-size SELL of the same holding is refused with -2010 (an OCO locks once)."""
         with self._lock:
             self.accounts[account].set_balances(balances, lock=lock)
+            self.ws_api.publish()
 
     # -- inspection ----------------------------------------------------------------------------
 
@@ -323,6 +343,7 @@ class FakeBinance(Serving):
             except ApiError as exc:
                 reply = Reply(exc.status, exc.body())
             reply.headers = (*reply.headers, *self.limits.weight_headers(), *extra)
+            self.ws_api.publish()  # the user data stream's events of what this changed
             self._requests.append(
                 RecordedRequest(
                     method, path, params, headers.get("x-mbx-apikey"), reply.status,
