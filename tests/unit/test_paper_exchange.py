@@ -342,7 +342,7 @@ async def test_client_id_of_an_open_order_is_a_duplicate() -> None:
         with pytest.raises(DuplicateOrder) as err:
             await paper.place_order(order("dup", symbol=symbol, qty=qty))
         assert isinstance(err.value, OutcomeUnknown) and err.value.code == -2010
-    assert len((await paper.open_orders())) == 1
+    assert len(await paper.open_orders()) == 1
 
 
 async def test_client_id_of_a_final_order_may_be_reused_and_lookups_see_the_latest() -> None:

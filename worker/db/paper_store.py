@@ -101,7 +101,9 @@ class PgPaperStore:
     async def balances(self, account: str) -> dict[str, Balance]:
         async with translated_errors(), self.pool.connection() as conn:
             cur = await conn.execute(q("paper_balances_of"), {"user_id": _account(account)})
-            return {asset: (free, locked) for asset, free, locked in await cur.fetchall()}
+            found = {asset: (free, locked) for asset, free, locked in await cur.fetchall()}
+        # an account that never placed an order starts with the starting balances
+        return found or {asset: (amount, Decimal(0)) for asset, amount in self.starting.items()}
 
     async def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
         async with translated_errors(), self.pool.connection() as conn:
