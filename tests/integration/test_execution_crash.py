@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 
 from tests.execution_support import (
@@ -389,8 +390,9 @@ async def test_kill_9_at_each_step_then_restart_converges(
 
 def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str) -> None:
     """Paper orders never reach the fake; each fills exactly once in our records. The paper
-    exchange lives in the worker's memory: an order sent by the killed worker died with it,
-    so the restarted worker found it missing and sent it again (``send_attempts`` 2)."""
+    exchange keeps its orders in PostgreSQL: an order sent by the killed worker outlives it,
+    and the restarted worker finds it by its client id and never sends it again
+    (``send_attempts`` 1, and one paper order per order row)."""
     rows = orders(db_url, pid)
     assert not set(posts_by_client_id(fake)) & {o["client_order_id"] for o in rows}
     fills = trades(db_url, pid)
@@ -398,8 +400,12 @@ def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: s
     for order in rows:
         assert order["status"] == "filled"
         assert order["filled_quantity"] == order["quantity"]
-        crashed_here = point == f"{order['purpose']}.sent"
-        assert order["send_attempts"] == (2 if crashed_here else 1), order["purpose"]
+        assert order["send_attempts"] == 1, (order["purpose"], point)
+    with psycopg.connect(db_url) as conn:
+        paper = conn.execute(
+            "SELECT client_order_id, status FROM paper_orders ORDER BY client_order_id"
+        ).fetchall()
+    assert paper == sorted((o["client_order_id"], "FILLED") for o in rows)
 
 
 # -- three workers on one database, one of them killed between send and record ---------------
