@@ -37,6 +37,14 @@ SET status = %(status)s, triggered = %(triggered)s, locked = %(locked)s, fills =
     update_ms = %(update_ms)s
 WHERE id = %(id)s
 
+-- name: paper_any_open
+-- Whether a claim would find anything (no lock): most passes find nothing to match.
+SELECT 1 FROM paper_orders
+WHERE symbol = %(symbol)s AND status IN ('NEW', 'PARTIALLY_FILLED')
+  AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+  AND (%(client_order_id)s::text IS NULL OR client_order_id = %(client_order_id)s::text)
+LIMIT 1
+
 -- name: paper_claim_orders
 -- The open orders of a symbol (one account's, or every account's when user_id is NULL) that
 -- no other transaction holds, oldest first: the claim of a matching pass.

@@ -42,6 +42,7 @@ class PgPaperStore:
 
     def __init__(self, pool: AsyncConnectionPool[Any], starting: Mapping[str, Decimal]) -> None:
         self.pool, self.starting = pool, dict(starting)
+        self._seeded: set[str] = set()  # accounts whose first balances are committed
 
     def new_order_id(self, prefix: str) -> str:
         return f"P{uuid.uuid4().hex[:24]}"  # unique across replicas without a round trip
@@ -49,20 +50,21 @@ class PgPaperStore:
     async def place(self, account: str | None, resting: Resting, changes: Changes) -> None:
         user_id = _account(account)
         async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-            await conn.execute(
-                q("paper_seed_balances"),
-                {
-                    "user_id": user_id,
-                    "assets": list(self.starting),
-                    "amounts": list(self.starting.values()),
-                },
-            )
+            if user_id not in self._seeded:
+                await conn.execute(
+                    q("paper_seed_balances"),
+                    {
+                        "user_id": user_id,
+                        "assets": list(self.starting),
+                        "amounts": list(self.starting.values()),
+                    },
+                )
             await _change(conn, user_id, changes)
             try:
-                async with conn.transaction():
-                    await conn.execute(q("paper_insert_order"), _row(user_id, resting))
-            except psycopg.errors.UniqueViolation:
+                await conn.execute(q("paper_insert_order"), _row(user_id, resting))
+            except psycopg.errors.UniqueViolation:  # the transaction rolls back
                 raise DuplicateOrder("Duplicate order sent.", -2010) from None
+        self._seeded.add(user_id)  # bounded by the number of users
 
     async def latest(
         self, account: str | None, symbol: str, client_order_id: str
@@ -90,9 +92,14 @@ class PgPaperStore:
     async def _claim(
         self, account: str | None, symbol: str, client_order_id: str | None
     ) -> AsyncIterator[Claim]:
+        params = {"user_id": account, "symbol": symbol, "client_order_id": client_order_id}
+        async with translated_errors(), self.pool.connection() as conn:
+            cur = await conn.execute(q("paper_any_open"), params)
+            if (await cur.fetchone()) is None:  # the common case: one statement, no transaction
+                yield _PgClaim(conn, [], [])
+                return
         async with translated_errors(), self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
-            params = {"user_id": account, "symbol": symbol, "client_order_id": client_order_id}
             name = "paper_claim_orders" if client_order_id is None else "paper_claim_client_order"
             await cur.execute(q(name), params)
             rows = await cur.fetchall()
@@ -141,9 +148,8 @@ async def _change(conn: Conn, user_id: str, changes: Changes) -> None:
         "free": [changes[a][0] for a in assets],
         "locked": [changes[a][1] for a in assets],
     }
-    try:
-        async with conn.transaction():
-            await conn.execute(q("paper_change_balances"), params)
+    try:  # the caller's transaction (or savepoint) rolls back
+        await conn.execute(q("paper_change_balances"), params)
     except psycopg.errors.CheckViolation:
         raise insufficient_balance() from None
 
