@@ -499,7 +499,7 @@ async def test_from_settings_builds_a_clock_driven_synthetic_exchange() -> None:
     assert isinstance(paper.feed, SyntheticPrices)
     assert paper.config == PaperConfig(slippage_bps=D(5))
     state = await exchange.place_order(order("s", qty="0.001"))
-    assert state.exchange_order_id == f"P{T0}-1" and state.fills[0].trade_id == f"P{T0}-1"
+    assert state.exchange_order_id == f"P{T0}-1" and state.fills[0].trade_id == f"P{T0}-1-1"
     clock.ms += 3_000
     await exchange.price("BTCUSDT")
     assert paper.feed.steps == 3

@@ -41,7 +41,6 @@ lives in paper_book.py, its balance rules in paper_funds.py, its prices in price
 from __future__ import annotations
 
 import copy
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -103,8 +102,9 @@ class PaperExchange:
 
     ``clock`` returns epoch ms (order and fill times); ``config`` sets fees, fee asset,
     slippage and partial fills; ``rules`` lists the tradable symbols and their filters;
-    ``id_prefix`` starts every exchange order id and trade id (give each run its own if
-    its ids must not collide with an earlier run's); ``store`` keeps the orders and the
+    ``id_prefix`` starts every exchange order id of the in-memory store (give each run its
+    own if its ids must not collide with an earlier run's); an order's k-th fill has the
+    trade id ``<order id>-<k>``; ``store`` keeps the orders and the
     balances (default: a :class:`MemoryPaperStore` that keeps no balances).
     """
 
@@ -126,7 +126,6 @@ class PaperExchange:
         self.account: str | None = None  # None: the shared book (see paper_store.py)
         self._rejections: dict[str | None, deque[OrderRejected]] = {}
         self._liquidity: dict[str, Decimal] = {}
-        self._trade_ids = (f"{id_prefix}{n}" for n in itertools.count(1))
 
     def __repr__(self) -> str:
         return f"PaperExchange(feed={self._feed!r}, config={self.config!r})"
@@ -337,11 +336,12 @@ class PaperExchange:
         )
         now = self._clock()
         fills = []
-        for part in split(rules, quantity, self.config.partial_fills):
+        for n, part in enumerate(split(rules, quantity, self.config.partial_fills)):
             fee, asset = commission(
                 self.config, rules, order.side, price * part, part, maker=maker, bnb_price=bnb_price
             )
-            fills.append(ExchangeFill(next(self._trade_ids), price, part, fee, asset, now))
+            trade_id = f"{order.exchange_order_id}-{len(order.fills) + n + 1}"  # the k-th fill
+            fills.append(ExchangeFill(trade_id, price, part, fee, asset, now))
         order.record(fills, now)
         return fills
 
@@ -379,8 +379,8 @@ def from_settings(
     """The paper exchange ``[paper]`` describes: a clock-driven synthetic feed or Binance's
     public prices, the configured fees, fee asset, slippage and partial fills; its orders and
     balances in ``store`` (default: in memory, every account starting with
-    ``paper.starting_balances``). Ids start with the build time, so a restarted worker never
-    re-issues an earlier run's trade ids."""
+    ``paper.starting_balances``). In-memory order ids start with the build time, so a
+    restarted worker never re-issues an earlier run's ids (PostgreSQL's are random)."""
     paper = settings.paper
     feed: PriceFeed
     if paper.feed == "binance":
