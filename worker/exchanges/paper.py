@@ -252,11 +252,14 @@ class PaperExchange:
         """``symbol`` trades at ``price``: fill the open orders it triggers or crosses (those
         of this account, or of every account for the shared exchange), each one claimed."""
         rules = await self.symbol_rules(symbol)
+        try:  # read before the claim: no I/O while it holds rows
+            bnb_price, missing = await self._bnb_price(rules), None
+        except OrderRejected as exc:  # matters only if an order fills
+            bnb_price, missing = None, exc
         fills: list[ExchangeFill] = []
         async with self.store.claim(self.account, symbol) as claim:
-            if not claim.orders:
-                return []
-            bnb_price = await self._bnb_price(rules)
+            if claim.orders and missing is not None:
+                raise missing
             for resting in claim.orders:
                 fills += await self._fill(claim, resting, rules, price, bnb_price)
         return fills
