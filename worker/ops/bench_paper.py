@@ -72,8 +72,10 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def drive(store: PaperStore, users: list[str], orders: int = ORDERS) -> list[Block]:
-    """Place ``orders`` paper orders in rounds (module notes); one Block per 1,000."""
+async def drive(
+    store: PaperStore, users: list[str], orders: int = ORDERS, block: int = BLOCK
+) -> list[Block]:
+    """Place ``orders`` paper orders in rounds (module notes); one Block per ``block``."""
     feed = FixedPrices({"BTCUSDT": D("100")})
     paper = PaperExchange(feed, clock=lambda: time.time_ns() // 1_000_000, store=store)
     blocks: list[Block] = []
@@ -82,7 +84,7 @@ async def drive(store: PaperStore, users: list[str], orders: int = ORDERS) -> li
         account = paper.for_account(users[(placed // 4) % len(users)])
         await _round(account, feed, f"{placed}")
         placed += 4
-        if placed % BLOCK == 0:
+        if placed % block == 0:
             now_wall, now_cpu = time.perf_counter(), cpu_seconds()
             blocks.append(Block(placed, now_wall - wall, now_cpu - cpu, rss_mb()))
             wall, cpu = now_wall, now_cpu
