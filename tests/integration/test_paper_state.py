@@ -201,3 +201,37 @@ async def test_a_paper_limit_entry_placed_by_one_worker_is_filled_by_another_aft
         "BTC": (D(0), D(0)),
     }
     assert len(rows(db_url, "SELECT 1 FROM trades WHERE position_id = %s", pid)) == 2
+
+
+async def test_two_worker_processes_fill_each_resting_paper_entry_once(
+    db_url: str, redis_url: str, fake: FakeBinance, tmp_path: Path
+) -> None:
+    """Two replicas running at once, ten paper limit entries resting, then the price crosses
+    them all: every entry fills exactly once (one paper order, its fills recorded once)."""
+    env = {**live_env(db_url, redis_url, fake), "POSITION_WORKER__PAPER__PARTIAL_FILLS": "2"}
+    fake.set_price("BTCUSDT", "100")
+    pids = [
+        new_position(db_url, quantity=D("0.5"), is_paper_trade=True, limit_price=D("95"))[1]
+        for _ in range(10)
+    ]
+    workers = [WorkerProcess(env, tmp_path / f"w{n}.log").start() for n in range(2)]
+    try:
+        wait_until(
+            lambda: (
+                rows(db_url, "SELECT count(*) FROM paper_orders WHERE status = 'NEW'") == [(10,)]
+            ),
+            timeout=30,
+        )
+        fake.set_price("BTCUSDT", "94")
+        for pid in pids:
+            await wait_held(db_url, pid, "0.5", timeout=30)
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert (
+        rows(db_url, "SELECT status, jsonb_array_length(fills) FROM paper_orders")
+        == [("FILLED", 2)] * 10
+    )
+    for pid in pids:
+        assert len(rows(db_url, "SELECT 1 FROM trades WHERE position_id = %s", pid)) == 2
+        assert position(db_url, pid)["entry_price"] == D("95")
