@@ -93,6 +93,12 @@ BEGIN
       -- a privileged caller may disable any account (a compromised key)
       ('function', 'public.disable_exchange_account(uuid)', 'EXECUTE',
        '{authenticated,service_role,position_worker_operator}'),
+      -- paper trading state: users read their own balances and orders; only the worker
+      -- (the owner) writes them
+      ('table', 'public.paper_balances', 'SELECT',
+       '{authenticated,service_role,position_worker_operator}'),
+      ('table', 'public.paper_orders', 'SELECT',
+       '{authenticated,service_role,position_worker_operator}'),
       -- requests: ownership and reasons are checked inside (allow-list of privileged roles)
       ('function', 'public.request_position_exit(uuid, numeric, text)',
        'EXECUTE', '{authenticated,service_role,position_worker_operator}'),

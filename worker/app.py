@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db.migrate import require_current_schema
 from worker.db.outbox import Outbox
+from worker.db.paper_store import PgPaperStore
 from worker.db.queries import q
 from worker.driver_errors import translated_errors, translated_redis_errors
 from worker.errors import DatabaseUnavailable, SettingsError, StreamUnavailable
@@ -128,10 +129,12 @@ def build_router(
     redis: RedisClient,
     log: Any,
 ) -> ExchangeRouter:
-    """The exchanges: paper always; each user's own Binance account (the registry); the
-    operator account (the environment's keys) only where ``accounts.operator_account`` opts
-    in. Their HTTP clients are closed with ``owned``."""
-    paper = paper_from_settings(settings)
+    """The exchanges: paper always (its orders and balances in PostgreSQL); each user's own
+    Binance account (the registry); the operator account (the environment's keys) only where
+    ``accounts.operator_account`` opts in. Their HTTP clients are closed with ``owned``."""
+    paper = paper_from_settings(
+        settings, store=PgPaperStore(pool, settings.paper.starting_balances)
+    )
     owned.push_async_callback(paper.aclose)
     gate = RateLimitGate()  # request weight is per IP: one gate for every account
     operator = None

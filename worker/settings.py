@@ -103,9 +103,14 @@ class PaperSettings:
     depth_quote: Decimal = Decimal("0")  # quote value per book level; 0 = unlimited
     stale_after_seconds: float = 30.0  # no price this long: new orders wait; 0 = never
     stream_url: str = "wss://stream.binance.com:9443"  # feed binance: public market streams
+    rest_refresh_seconds: float = 1.0  # feed binance, stream silent: re-read REST this often
     symbols: str = "auto"  # auto (cache, Binance, snapshot) | snapshot (shipped only)
     symbols_cache_ttl_seconds: float = 86400.0  # refetch exchangeInfo after this long
     symbols_cache_dir: str = ""  # "" = $XDG_CACHE_HOME/position-worker (~/.cache/...)
+    # every user's paper balances when they first trade on paper (asset -> amount)
+    starting_balances: dict[str, Decimal] = field(
+        default_factory=lambda: {"USDT": Decimal("10000")}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +200,7 @@ _URL_SCHEMES: Final[dict[str, tuple[str, ...]]] = {
     "binance.testnet_ws_api_url": ("wss://", "ws://"),
 }
 _SYMBOL: Final = re.compile(r"^[A-Z0-9]{2,20}$")
+_ASSET: Final = re.compile(r"^[A-Z0-9]{1,20}$")  # the schema's paper_balances.asset
 
 
 def load_settings(
@@ -274,6 +280,8 @@ def _build_section(section: str, cls: Any, values: dict[str, Any]) -> Any:
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, dict):
+        return _coerce_balances(key, value)
     if isinstance(default, tuple):
         return _coerce_symbols(key, value)
     if isinstance(default, bool):
@@ -300,6 +308,23 @@ def _coerce_symbols(key: str, value: Any) -> tuple[str, ...]:
         if not _SYMBOL.match(symbol):
             raise SettingsError(f"config: {key}: {symbol!r} is not a symbol such as BTCUSDT")
     return symbols
+
+
+def _coerce_balances(key: str, value: Any) -> dict[str, Decimal]:
+    """Amounts per asset: a TOML table ``{USDT = "10000"}``, or ``USDT=10000,BNB=1`` (env)."""
+    if isinstance(value, str):
+        pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise SettingsError(f"config: {key} must look like USDT=10000,BNB=1")
+        value = {asset.strip(): amount.strip() for asset, _, amount in pairs}
+    if not isinstance(value, dict):
+        raise SettingsError(f'config: {key} must be a table such as {{USDT = "10000"}}')
+    balances = {}
+    for asset, amount in value.items():
+        if not isinstance(asset, str) or not _ASSET.match(asset):
+            raise SettingsError(f"config: {key}: {asset!r} is not an asset such as USDT")
+        balances[asset] = _coerce_decimal(f"{key}.{asset}", amount)
+    return balances
 
 
 def _coerce_decimal(key: str, value: Any) -> Decimal:

@@ -46,6 +46,7 @@ OWNED = {
     "public.signals": "user_id = %(u)s",
     "public.traders": "user_id = %(u)s",
     "auth.users": "id = %(u)s",
+    "public.paper_orders": "user_id = %(u)s",
 }
 NOT_USER_DATA = {
     "public.schema_migrations",
@@ -59,6 +60,9 @@ NOT_USER_DATA = {
     "public.exchange_accounts",
     "public.exchange_account_secrets",
     "public.exchange_account_secret_inbox",
+    # keyed by (user_id, asset), no id, read-only for its owner:
+    # tests/security/test_paper_state.py probes it
+    "public.paper_balances",
 }
 # Functions an authenticated user may execute that take no position: auth's (Supabase's own
 # auth.role() and auth.jwt() on the Supabase shape).
@@ -109,6 +113,12 @@ def _seed(conn: Conn) -> User:
         (row[0], pid),
     )
     conn.execute("SELECT request_position_scale_in(%s, 0.1)", (pid,))
+    conn.execute(
+        "INSERT INTO paper_orders (id, user_id, symbol, client_order_id, side, type, quantity,"
+        " price, status, triggered, hold_asset, locked, time_ms) VALUES (%s, %s, 'BTCUSDT',"
+        " 'c1', 'buy', 'limit', 1, 95, 'NEW', true, 'USDT', 95, 0)",
+        (f"P{uuid.uuid4().hex[:24]}", owner.user_id),
+    )
     return User(owner, pid, row[0])
 
 

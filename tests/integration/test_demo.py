@@ -24,10 +24,14 @@ def test_demo_summary_matches_hand_computed_figures(db_url: str, redis_url: str)
     # long 10 @ 150 (fee 1.5), stop-loss at 140 fires when the price is 138 (fee 1.38)
     assert (sol["status"], sol["close_reason"]) == ("closed", "stop_loss")
     assert (sol["realized_pnl"], sol["realized_pnl_percent"]) == (D("-122.88"), D("-8.1838"))
+    # short 1 BNB the user does not hold: refused by the exchange as Binance refuses it
     assert bnb["status"] == "failed" and "-2010" in bnb["failure_reason"]
+    assert "insufficient balance" in bnb["failure_reason"]
     text = out.getvalue()
     assert "Summary (USDT)" in text
     assert "[notifications] critical" not in text
+    # the paper account: 10,000 USDT + the three PnLs (fees in USDT), its 2 ETH back
+    assert "Paper balances of the demo user: 2 ETH, 10482.533 USDT" in text
     for shown in ("position.closed", "trade.recorded", "request.exit", "monitoring.start",
                   "-3.0512", "608.62", "-122.88"):  # fmt: skip
         assert shown in text

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 
 from tests.execution_support import (
@@ -74,8 +75,9 @@ NO_RISK_LIMITS_ENV = {
 
 def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) -> dict[str, str]:
     """Fast reconciliation, and 1 s leases so that the events a killed worker had claimed
-    are taken over quickly; Binance is the fake; paper prices are the fake's ticker too
-    (paper feed ``binance``), without slippage, so paper figures equal live ones."""
+    are taken over quickly; Binance is the fake; paper prices are the fake's book too
+    (paper feed ``binance``, re-read at every look), without slippage: a paper market order
+    takes the fake's best ask or bid, a tick from the price its live orders fill at."""
     return {
         **worker_env(db_url, redis_url, **{"lease_seconds": 1.0, **pipeline}),
         "POSITION_WORKER__EXECUTION__ENABLED": "true",
@@ -85,6 +87,7 @@ def live_env(db_url: str, redis_url: str, fake: FakeBinance, **pipeline: Any) ->
         "POSITION_WORKER__BINANCE__WS_API_URL": fake.ws_api_url,  # fills pushed too
         "POSITION_WORKER__PAPER__FEED": "binance",
         "POSITION_WORKER__PAPER__SLIPPAGE_BPS": "0",
+        "POSITION_WORKER__PAPER__REST_REFRESH_SECONDS": "0",
         "POSITION_WORKER__PAPER__TAKER_FEE": "0.001",
         "POSITION_WORKER__PAPER__FEE_ASSET": "quote",
         # the fake's default account trades the tests' positions (which name no account)
@@ -243,6 +246,32 @@ LIVE_POINTS = [
     ("scale_out.sent", "scale_out"),
     ("scale_out.settled", "scale_out"),  # held 0.3, protection cancelled, not re-placed
 ]
+# Paper market orders take the fake's book: the entry buys at the ask (100.01), the exit
+# sells at the bid (119.99), a tick (0.01) from the price live orders fill at.
+PAPER_OPENED = {
+    **OPENED,
+    "entry_price": D("100.01"),
+    "entry_value": D("50.005"),
+    "entry_cost": D("50.055005"),
+    "fees_paid": D("0.050005"),
+}
+PAPER_OUTCOMES = {
+    "entry": Outcome("monitoring", PAPER_OPENED, protected=D("0.5")),
+    "exit": Outcome(
+        "closed",
+        {
+            **PAPER_OPENED,
+            "exit_price": D("119.99"),
+            "exit_quantity": D("0.5"),
+            "exit_value": D("59.995"),
+            "fees_paid": D("0.11"),
+            "held_quantity": D("0"),
+            "realized_pnl": D("9.88"),
+            "realized_pnl_percent": D("19.7383"),
+            "close_reason": "user",
+        },
+    ),
+}
 PAPER_POINTS = [
     ("entry.committed", "entry"),
     ("entry.sent", "entry"),  # the simulated fill dies with the process
@@ -372,7 +401,7 @@ async def test_kill_9_at_each_step_then_restart_converges(
     flow: str,
 ) -> None:
     _, pid = new_position(db_url, **(PAPER if paper else LIVE))
-    want = OUTCOMES[flow]
+    want = _outcome(flow, paper)
     env = live_env(db_url, redis_url, fake)
     second = await _crash_then_restart(
         env, tmp_path, point, lambda: _act(db_url, fake, pid, flow, paper)
@@ -390,8 +419,9 @@ async def test_kill_9_at_each_step_then_restart_converges(
 
 def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str) -> None:
     """Paper orders never reach the fake; each fills exactly once in our records. The paper
-    exchange lives in the worker's memory: an order sent by the killed worker died with it,
-    so the restarted worker found it missing and sent it again (``send_attempts`` 2)."""
+    exchange keeps its orders in PostgreSQL: an order sent by the killed worker outlives it,
+    and the restarted worker finds it by its client id and never sends it again
+    (``send_attempts`` 1, and one paper order per order row)."""
     rows = orders(db_url, pid)
     assert not set(posts_by_client_id(fake)) & {o["client_order_id"] for o in rows}
     fills = trades(db_url, pid)
@@ -399,8 +429,12 @@ def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: s
     for order in rows:
         assert order["status"] == "filled"
         assert order["filled_quantity"] == order["quantity"]
-        crashed_here = point == f"{order['purpose']}.sent"
-        assert order["send_attempts"] == (2 if crashed_here else 1), order["purpose"]
+        assert order["send_attempts"] == 1, (order["purpose"], point)
+    with psycopg.connect(db_url) as conn:
+        paper = conn.execute(
+            "SELECT client_order_id, status FROM paper_orders ORDER BY client_order_id"
+        ).fetchall()
+    assert paper == sorted((o["client_order_id"], "FILLED") for o in rows)
 
 
 # -- three workers on one database, one of them killed between send and record ---------------
@@ -446,7 +480,7 @@ async def test_three_workers_one_killed_between_send_and_record_every_position_c
         for worker in fleet:
             worker.kill()
     for pid, paper in pids.items():
-        _assert_figures(db_url, pid, OUTCOMES["exit"])
+        _assert_figures(db_url, pid, _outcome("exit", paper))
         if not paper:
             assert_matches_exchange(db_url, fake, pid)
             continue
@@ -469,4 +503,10 @@ def _exited(worker: WorkerProcess) -> bool:
 
 
 def _all(db_url: str, fake: FakeBinance, pids: dict[uuid.UUID, bool], flow: str) -> bool:
-    return all(_converged(db_url, fake, pid, OUTCOMES[flow], paper) for pid, paper in pids.items())
+    return all(
+        _converged(db_url, fake, pid, _outcome(flow, paper), paper) for pid, paper in pids.items()
+    )
+
+
+def _outcome(flow: str, paper: bool) -> Outcome:
+    return PAPER_OUTCOMES[flow] if paper else OUTCOMES[flow]

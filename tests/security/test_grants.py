@@ -93,6 +93,9 @@ EXPECTED_OBJECTS: dict[str, dict[str, set[str]]] = {
     "public.exchange_accounts": {},
     "public.exchange_account_secrets": {},
     "public.exchange_account_secret_inbox": {},
+    # paper trading state: read-only for its owner (row-level security), written by the worker
+    "public.paper_balances": _READERS,
+    "public.paper_orders": _READERS,
     "public.add_exchange_account(text, text, text, text, text, boolean)": USERS_AND_PLATFORM,
     "public.rotate_exchange_account_key(uuid, text, text, text)": USERS_AND_PLATFORM,
     "public.enable_exchange_account(uuid)": USERS_AND_PLATFORM,

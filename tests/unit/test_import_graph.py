@@ -74,6 +74,7 @@ PURE: Final = frozenset(
         "worker.exchanges.filters",
         "worker.exchanges.binance_answers",
         "worker.exchanges.paper_book",
+        "worker.exchanges.paper_funds",
     }
 )
 PURE_MAY_IMPORT: Final = frozenset({"worker.errors", "worker.exchanges.errors", "worker.settings"})

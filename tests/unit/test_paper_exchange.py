@@ -234,12 +234,12 @@ async def test_stop_loss_triggers_when_the_price_falls_through_it() -> None:
     feed, paper, _ = make(slippage_bps=D(10))
     await paper.place_order(order("sl", "sell", "stop_loss", stop="90"))
     assert await paper.on_price_tick("BTCUSDT", D("95")) == []
-    assert [o.client_order_id for o in paper.open_orders()] == ["sl"]
+    assert [o.client_order_id for o in (await paper.open_orders())] == ["sl"]
     feed.set("BTCUSDT", D("89.5"))
     (fill,) = await paper.poll()
     assert fill.price == D("89.41")  # 89.5 less 10 bps, rounded down to the tick
     state = await paper.get_order("BTCUSDT", "sl")
-    assert state is not None and state.status == "FILLED" and paper.open_orders() == []
+    assert state is not None and state.status == "FILLED" and (await paper.open_orders()) == []
 
 
 async def test_take_profit_triggers_when_the_price_rises_through_it() -> None:
@@ -343,7 +343,7 @@ async def test_client_id_of_an_open_order_is_a_duplicate() -> None:
         with pytest.raises(DuplicateOrder) as err:
             await paper.place_order(order("dup", symbol=symbol, qty=qty))
         assert isinstance(err.value, OutcomeUnknown) and err.value.code == -2010
-    assert len(paper.open_orders()) == 1
+    assert len(await paper.open_orders()) == 1
 
 
 async def test_client_id_of_a_final_order_may_be_reused_and_lookups_see_the_latest() -> None:
@@ -356,7 +356,7 @@ async def test_client_id_of_a_final_order_may_be_reused_and_lookups_see_the_late
     assert first.exchange_order_id != second.exchange_order_id
     latest = await paper.get_order("BTCUSDT", "again")
     assert latest is not None and latest.exchange_order_id == second.exchange_order_id
-    assert [o.exchange_order_id for o in paper.open_orders()] == [reused.exchange_order_id]
+    assert [o.exchange_order_id for o in (await paper.open_orders())] == [reused.exchange_order_id]
 
 
 @pytest.mark.parametrize(
@@ -426,7 +426,7 @@ async def test_cancel_a_resting_order_then_it_is_final() -> None:
     clock.ms += 1_000
     state = await paper.cancel_order("BTCUSDT", "c")
     assert (state.status, state.executed_qty, state.is_final) == ("CANCELED", D(0), True)
-    assert state.raw["transactTime"] == T0 + 1_000 and paper.open_orders() == []
+    assert state.raw["transactTime"] == T0 + 1_000 and (await paper.open_orders()) == []
     with pytest.raises(UnknownOrder) as err:
         await paper.cancel_order("BTCUSDT", "c")
     assert err.value.code == -2011
@@ -505,7 +505,7 @@ async def test_from_settings_builds_a_clock_driven_synthetic_exchange() -> None:
     assert isinstance(paper.feed, SyntheticPrices)
     assert paper.config == PaperConfig(slippage_bps=D(5), spread_bps=D(2), bnb_discount=D("0.25"))
     state = await exchange.place_order(order("s", qty="0.001"))
-    assert state.exchange_order_id == f"P{T0}-1" and state.fills[0].trade_id == f"P{T0}-1"
+    assert state.exchange_order_id == f"P{T0}-1" and state.fills[0].trade_id == f"P{T0}-1-1"
     clock.ms += 3_000
     await exchange.price("BTCUSDT")
     assert paper.feed.steps == 3

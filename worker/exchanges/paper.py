@@ -1,4 +1,4 @@
-"""The paper exchange: the :class:`~worker.exchanges.base.Exchange` port, in memory.
+"""The paper exchange: the :class:`~worker.exchanges.base.Exchange` port, simulated.
 
 For ``is_paper_trade`` positions. Prices come from a :class:`~worker.exchanges.base.PriceFeed`
 (:mod:`worker.exchanges.prices`), times from an injected clock (epoch ms): a run is
@@ -27,30 +27,40 @@ Binance) where they overlap; the pure rules live in :mod:`worker.exchanges.paper
   sees it filled if the market crossed it. A move that reverses between two looks is missed.
 * Quantities are floored to stepSize and prices rounded to tickSize, then checked by
   :func:`~worker.exchanges.filters.check_order` (FilterViolation). Unknown symbol:
-  ``OrderRejected(-1121)``. A client order id is unique among *open* orders (DuplicateOrder,
-  -2010); a final order's id may be re-used. :meth:`PaperExchange.reject_next` scripts a
-  rejection. ``get_order`` answers without fills (see ``get_fills``), None for an id never
-  seen; ``cancel_order`` of a final or unknown order: ``UnknownOrder(-2011)``.
+  ``OrderRejected(-1121)``. A client order id is unique among an account's *open* orders
+  (DuplicateOrder, -2010); a final order's id may be re-used. :meth:`PaperExchange.reject_next`
+  scripts a rejection. ``get_order`` answers without fills (see ``get_fills``), None for an id
+  never seen; ``cancel_order`` of a final or unknown order: ``UnknownOrder(-2011)``.
+* **Balances** per account (:meth:`PaperExchange.for_account`: one user's paper account):
+  an order holds what it may spend and its fills move it (:mod:`worker.exchanges.paper_funds`);
+  an order the account cannot pay is refused with -2010 "Account has insufficient balance
+  for requested action.", nothing recorded. A resting order whose fill the account can no
+  longer pay (a stop that gapped past its hold, a BNB fee with no BNB left) EXPIRES.
+* Orders and balances live in a :class:`~worker.exchanges.paper_store.PaperStore`: in
+  memory (one process, bounded) or PostgreSQL (:class:`worker.db.paper_store.PgPaperStore`:
+  every replica sees the same book). A matching pass *claims* the open orders it looks at
+  (in PostgreSQL: their rows, FOR UPDATE SKIP LOCKED), so two replicas never fill one order
+  twice.
 
 Over 300 lines on purpose: one adapter implementing the whole exchange port; its matching
-lives in paper_book.py and its prices in prices.py.
+lives in paper_book.py, its balance rules in paper_funds.py, its prices in prices.py.
 """
 
 from __future__ import annotations
 
-import itertools
+import copy
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 from anyio.abc import TaskStatus
 
 from worker.exchanges.base import (
-    DuplicateOrder,
     ExchangeFill,
     OcoRequest,
     OrderRejected,
@@ -73,6 +83,17 @@ from worker.exchanges.paper_book import (
     new_order,
     split,
 )
+from worker.exchanges.paper_funds import (
+    INSUFFICIENT_BALANCE,
+    Balance,
+    Hold,
+    closing,
+    hold_for,
+    merge,
+    opening,
+    settle,
+)
+from worker.exchanges.paper_store import Claim, MemoryPaperStore, PaperStore, Resting
 from worker.exchanges.prices import (
     BinancePublicPrices,
     PriceFeedStale,
@@ -92,7 +113,6 @@ if TYPE_CHECKING:
 __all__ = ["PaperConfig", "PaperExchange", "from_settings"]
 
 ClockMs = Callable[[], int]
-INSUFFICIENT_BALANCE: Final = "Account has insufficient balance for requested action."
 
 
 def wall_clock_ms() -> int:
@@ -106,8 +126,11 @@ class PaperExchange:
     ``clock`` returns epoch ms (order and fill times); ``config`` sets fees, fee asset,
     slippage and partial fills; ``rules`` are the tradable symbols and their filters (a
     :class:`~worker.exchanges.symbols.SymbolSource`, a list, or by default the snapshot);
-    ``id_prefix`` starts every exchange order id and trade id (give each run its own if
-    its ids must not collide with an earlier run's).
+    ``id_prefix`` starts every exchange order id of the in-memory store (give each run its
+    own if its ids must not collide with an earlier run's); an order's k-th fill has the
+    trade id ``<order id>-<k>``; ``stale_after_ms``: a quote older than this holds new
+    orders (0: never); ``store`` keeps the orders and the balances (default: a
+    :class:`MemoryPaperStore` that keeps no balances).
     """
 
     def __init__(
@@ -119,6 +142,7 @@ class PaperExchange:
         rules: Iterable[SymbolRules] | RulesSource | None = None,
         id_prefix: str = "",
         stale_after_ms: int = 0,
+        store: PaperStore | None = None,
     ) -> None:
         self._feed, self._clock = feed, clock
         self.config = config or PaperConfig()
@@ -126,12 +150,10 @@ class PaperExchange:
         self._symbols = _rules_source(rules)
         self._stale_after_ms = stale_after_ms
         self._prefix = id_prefix
-        self._orders: dict[str, PaperOrder] = {}  # by exchange order id, oldest first
-        self._latest: dict[tuple[str, str], PaperOrder] = {}  # by (symbol, client order id)
+        self.store: PaperStore = store if store is not None else MemoryPaperStore()
+        self.account: str | None = None  # None: the shared book (see paper_store.py)
         self._rejections: dict[str | None, deque[OrderRejected]] = {}
         self._liquidity: dict[str, Decimal] = {}
-        self._order_seq = 0
-        self._trade_ids = (f"{id_prefix}{n}" for n in itertools.count(1))
 
     def __repr__(self) -> str:
         return f"PaperExchange(feed={self._feed!r}, config={self.config!r})"
@@ -139,6 +161,19 @@ class PaperExchange:
     @property
     def feed(self) -> PriceFeed:
         return self._feed
+
+    def for_account(self, account: str) -> PaperExchange:
+        """This exchange as one paper account sees it (a user id): its own balances and
+        orders. Shares the feed, the store, the ids and the scripting with this one."""
+        view = copy.copy(self)
+        view.account = account
+        return view
+
+    async def balances(self) -> dict[str, Balance]:
+        """The account's (free, locked) per asset (empty where the store keeps none)."""
+        if self.account is None:
+            raise ValueError("balances belong to an account: use for_account(user_id)")
+        return await self.store.balances(self.account)
 
     # -- scripting (tests and the demo) ----------------------------------------------------------
 
@@ -158,11 +193,9 @@ class PaperExchange:
         else:
             self._liquidity[symbol] = quantity
 
-    def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]:
         """Orders still resting (NEW or PARTIALLY_FILLED), oldest first."""
-        return [
-            o.state() for o in self._orders.values() if o.is_open and symbol in (None, o.symbol)
-        ]
+        return [o.state() for o in await self.store.open_orders(self.account, symbol)]
 
     # -- the Exchange port -----------------------------------------------------------------------
 
@@ -171,20 +204,22 @@ class PaperExchange:
         rules = await self.symbol_rules(req.symbol)
         quote = await self._fresh_quote(rules)  # resting orders first see the market
         bnb_price = await self._bnb_price(rules)
-        # no await from here on: the id check and the registration are one atomic step
         self._scripted_rejection(req.symbol)
-        self._check_client_id(req.client_order_id)
-        order_id, now = f"{self._prefix}{self._order_seq + 1}", self._clock()
-        order = new_order(rules, req, quote, self.config, exchange_order_id=order_id, now_ms=now)
-        self._order_seq += 1
-        self._orders[order.exchange_order_id] = order
-        self._latest[(req.symbol, req.client_order_id)] = order
-        return order.state(self._match(order, rules, quote, bnb_price, placing=True))
+        order = new_order(
+            rules, req, quote, self.config, exchange_order_id="", now_ms=self._clock()
+        )
+        order.exchange_order_id = self.store.new_order_id(self._prefix)  # a valid order's id
+        hold = hold_for(order, rules, self.config, quote.touch(order.side))
+        fills = self._match(order, rules, quote, bnb_price, placing=True)
+        changes, left = settle(order, rules, hold, fills)
+        # the store checks the client id and the balance, and records all or nothing
+        await self.store.place(self.account, Resting(order, left), merge(opening(hold), changes))
+        return order.state(fills)
 
     async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
-        """Both legs as two independent orders: the paper exchange has no balances to lock
-        and no order lists (paper positions are protected by the watcher, which never sends
-        protective orders; this keeps the port complete)."""
+        """Both legs as two independent orders, each holding its own quantity: the paper
+        exchange has no order lists (paper positions are protected by the watcher, which
+        never sends protective orders; this keeps the port complete)."""
         legs: tuple[tuple[OrderType, str, Decimal], ...] = (
             ("stop_loss", req.stop_client_order_id, req.stop_price),
             ("take_profit", req.take_profit_client_order_id, req.take_profit_price),
@@ -200,23 +235,25 @@ class PaperExchange:
 
     async def get_order(self, symbol: str, client_order_id: str) -> OrderState | None:
         await self._sync(symbol)
-        order = self._latest.get((symbol, client_order_id))
+        order = await self.store.latest(self.account, symbol, client_order_id)
         return order.state() if order is not None else None
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
         await self._sync(symbol)
-        order = self._latest.get((symbol, client_order_id))
-        if order is None or not order.is_open:
-            raise UnknownOrder(-2011, "Unknown order sent.")
-        order.status, order.update_ms = "CANCELED", self._clock()
-        return order.state()
+        async with self.store.claim(self.account, symbol, client_order_id) as claim:
+            for resting in claim.orders:
+                order = replace(resting.order, fills=list(resting.order.fills))
+                order.status, order.update_ms = "CANCELED", self._clock()
+                await claim.save(Resting(order, _emptied(resting.hold)), closing(resting.hold))
+                return order.state()
+        raise UnknownOrder(-2011, "Unknown order sent.")
 
     async def get_fills(
         self, symbol: str, exchange_order_id: str, *, after: str | None = None
     ) -> list[ExchangeFill]:
-        """Every fill of the order (``after`` is not needed: they are all in memory)."""
+        """Every fill of the order (``after`` is not needed: they are stored with it)."""
         await self._sync(symbol)
-        order = self._orders.get(exchange_order_id)
+        order = await self.store.by_id(self.account, exchange_order_id)
         return list(order.fills) if order is not None and order.symbol == symbol else []
 
     async def symbol_rules(self, symbol: str) -> SymbolRules:
@@ -253,17 +290,47 @@ class PaperExchange:
         return await self.on_quote(symbol, Quote.around(rules, price, self.config.spread_bps))
 
     async def on_quote(self, symbol: str, quote: Quote) -> list[ExchangeFill]:
-        """``symbol``'s book is ``quote``: fill the open orders it triggers or crosses."""
+        """``symbol``'s book is ``quote``: fill the open orders it triggers or crosses (those
+        of this account, or of every account for the shared exchange), each one claimed."""
         rules = await self.symbol_rules(symbol)
-        if not any(o.symbol == symbol and o.is_open for o in self._orders.values()):
+        try:  # read before the claim: no I/O while it holds rows
+            bnb_price, missing = await self._bnb_price(rules), None
+        except OrderRejected as exc:  # matters only if an order fills
+            bnb_price, missing = None, exc
+        fills: list[ExchangeFill] = []
+        async with self.store.claim(self.account, symbol) as claim:
+            if claim.orders and missing is not None:
+                raise missing
+            for resting in claim.orders:
+                fills += await self._fill(claim, resting, rules, quote, bnb_price)
+        return fills
+
+    async def _fill(
+        self,
+        claim: Claim,
+        resting: Resting,
+        rules: SymbolRules,
+        quote: Quote,
+        bnb_price: Decimal | None,
+    ) -> list[ExchangeFill]:
+        """Match one claimed order and save what changed; an order its account can no
+        longer pay EXPIRES, releasing what it held."""
+        order = replace(resting.order, fills=list(resting.order.fills))
+        fills = self._match(order, rules, quote, bnb_price, placing=False)
+        if order == resting.order:
             return []
-        bnb_price = await self._bnb_price(rules)
-        orders = [o for o in self._orders.values() if o.symbol == symbol and o.is_open]
-        return [f for o in orders for f in self._match(o, rules, quote, bnb_price, placing=False)]
+        changes, left = settle(order, rules, resting.hold, fills)
+        if await claim.save(Resting(order, left), changes):
+            return fills
+        expired = replace(resting.order, fills=list(resting.order.fills), status="EXPIRED")
+        expired.update_ms = self._clock()
+        await claim.save(Resting(expired, _emptied(resting.hold)), closing(resting.hold))
+        return []
 
     async def poll(self) -> list[ExchangeFill]:
         """Read the feed for every symbol with open orders and match them; the new fills."""
-        symbols = dict.fromkeys(o.symbol for o in self._orders.values() if o.is_open)
+        open_orders = await self.store.open_orders(self.account, None)
+        symbols = dict.fromkeys(o.symbol for o in open_orders)
         fills: list[ExchangeFill] = []
         for symbol in symbols:
             rules = await self.symbol_rules(symbol)
@@ -298,7 +365,7 @@ class PaperExchange:
     ) -> list[ExchangeFill]:
         """Each execution as ``partial_fills`` fills, with fees and trade ids."""
         now = self._clock()
-        fills = []
+        fills: list[ExchangeFill] = []
         for execution in executions:
             price = execution.price
             for part in split(rules, execution.quantity, self.config.partial_fills):
@@ -311,7 +378,8 @@ class PaperExchange:
                     maker=execution.maker,
                     bnb_price=bnb_price,
                 )
-                fills.append(ExchangeFill(next(self._trade_ids), price, part, fee, asset, now))
+                trade_id = f"{order.exchange_order_id}-{len(order.fills) + len(fills) + 1}"
+                fills.append(ExchangeFill(trade_id, price, part, fee, asset, now))
         order.record(fills, now)
         return fills
 
@@ -341,13 +409,6 @@ class PaperExchange:
             if queue:
                 raise queue.popleft()
 
-    def _check_client_id(self, client_order_id: str) -> None:
-        """Binance's rule: a client order id is unique among *open* orders only."""
-        if any(
-            o.is_open and o.req.client_order_id == client_order_id for o in self._orders.values()
-        ):
-            raise DuplicateOrder("Duplicate order sent.", -2010)
-
     async def _sync(self, symbol: str) -> None:
         """Match ``symbol``'s open orders at the feed's price now; -1121 if not tradable."""
         await self.price(symbol)
@@ -363,11 +424,19 @@ class PaperExchange:
             raise OrderRejected(None, f"paper: fees in BNB need a {pair} price") from None
 
 
-def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> PaperExchange:
+def _emptied(hold: Hold) -> Hold:
+    return Hold(hold.asset, Decimal(0))
+
+
+def from_settings(
+    settings: Settings, *, clock: ClockMs = wall_clock_ms, store: PaperStore | None = None
+) -> PaperExchange:
     """The paper exchange ``[paper]`` describes: every listed symbol (see
     :func:`symbols_from_settings`), a clock-driven synthetic feed or Binance's public market
-    streams, the configured book, fees, fee asset, slippage and partial fills. Ids start with
-    the build time, so a restarted worker never re-issues an earlier run's trade ids. Nothing
+    streams, the configured book, fees, fee asset, slippage and partial fills; its orders and
+    balances in ``store`` (default: in memory, every account starting with
+    ``paper.starting_balances``). In-memory order ids start with the build time, so a
+    restarted worker never re-issues an earlier run's ids (PostgreSQL's are random). Nothing
     is read or fetched here."""
     paper = settings.paper
     symbols = symbols_from_settings(settings)
@@ -377,6 +446,7 @@ def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> Pape
             stream_url=paper.stream_url,
             base_url=settings.binance.base_url,
             timeout_s=min(settings.binance.timeout_seconds, 5.0),
+            rest_after_ms=round(paper.rest_refresh_seconds * 1000),
             clock=clock,
         )
     else:
@@ -396,6 +466,8 @@ def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> Pape
         depth_quote=paper.depth_quote,
         partial_fills=paper.partial_fills,
     )
+    if store is None:
+        store = MemoryPaperStore(paper.starting_balances)
     return PaperExchange(
         feed,
         clock=clock,
@@ -403,6 +475,7 @@ def from_settings(settings: Settings, *, clock: ClockMs = wall_clock_ms) -> Pape
         rules=symbols,
         id_prefix=f"P{clock()}-",
         stale_after_ms=round(paper.stale_after_seconds * 1000),
+        store=store,
     )
 
 

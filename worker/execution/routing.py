@@ -4,6 +4,8 @@ keys) for live positions that name no account."""
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 from worker.errors import WorkerError
 from worker.exchanges.base import Exchange
 from worker.execution.accounts import AccountRegistry
@@ -15,14 +17,22 @@ NO_ACCOUNT = (
 )
 
 
+@runtime_checkable
+class PaperAccounts(Protocol):
+    """A paper exchange that keeps balances per account (``PaperExchange``)."""
+
+    def for_account(self, account: str) -> Exchange: ...
+
+
 class NotConfigured(WorkerError):
     """The position needs an exchange this worker has not been given."""
 
 
 class ExchangeRouter:
-    """``operator``: the operator account's exchange, for live positions with no account
-    (None: such positions are refused). ``accounts``: users' accounts (None: this worker
-    trades no user account)."""
+    """``paper``: the paper exchange; a position trades on its user's paper account (the
+    user id) where it keeps accounts. ``operator``: the operator account's exchange, for live
+    positions with no account (None: such positions are refused). ``accounts``: users'
+    accounts (None: this worker trades no user account)."""
 
     def __init__(
         self,
@@ -41,6 +51,8 @@ class ExchangeRouter:
         if position.is_paper_trade:
             if self.paper is None:
                 raise NotConfigured("paper trading is not configured in this worker")
+            if isinstance(self.paper, PaperAccounts):
+                return self.paper.for_account(str(position.user_id))
             return self.paper
         if position.account_id is None:
             if self.operator is None:

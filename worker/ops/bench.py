@@ -295,6 +295,19 @@ def run_bench(
             rd.cleanup()
 
 
+def run_paper_only(database_url: str | None, say: Callable[[str], None]) -> str:
+    """``bench --paper-only``: the paper orders bench (``bench_paper.py``) on the server of
+    ``database_url``, else on an embedded PostgreSQL; its report."""
+    from worker.ops.bench_paper import run_paper_bench
+
+    pg = None if database_url else EmbeddedPostgres(durable=True).start()
+    try:
+        return run_paper_bench(database_url or (pg.url if pg else ""), say)
+    finally:
+        if pg:
+            pg.cleanup()
+
+
 def _server_versions(admin_url: str, client: redis.Redis) -> dict[str, str]:
     with psycopg.connect(admin_url) as conn:
         row = conn.execute("SHOW server_version").fetchone()

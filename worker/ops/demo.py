@@ -17,14 +17,15 @@ from typing import Any, TextIO
 import anyio
 import redis.asyncio as aioredis
 
-from worker.app import App
+from worker.app import App, make_pool
 from worker.db.migrate import migrate
+from worker.db.paper_store import PgPaperStore
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
 from worker.exchanges.paper_book import PaperConfig
 from worker.exchanges.prices import SyntheticPrices
 from worker.execution.routing import ExchangeRouter
 from worker.logs import configure_logging
-from worker.ops.demo_script import DemoSession
+from worker.ops.demo_script import DEMO_BALANCES, DemoSession
 from worker.settings import Settings, load_settings
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis
 
@@ -125,16 +126,24 @@ async def running_worker(settings: Settings, paper: PaperExchange) -> AsyncItera
 
 async def play(settings: Settings, printer: Printer) -> list[dict[str, Any]]:
     feed = SyntheticPrices(seed=settings.paper.seed)  # moved only by the session's script
-    paper = PaperExchange(
-        feed, clock=wall_clock_ms, config=PaperConfig(partial_fills=2),
-        id_prefix=f"D{wall_clock_ms()}-",
-    )  # fmt: skip
-    async with running_worker(settings, paper), anyio.create_task_group() as tg:
-        tg.start_soon(follow_streams, settings, printer)
-        session = DemoSession(settings.database.url, paper, feed, printer.say)
-        summary = await session.run()
-        await anyio.sleep(0.3)  # let the last stream entries reach the screen
-        tg.cancel_scope.cancel()
+    pool = make_pool(settings)  # the paper book: in PostgreSQL, as the worker keeps it
+    await pool.open()
+    try:
+        paper = PaperExchange(
+            feed, clock=wall_clock_ms, config=PaperConfig(partial_fills=2),
+            id_prefix=f"D{wall_clock_ms()}-", store=PgPaperStore(pool, DEMO_BALANCES),
+        )  # fmt: skip
+        async with running_worker(settings, paper), anyio.create_task_group() as tg:
+            tg.start_soon(follow_streams, settings, printer)
+            session = DemoSession(settings.database.url, paper, feed, printer.say)
+            summary = await session.run()
+            await anyio.sleep(0.3)  # let the last stream entries reach the screen
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.move_on_after(5, shield=True):
+            await pool.close()
+    printer.line("")
+    printer.line(session.render_balances())
     return summary
 
 
@@ -165,4 +174,6 @@ def run_demo(
         if keep:
             printer.line("\nservers left running (try the SQL functions in psql):")
             printer.line(f"  DATABASE_URL={db}\n  REDIS_URL={rd}\n  psql {db}")
+            printer.line("  e.g. SELECT * FROM paper_balances; SELECT * FROM paper_orders;")
+            printer.line("  e.g. SELECT * FROM paper_balances; SELECT * FROM paper_orders;")
     return summary

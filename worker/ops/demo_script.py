@@ -6,7 +6,11 @@ Every figure is hand-computable (fee 0.1 % in USDT, no slippage):
   the accounting worked example, realized -3.207 USDT (-3.0512 %), fees 0.207;
 * short ETHUSDT 2 @ 3000 with take-profit 2700, price falls to 2690: +608.62 (10.1335 %);
 * long SOLUSDT 10 @ 150 with stop-loss 140, price falls to 138: -122.88 (-8.1838 %);
-* long BNBUSDT 1: the exchange rejects the entry (insufficient balance): failed.
+* short BNBUSDT 1: the user holds no BNB to sell; the exchange refuses the entry (-2010,
+  insufficient balance): failed.
+
+The user's paper account starts with 10,000 USDT and 2 ETH (``DEMO_BALANCES``) and ends with
+10,000 - 3.207 + 608.62 - 122.88 = 10,482.533 USDT and its 2 ETH.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ SEED = (
     " VALUES (%(signal)s, %(user)s, %(trader)s, 'BTCUSDT', 'active')",
 )
 D = Decimal
+DEMO_BALANCES = {"USDT": D("10000"), "ETH": D("2")}  # no BNB: the BNB short is refused
 
 
 class DemoSession:
@@ -39,6 +44,7 @@ class DemoSession:
         self.db_url, self.paper, self.feed, self.say = db_url, paper, feed, say
         self.ids = {"user": uuid.uuid4(), "trader": uuid.uuid4(), "signal": uuid.uuid4()}
         self.conn: Any = None
+        self.balances: list[dict[str, Any]] = []
 
     async def run(self) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True) as conn:
@@ -55,6 +61,11 @@ class DemoSession:
                 )
                 await self._rejected_entry()
             cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT asset, free, locked FROM paper_balances WHERE user_id = %s ORDER BY asset",
+                (self.ids["user"],),
+            )
+            self.balances = await cur.fetchall()
             await cur.execute("SELECT * FROM positions ORDER BY created_at")
             return await cur.fetchall()
 
@@ -88,8 +99,8 @@ class DemoSession:
 
     async def _rejected_entry(self) -> None:
         self.price("BNBUSDT", "600")
-        self.paper.reject_next("BNBUSDT")
-        pid = await self.open("long", "BNBUSDT", "1")
+        self.say("the user holds no BNB: a spot short has nothing to sell")
+        pid = await self.open("short", "BNBUSDT", "1")
         await self.wait(pid, status="failed")
 
     def price(self, symbol: str, price: str) -> None:
@@ -127,6 +138,11 @@ class DemoSession:
             if (status is None or now_status == status) and (held is None or now_held == D(held)):
                 return
             await anyio.sleep(0.05)
+
+    def render_balances(self) -> str:
+        held = ", ".join(f"{_d(r['free'] + r['locked'])} {r['asset']}" for r in self.balances
+                         if r["free"] + r["locked"])  # fmt: skip
+        return f"Paper balances of the demo user: {held}"
 
     @staticmethod
     def render_summary(rows: list[dict[str, Any]]) -> str:

@@ -1,0 +1,92 @@
+-- The paper exchange's state (worker/db/paper_store.py; tables in schema/0014_paper_state.sql).
+
+-- name: paper_seed_balances
+-- An account's first balances, once: only while it has no balance row at all.
+INSERT INTO paper_balances (user_id, asset, free)
+SELECT %(user_id)s, s.asset, s.amount
+FROM unnest(%(assets)s::text[], %(amounts)s::numeric[]) AS s (asset, amount)
+WHERE NOT EXISTS (SELECT 1 FROM paper_balances WHERE user_id = %(user_id)s)
+ON CONFLICT DO NOTHING
+
+-- name: paper_touch_balances
+INSERT INTO paper_balances (user_id, asset)
+SELECT %(user_id)s, unnest(%(assets)s::text[])
+ON CONFLICT DO NOTHING
+
+-- name: paper_change_balances
+-- Assets in sorted order (the caller sorts them): two transactions of one account lock its
+-- rows in the same order. A change that overdraws fails the table's CHECK.
+UPDATE paper_balances b
+SET free = b.free + c.free, locked = b.locked + c.locked, updated_at = now()
+FROM unnest(%(assets)s::text[], %(free)s::numeric[], %(locked)s::numeric[]) AS c (asset, free, locked)
+WHERE b.user_id = %(user_id)s AND b.asset = c.asset
+
+-- name: paper_balances_of
+SELECT asset, free, locked FROM paper_balances WHERE user_id = %(user_id)s ORDER BY asset
+
+-- name: paper_insert_order
+INSERT INTO paper_orders (id, user_id, symbol, client_order_id, side, type, quote_quantity,
+  quantity, price, stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms)
+VALUES (%(id)s, %(user_id)s, %(symbol)s, %(client_order_id)s, %(side)s, %(type)s,
+  %(quote_quantity)s, %(quantity)s, %(price)s, %(stop_price)s, %(status)s, %(triggered)s,
+  %(hold_asset)s, %(locked)s, %(fills)s, %(time_ms)s, %(update_ms)s)
+
+-- name: paper_update_order
+UPDATE paper_orders
+SET status = %(status)s, triggered = %(triggered)s, locked = %(locked)s, fills = %(fills)s,
+    update_ms = %(update_ms)s
+WHERE id = %(id)s
+
+-- name: paper_any_open
+-- Whether a claim would find anything (no lock): most passes find nothing to match.
+SELECT 1 FROM paper_orders
+WHERE symbol = %(symbol)s AND status IN ('NEW', 'PARTIALLY_FILLED')
+  AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+  AND (%(client_order_id)s::text IS NULL OR client_order_id = %(client_order_id)s::text)
+LIMIT 1
+
+-- name: paper_claim_orders
+-- The open orders of a symbol (one account's, or every account's when user_id is NULL) that
+-- no other transaction holds, oldest first: the claim of a matching pass.
+SELECT id, user_id, symbol, client_order_id, side, type, quote_quantity, quantity, price,
+       stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms
+FROM paper_orders
+WHERE symbol = %(symbol)s AND status IN ('NEW', 'PARTIALLY_FILLED')
+  AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ORDER BY seq
+FOR UPDATE SKIP LOCKED
+
+-- name: paper_claim_client_order
+-- One client order id's open order, waiting for another transaction that holds it.
+SELECT id, user_id, symbol, client_order_id, side, type, quote_quantity, quantity, price,
+       stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms
+FROM paper_orders
+WHERE symbol = %(symbol)s AND client_order_id = %(client_order_id)s
+  AND status IN ('NEW', 'PARTIALLY_FILLED')
+  AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ORDER BY seq
+FOR UPDATE
+
+-- name: paper_latest_order
+SELECT id, user_id, symbol, client_order_id, side, type, quote_quantity, quantity, price,
+       stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms
+FROM paper_orders
+WHERE symbol = %(symbol)s AND client_order_id = %(client_order_id)s
+  AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ORDER BY seq DESC
+LIMIT 1
+
+-- name: paper_order_by_id
+SELECT id, user_id, symbol, client_order_id, side, type, quote_quantity, quantity, price,
+       stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms
+FROM paper_orders
+WHERE id = %(id)s AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+
+-- name: paper_open_orders
+SELECT id, user_id, symbol, client_order_id, side, type, quote_quantity, quantity, price,
+       stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms
+FROM paper_orders
+WHERE status IN ('NEW', 'PARTIALLY_FILLED')
+  AND (%(symbol)s::text IS NULL OR symbol = %(symbol)s::text)
+  AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ORDER BY seq
