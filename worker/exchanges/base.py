@@ -112,8 +112,11 @@ class OcoRequest:
     """A stop-loss and a take-profit for the same ``quantity`` as one OCO order list: when
     one leg triggers the exchange cancels (expires) the other, and the held balance is
     locked once for both (two separate orders would each need all of it). Both legs are
-    stop-market orders (``STOP_LOSS`` / ``TAKE_PROFIT``). For a SELL (long exit) the
-    take-profit is the *above* leg and the stop-loss the *below* one; mirrored for a BUY."""
+    stop-market orders (``STOP_LOSS`` / ``TAKE_PROFIT``), or with ``take_profit_maker`` the
+    take-profit a ``LIMIT_MAKER`` resting at its price (not an "algo" order: it takes no
+    MAX_NUM_ALGO_ORDERS slot; a SELL only, rest-api.md: ``belowType`` has no LIMIT_MAKER).
+    For a SELL (long exit) the take-profit is the *above* leg and the stop-loss the *below*
+    one; mirrored for a BUY."""
 
     symbol: str
     side: Side
@@ -123,6 +126,7 @@ class OcoRequest:
     stop_price: Decimal
     take_profit_client_order_id: str
     take_profit_price: Decimal
+    take_profit_maker: bool = False
 
     def __post_init__(self) -> None:
         _valid(f"OCO request {self.list_client_order_id!r}", _oco_problem(self))
@@ -134,6 +138,8 @@ def _oco_problem(req: OcoRequest) -> str:
     ids = (req.list_client_order_id, req.stop_client_order_id, req.take_profit_client_order_id)
     if not all(CLIENT_ORDER_ID.match(i) for i in ids):
         return "client order ids must match ^[a-zA-Z0-9-_]{1,36}$"
+    if req.take_profit_maker and req.side != "sell":
+        return "a LIMIT_MAKER take-profit leg is only possible on a sell"
     if req.stop_client_order_id == req.take_profit_client_order_id:
         return "the two legs need different client order ids"
     if req.quantity <= 0 or req.stop_price <= 0 or req.take_profit_price <= 0:

@@ -139,7 +139,8 @@ class BinanceClient(HttpOwner):
 
     async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
         """``POST /api/v3/orderList/oco``: both legs stop-market (STOP_LOSS / TAKE_PROFIT),
-        the quantity floored to the step size, the stops rounded to the tick size."""
+        or the take-profit a LIMIT_MAKER (``take_profit_maker``), the quantity floored to the
+        step size, the prices rounded to the tick size."""
         params = await self._oco_params(req)
         body = await self._signed("POST", "/api/v3/orderList/oco", params)
         return parsed(oco_states, body)
@@ -276,6 +277,9 @@ class BinanceClient(HttpOwner):
             params[f"{where}Type"] = kind
             params[f"{where}ClientOrderId"] = client_id
             params[f"{where}StopPrice"] = format_decimal(price)
+        if req.take_profit_maker:  # rest-api.md: aboveType LIMIT_MAKER takes abovePrice
+            del params["aboveStopPrice"]
+            params["aboveType"], params["abovePrice"] = "LIMIT_MAKER", format_decimal(take)
         return params
 
 

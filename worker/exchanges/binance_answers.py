@@ -95,6 +95,8 @@ def symbol_rules(info: Mapping[str, Any]) -> SymbolRules:
         min_qty=_dec(lot.get("minQty")),
         max_qty=_dec(lot.get("maxQty")),
         min_notional=_dec(notional.get("minNotional")),
+        max_algo_orders=int(filters.get("MAX_NUM_ALGO_ORDERS", {}).get("maxNumAlgoOrders", 0)),
+        max_order_lists=int(filters.get("MAX_NUM_ORDER_LISTS", {}).get("maxNumOrderLists", 0)),
     )
 
 

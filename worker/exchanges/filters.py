@@ -17,7 +17,11 @@ ZERO = Decimal(0)
 
 @dataclass(frozen=True)
 class SymbolRules:
-    """The trading rules of one symbol. A zero size or limit means "no rule"."""
+    """The trading rules of one symbol. A zero size or limit means "no rule".
+
+    ``max_algo_orders`` / ``max_order_lists``: filters.md MAX_NUM_ALGO_ORDERS (open
+    STOP_LOSS, STOP_LOSS_LIMIT, TAKE_PROFIT, TAKE_PROFIT_LIMIT orders an account may have
+    on the symbol) and MAX_NUM_ORDER_LISTS (open order lists, an OCO counting one)."""
 
     symbol: str
     base_asset: str
@@ -27,6 +31,8 @@ class SymbolRules:
     min_qty: Decimal
     max_qty: Decimal
     min_notional: Decimal
+    max_algo_orders: int = 0
+    max_order_lists: int = 0
 
 
 def round_quantity(rules: SymbolRules, quantity: Decimal) -> Decimal:

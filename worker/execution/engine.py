@@ -54,9 +54,12 @@ class Engine:
         log: Any,
         crash_point: CrashPoint = no_crash_point,
         risk: RiskSettings | None = None,
+        lost_after_s: float = 300.0,
     ) -> None:
         self.pool, self.router = pool, router
-        self.ctx = Context(router, log, resend_after, crash_point, risk or RiskSettings())
+        self.ctx = Context(
+            router, log, resend_after, crash_point, risk or RiskSettings(), lost_after_s
+        )
         self.driver = Driver(self.ctx, after_settled=self._after_settled)
         self.protection = Protection(self.ctx, self.driver)
         self.entry = Entry(self.ctx)

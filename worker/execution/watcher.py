@@ -11,6 +11,11 @@
 * Paper positions with a stop-loss, take-profit or max loss: the simulated exchange watches
   its price feed; when the price crosses, an exit is requested (``request_position_exit``,
   reason ``stop_loss`` / ``take_profit`` / ``max_loss``) and handled like any exit.
+* Live positions protected from the worker's side (``positions.protection = 'worker'``:
+  the exchange had no room for their stop-loss / take-profit orders, or refused them) are
+  watched the same way, on their exchange's last price (one lookup per exchange and
+  symbol per pass); the exit is a market order. Their orders are tried again on every
+  pass with the positions missing protection (``exec_unprotected_positions``).
 
 One position's failure is logged with its traceback and skipped; it never stops the pass.
 """
@@ -53,6 +58,7 @@ class Watcher:
             try:
                 await self.reconcile_once()
                 await self.paper_protection_once()
+                await self.worker_protection_once()
             except DatabaseUnavailable as exc:
                 self.log.warning("reconcile_skipped", error=str(exc))
             self.passes += 1
@@ -103,11 +109,30 @@ class Watcher:
     async def paper_protection_once(self) -> None:
         if self.paper is None:
             return
+        paper = self.paper
+        await self._watch("exec_paper_watch", lambda position: paper.price(position.symbol))
+
+    async def worker_protection_once(self) -> None:
+        """Live positions protected from the worker's side: each exchange's price of a
+        symbol looked up once per pass."""
+        prices: dict[tuple[int, str], Decimal] = {}
+
+        async def price(position: Position) -> Decimal:
+            exchange = await self.engine.router.for_position(position)
+            key = (id(exchange), position.symbol)
+            if key not in prices:
+                prices[key] = await exchange.price(position.symbol)
+            return prices[key]
+
+        await self._watch("exec_worker_watch", price)
+
+    async def _watch(self, query: str, price_of: Callable[[Position], Awaitable[Decimal]]) -> None:
+        """Request the exit of each position of ``query`` whose price crossed a level."""
         async with translated_errors(), self.pool.connection() as conn:
-            positions = await fetch_all(conn, Position, "exec_paper_watch")
+            positions = await fetch_all(conn, Position, query)
         for position in positions:
             try:
-                reason = await self._paper_trigger(position)
+                reason = trigger_of(position, await price_of(position))
             except Exception as exc:  # one bad row must not stop the others
                 self.log.error(
                     "protection_check_failed",
@@ -119,20 +144,6 @@ class Watcher:
             if reason is not None:
                 await self._request_exit(str(position.id), reason)
 
-    async def _paper_trigger(self, position: Position) -> str | None:
-        assert self.paper is not None
-        price = await self.paper.price(position.symbol)
-        held = position.held_quantity or Decimal(0)
-        entered, value = position.entry_quantity, position.entry_value
-        avg = value / entered if entered and value is not None else price
-        stop = effective_stop(
-            position.side, position.stop_loss_price, position.max_loss_usdt, avg, held
-        )
-        reason = protection_trigger(position.side, price, stop, position.take_profit_price)
-        if reason == "stop_loss" and stop != position.stop_loss_price:
-            reason = "max_loss"
-        return reason
-
     async def _request_exit(self, position_id: str, reason: str) -> None:
         try:
             async with translated_errors(), self.pool.connection() as conn:
@@ -142,3 +153,18 @@ class Watcher:
             self.log.info("protection_triggered", position_id=position_id, reason=reason)
         except psycopg.Error as exc:  # moved on meanwhile, or an exit is already pending
             self.log.info("protection_not_requested", position_id=position_id, error=str(exc))
+
+
+def trigger_of(position: Position, price: Decimal) -> str | None:
+    """The exit reason ``price`` gives a protected position (``stop_loss``,
+    ``take_profit``, ``max_loss``), or None."""
+    held = position.held_quantity or Decimal(0)
+    entered, value = position.entry_quantity, position.entry_value
+    avg = value / entered if entered and value is not None else price
+    stop = effective_stop(
+        position.side, position.stop_loss_price, position.max_loss_usdt, avg, held
+    )
+    reason = protection_trigger(position.side, price, stop, position.take_profit_price)
+    if reason == "stop_loss" and stop != position.stop_loss_price:
+        reason = "max_loss"
+    return reason
