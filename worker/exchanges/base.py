@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, Protocol, get_args, runtime_checkable
 
 from worker.exchanges.errors import (
     ClockSkew,
@@ -37,6 +37,7 @@ __all__ = [
     "ExchangeError",
     "ExchangeFill",
     "FilterViolation",
+    "ListsOpenOrders",
     "OcoRequest",
     "OrderRejected",
     "OrderRequest",
@@ -199,6 +200,14 @@ class PriceFeed(Protocol):
     """Where a current price comes from (synthetic, fixed, Binance public data)."""
 
     async def price(self, symbol: str) -> Decimal: ...
+
+
+@runtime_checkable
+class ListsOpenOrders(Protocol):
+    """An exchange that lists an account's open orders in one call (Binance's
+    ``openOrders``): the reconciler's safety net uses it instead of a lookup per order."""
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]: ...
 
 
 class Exchange(Protocol):

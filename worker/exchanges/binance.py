@@ -36,10 +36,12 @@ from worker.exchanges.base import (
 )
 from worker.exchanges.binance_answers import (
     oco_states,
+    open_order_states,
     order_state,
     parsed,
     rules_from_exchange_info,
     trade_page,
+    weight_limit,
 )
 from worker.exchanges.binance_http import (
     BinanceHttp,
@@ -152,6 +154,13 @@ class BinanceClient(HttpOwner):
         except UnknownOrder:
             return None
 
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+        """``GET /api/v3/openOrders``: the account's open orders on ``symbol`` (weight 6),
+        or on every symbol (None: weight 80). rest-api.md "Current open orders"."""
+        params = {"symbol": symbol} if symbol is not None else {}
+        body = await self._signed("GET", "/api/v3/openOrders", params)
+        return parsed(open_order_states, body)
+
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
         return parsed(order_state, await self._signed("DELETE", "/api/v3/order", params))
@@ -186,6 +195,9 @@ class BinanceClient(HttpOwner):
         body = await self._http.send("GET", "/api/v3/exchangeInfo", urlencode({"symbol": symbol}))
         rules = rules_from_exchange_info(body, symbol)
         self._rules[symbol] = (self._clock(), rules)
+        limit = weight_limit(body)
+        if limit is not None:
+            self._http.gate.weight_limit = limit
         return rules
 
     async def price(self, symbol: str) -> Decimal:

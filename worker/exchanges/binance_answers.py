@@ -54,6 +54,13 @@ def order_state(data: Mapping[str, Any]) -> OrderState:
     )
 
 
+def open_order_states(body: Any) -> list[OrderState]:
+    """A ``GET /api/v3/openOrders`` answer: a list of orders."""
+    if not isinstance(body, list):
+        raise TypeError(f"openOrders answered {type(body).__name__}, not a list")
+    return [order_state(o) for o in body]
+
+
 def oco_states(data: Mapping[str, Any]) -> tuple[OrderState, ...]:
     """The legs of an order list answer (``orderReports``), as OrderStates."""
     reports = data["orderReports"]
@@ -98,6 +105,18 @@ def symbol_rules(info: Mapping[str, Any]) -> SymbolRules:
         max_algo_orders=int(filters.get("MAX_NUM_ALGO_ORDERS", {}).get("maxNumAlgoOrders", 0)),
         max_order_lists=int(filters.get("MAX_NUM_ORDER_LISTS", {}).get("maxNumOrderLists", 0)),
     )
+
+
+def weight_limit(payload: Mapping[str, Any]) -> int | None:
+    """exchangeInfo's REQUEST_WEIGHT limit per minute (``rateLimits``), if it has one."""
+    for limit in payload.get("rateLimits", ()):
+        if (
+            limit.get("rateLimitType") == "REQUEST_WEIGHT"
+            and limit.get("interval") == "MINUTE"
+            and int(limit.get("intervalNum", 0)) == 1
+        ):
+            return int(limit["limit"])
+    return None
 
 
 def rules_from_exchange_info(payload: Mapping[str, Any], symbol: str) -> SymbolRules:

@@ -1,7 +1,10 @@
 """Binance REST transport: one request at a time, the rate-limit gate, error classification.
 
 Shared by the signed :class:`~worker.exchanges.binance.BinanceClient` and the public price
-feed. Every failure leaves here as an :class:`~worker.exchanges.base.ExchangeError`
+feed. Before a request leaves, the gate's weight budget admits it by priority
+(:mod:`worker.exchanges.budget`): a request the budget defers raises
+:class:`BudgetExhausted` (nothing was sent). Every failure leaves here as an
+:class:`~worker.exchanges.base.ExchangeError`
 (Binance spot API docs, "Error codes" and "LIMITS"): 429/418 -> RateLimited (and the gate
 closes for ``Retry-After``); 5xx, 408, -1006, -1007, timeouts and dropped connections ->
 OutcomeUnknown; -1021 -> ClockSkew; -1022/-2014/-2015 -> CredentialsRejected; -2011/-2013 ->
@@ -21,6 +24,14 @@ from urllib.parse import urlencode
 
 import httpx
 
+from worker.exchanges.budget import (
+    DEFAULT_WEIGHT_LIMIT,
+    Priority,
+    admits,
+    priority_of,
+    used_now,
+    window_left,
+)
 from worker.exchanges.errors import (
     ClockSkew,
     CredentialsRejected,
@@ -43,16 +54,45 @@ TOO_MANY_ORDERS: Final = -1015  # an ORDERS limit: per account, not per IP
 Clock = Callable[[], float]
 
 
+WEIGHT_1M: Final = "x-mbx-used-weight-1m"
+
+
+class BudgetExhausted(RateLimited):
+    """The weight budget keeps this request for the next window (a lookup or an entry
+    while the minute's weight is mostly spent); nothing was sent."""
+
+    def __init__(self, retry_after_s: float, priority: Priority, used: int, limit: int) -> None:
+        super().__init__(retry_after_s, banned=False)
+        self.args = (
+            f"weight budget: {priority.name.lower()} deferred ({used} of {limit} used this"
+            f" minute), retry after {retry_after_s:.1f}s",
+        )
+
+
 class RateLimitGate:
     """The instant before which no request may leave. Share one between clients of one IP
     (request weight is per IP); each account's client has its own for new orders (the
-    ORDERS limits are per account). ``used`` keeps the last ``X-MBX-*`` counters read."""
+    ORDERS limits are per account). ``used`` keeps the last ``X-MBX-*`` counters read
+    (``read_at``: when); ``weight_limit`` is exchangeInfo's REQUEST_WEIGHT per minute."""
 
     def __init__(self, clock: Clock = time.time) -> None:
         self._clock = clock
         self._until = 0.0
         self._banned = False
         self.used: dict[str, int] = {}
+        self.read_at = 0.0
+        self.weight_limit = DEFAULT_WEIGHT_LIMIT
+
+    def admit(self, priority: Priority) -> None:
+        """Raise BudgetExhausted when the budget keeps a request of ``priority`` for the
+        next window."""
+        now = self._clock()
+        used = used_now(self.used.get(WEIGHT_1M, 0), self.read_at, now)
+        if not admits(priority, used, self.weight_limit):
+            raise BudgetExhausted(window_left(now), priority, used, self.weight_limit)
+
+    def clock(self) -> float:
+        return self._clock()
 
     def check(self) -> None:
         """Raise RateLimited, without touching the network, while blocked."""
@@ -123,6 +163,7 @@ class BinanceHttp:
         new_order: bool = False,
     ) -> Any:
         self.gate.check()
+        self.gate.admit(priority_of(method))
         if new_order:
             self.orders_gate.check()
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
@@ -169,6 +210,7 @@ def _count(gate: RateLimitGate, headers: httpx.Headers, prefix: str) -> None:
     for name, value in headers.items():
         if name.lower().startswith(prefix) and value.isdigit():
             gate.used[name.lower()] = int(value)
+            gate.read_at = gate.clock()
 
 
 class HttpOwner:

@@ -47,6 +47,7 @@ from worker.exchanges.base import (
     OrderState,
 )
 from worker.exchanges.base import Side as OrderSide
+from worker.exchanges.budget import Priority, urgent
 from worker.execution.client_ids import client_order_id, is_worker_order, oco_list_id
 from worker.execution.context import Context, LookLater
 from worker.execution.locks import load_orders
@@ -111,6 +112,10 @@ class Driver:
         not write is left alone."""
         if not is_worker_order(order.id, order.purpose, order.client_order_id):
             return position
+        with urgent(priority_for(order.purpose)):
+            return await self._drive(conn, position, order)
+
+    async def _drive(self, conn: Conn, position: Position, order: Order) -> Position:
         if order.status == "created" and order.purpose in PROTECTIVE:
             rows = await load_orders(conn, position.id)
             fresh = next((o for o in rows if o.id == order.id), order)
@@ -298,6 +303,12 @@ class Driver:
     ) -> Position:
         """Send a stop-loss and a take-profit as one OCO list, or bring a list that may
         exist up to date; a rejection fails both legs."""
+        with urgent(Priority.EXIT):
+            return await self._drive_pair(conn, position, stop, take)
+
+    async def _drive_pair(
+        self, conn: Conn, position: Position, stop: Order, take: Order
+    ) -> Position:
         exchange = await self.ctx.router.for_position(position)
         try:
             states = await self._pair_states(conn, exchange, stop, take)
@@ -385,3 +396,9 @@ def oco_request(stop: Order, take: Order) -> OcoRequest:
         take_profit_price=take.stop_price,
         take_profit_maker=take.price is not None,  # a limit price: it rests as LIMIT_MAKER
     )
+
+
+def priority_for(purpose: str) -> Priority:
+    """The weight budget's priority of an order's requests: what reduces or protects a
+    holding goes first (``budget.py``), then entries."""
+    return Priority.ENTRY if purpose in ("entry", "scale_in") else Priority.EXIT

@@ -24,6 +24,7 @@ from decimal import Decimal
 
 from worker.db.queries import q
 from worker.exchanges.base import Exchange, SymbolRules, UnknownOrder
+from worker.exchanges.budget import Priority, urgent
 from worker.exchanges.filters import round_quantity
 from worker.execution.context import Context, LookLater
 from worker.execution.locks import load_orders, load_position, log_foreign_orders
@@ -255,6 +256,12 @@ class Protection:
         """Cancel one order and record what the exchange says of it. A cancel answered
         "unknown order" may have raced a fill: the order is looked up and what the exchange
         says is recorded, never the cancel assumed."""
+        with urgent(Priority.EXIT):
+            return await self._cancel_and_record(conn, exchange, position, order)
+
+    async def _cancel_and_record(
+        self, conn: Conn, exchange: Exchange, position: Position, order: Order
+    ) -> Position:
         try:
             state = await exchange.cancel_order(order.symbol, order.client_order_id)
         except UnknownOrder:

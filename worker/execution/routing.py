@@ -4,6 +4,8 @@ keys) for live positions that name no account."""
 
 from __future__ import annotations
 
+import uuid
+
 from worker.errors import WorkerError
 from worker.exchanges.base import Exchange
 from worker.execution.accounts import AccountRegistry
@@ -38,17 +40,22 @@ class ExchangeRouter:
         return self.operator is not None or self.accounts is not None
 
     async def for_position(self, position: Position) -> Exchange:
-        if position.is_paper_trade:
+        return await self.for_account(position.is_paper_trade, position.account_id)
+
+    async def for_account(self, is_paper_trade: bool, account_id: uuid.UUID | None) -> Exchange:
+        """The exchange of a position on paper, or on ``account_id`` (None: the
+        operator's)."""
+        if is_paper_trade:
             if self.paper is None:
                 raise NotConfigured("paper trading is not configured in this worker")
             return self.paper
-        if position.account_id is None:
+        if account_id is None:
             if self.operator is None:
                 raise NotConfigured(NO_ACCOUNT)
             return self.operator
         if self.accounts is None:
             raise NotConfigured("this worker does not trade users' exchange accounts")
-        return await self.accounts.exchange(position.account_id)
+        return await self.accounts.exchange(account_id)
 
     async def entry_problem(self, position: Position) -> str | None:
         """Why a new entry of ``position`` cannot go to its exchange (None: it can)."""
