@@ -39,9 +39,9 @@ from worker.exchanges.binance_answers import (
     open_order_states,
     order_state,
     parsed,
+    rate_limit,
     rules_from_exchange_info,
     trade_page,
-    weight_limit,
 )
 from worker.exchanges.binance_http import (
     BinanceHttp,
@@ -195,9 +195,11 @@ class BinanceClient(HttpOwner):
         body = await self._http.send("GET", "/api/v3/exchangeInfo", urlencode({"symbol": symbol}))
         rules = rules_from_exchange_info(body, symbol)
         self._rules[symbol] = (self._clock(), rules)
-        limit = weight_limit(body)
-        if limit is not None:
-            self._http.gate.weight_limit = limit
+        weight, orders = rate_limit(body, "REQUEST_WEIGHT"), rate_limit(body, "ORDERS")
+        if weight is not None:
+            self._http.gate.limit = weight
+        if orders is not None:
+            self._http.orders_gate.limit = orders
         return rules
 
     async def price(self, symbol: str) -> Decimal:

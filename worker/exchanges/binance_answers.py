@@ -107,14 +107,17 @@ def symbol_rules(info: Mapping[str, Any]) -> SymbolRules:
     )
 
 
-def weight_limit(payload: Mapping[str, Any]) -> int | None:
-    """exchangeInfo's REQUEST_WEIGHT limit per minute (``rateLimits``), if it has one."""
+_BUDGET_WINDOWS = {"REQUEST_WEIGHT": ("MINUTE", 1), "ORDERS": ("SECOND", 10)}
+
+
+def rate_limit(payload: Mapping[str, Any], kind: str) -> int | None:
+    """exchangeInfo's ``rateLimits`` entry the budget reads: REQUEST_WEIGHT per minute, or
+    ORDERS per 10 seconds; None when the answer has none."""
+    interval, num = _BUDGET_WINDOWS[kind]
     for limit in payload.get("rateLimits", ()):
-        if (
-            limit.get("rateLimitType") == "REQUEST_WEIGHT"
-            and limit.get("interval") == "MINUTE"
-            and int(limit.get("intervalNum", 0)) == 1
-        ):
+        if (limit.get("rateLimitType"), limit.get("interval")) == (kind, interval) and int(
+            limit.get("intervalNum", 0)
+        ) == num:
             return int(limit["limit"])
     return None
 

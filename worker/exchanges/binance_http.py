@@ -25,7 +25,11 @@ from urllib.parse import urlencode
 import httpx
 
 from worker.exchanges.budget import (
+    DEFAULT_ORDERS_LIMIT,
     DEFAULT_WEIGHT_LIMIT,
+    ENTRY_SHARE,
+    ORDERS_ENTRY_SHARE,
+    WINDOW_S,
     Priority,
     admits,
     priority_of,
@@ -55,6 +59,7 @@ Clock = Callable[[], float]
 
 
 WEIGHT_1M: Final = "x-mbx-used-weight-1m"
+ORDERS_10S: Final = "x-mbx-order-count-10s"
 
 
 class BudgetExhausted(RateLimited):
@@ -73,23 +78,35 @@ class RateLimitGate:
     """The instant before which no request may leave. Share one between clients of one IP
     (request weight is per IP); each account's client has its own for new orders (the
     ORDERS limits are per account). ``used`` keeps the last ``X-MBX-*`` counters read
-    (``read_at``: when); ``weight_limit`` is exchangeInfo's REQUEST_WEIGHT per minute."""
+    (``read_at``: when). The budget (:meth:`admit`) reads the counter ``counter`` against
+    ``limit`` per ``window_s``: exchangeInfo's REQUEST_WEIGHT per minute for the IP's gate,
+    its ORDERS per 10 seconds for an account's."""
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.time,
+        *,
+        counter: str = WEIGHT_1M,
+        window_s: float = WINDOW_S,
+        limit: int = DEFAULT_WEIGHT_LIMIT,
+        entry_share: float = ENTRY_SHARE,
+    ) -> None:
         self._clock = clock
         self._until = 0.0
         self._banned = False
         self.used: dict[str, int] = {}
         self.read_at = 0.0
-        self.weight_limit = DEFAULT_WEIGHT_LIMIT
+        self.counter, self.window_s, self.limit = counter, window_s, limit
+        self.entry_share = entry_share
 
     def admit(self, priority: Priority) -> None:
         """Raise BudgetExhausted when the budget keeps a request of ``priority`` for the
         next window."""
         now = self._clock()
-        used = used_now(self.used.get(WEIGHT_1M, 0), self.read_at, now)
-        if not admits(priority, used, self.weight_limit):
-            raise BudgetExhausted(window_left(now), priority, used, self.weight_limit)
+        used = used_now(self.used.get(self.counter, 0), self.read_at, now, self.window_s)
+        if not admits(priority, used, self.limit, self.entry_share):
+            left = window_left(now, self.window_s)
+            raise BudgetExhausted(left, priority, used, self.limit)
 
     def clock(self) -> float:
         return self._clock()
@@ -149,7 +166,14 @@ class BinanceHttp:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.gate = gate
-        self.orders_gate = RateLimitGate()  # this account's own ORDERS limits
+        # this account's own ORDERS limits (rest-api.md: 50 per 10 s in exchangeInfo's example)
+        self.orders_gate = RateLimitGate(
+            gate.clock,
+            counter=ORDERS_10S,
+            window_s=10.0,
+            limit=DEFAULT_ORDERS_LIMIT,
+            entry_share=ORDERS_ENTRY_SHARE,
+        )
         self.client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self.log = get_logger("worker.exchanges.binance")
 
@@ -166,6 +190,7 @@ class BinanceHttp:
         self.gate.admit(priority_of(method))
         if new_order:
             self.orders_gate.check()
+            self.orders_gate.admit(priority_of(method))
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
         try:
             response = await self.client.request(method, url, headers=headers)

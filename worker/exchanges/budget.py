@@ -6,7 +6,9 @@ answer (``X-MBX-USED-WEIGHT-1M``, rest-api.md "LIMITS"; the limit is exchangeInf
 then every request waits, exits too. So the client spends the last part of each window on
 what matters most: exits and cancels are always sent (only a 429 stops them); entries stop
 at :data:`ENTRY_SHARE` of the limit, lookups at :data:`LOOKUP_SHARE`. A low budget delays
-lookups, never exits.
+lookups, never exits. The same shares apply to an account's new orders against its ORDERS
+limit per 10 seconds (``X-MBX-ORDER-COUNT-10S``): a burst of entries leaves room for the
+exits and protective orders that follow them.
 
 The priority of a request is the caller's (:func:`urgent`: an exit, a protective order, a
 cancel, the price that decides a worker-side exit), else its method's: DELETE is a cancel,
@@ -31,7 +33,9 @@ class Priority(IntEnum):
 
 ENTRY_SHARE: Final = 0.9
 LOOKUP_SHARE: Final = 0.7
+ORDERS_ENTRY_SHARE: Final = 0.8  # of an account's ORDERS per 10 s: a fifth left for exits
 DEFAULT_WEIGHT_LIMIT: Final = 6_000  # rest-api.md: REQUEST_WEIGHT 6000 per MINUTE
+DEFAULT_ORDERS_LIMIT: Final = 50  # rest-api.md: ORDERS 50 per 10 SECOND (per account)
 WINDOW_S: Final = 60.0
 
 _priority: ContextVar[Priority | None] = ContextVar("request_priority", default=None)
@@ -63,11 +67,11 @@ def used_now(used: int, read_at: float, now: float, window_s: float = WINDOW_S) 
     return used if int(read_at // window_s) == int(now // window_s) else 0
 
 
-def admits(priority: Priority, used: int, limit: int) -> bool:
+def admits(priority: Priority, used: int, limit: int, entry_share: float = ENTRY_SHARE) -> bool:
     """Whether a request of ``priority`` may leave with ``used`` of ``limit`` spent."""
     if priority == Priority.EXIT or limit <= 0:
         return True
-    share = ENTRY_SHARE if priority == Priority.ENTRY else LOOKUP_SHARE
+    share = entry_share if priority == Priority.ENTRY else LOOKUP_SHARE
     return used < limit * share
 
 

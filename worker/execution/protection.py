@@ -187,9 +187,13 @@ class Protection:
         )
         if not missing and not stale:
             return
-        self.ctx.log.warning(
-            "protection_restoring", position_id=str(position.id), stale=len(stale), missing=missing
-        )
+        if position.protection != "worker" or stale:  # a worker-protected one: every pass
+            self.ctx.log.warning(
+                "protection_restoring",
+                position_id=str(position.id),
+                stale=len(stale),
+                missing=missing,
+            )
         only = {o.id for o in stale}  # left from an earlier holding
         position = await self._cancel_working(conn, position, PROTECTIVE, only)
         await self.protect(conn, position)
