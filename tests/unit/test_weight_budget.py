@@ -9,7 +9,9 @@ from decimal import Decimal
 import pytest
 
 from worker.exchanges.base import OrderState
+from worker.exchanges.binance_answers import rate_limit
 from worker.exchanges.budget import (
+    ORDERS_ENTRY_SHARE,
     Priority,
     admits,
     priority_of,
@@ -99,3 +101,23 @@ def listed(status: str = "NEW", executed: str = "0") -> dict[str, OrderState]:
 )  # fmt: skip
 def test_needs_lookup(flight: InFlight, view: dict[str, OrderState] | None, lookup: bool) -> None:
     assert needs_lookup(flight, view) is lookup
+
+
+def test_an_accounts_orders_keep_a_fifth_for_exits() -> None:
+    """ORDERS 50 per 10 s: entries stop at 40, exits and protective orders never."""
+    assert admits(Priority.ENTRY, 39, 50, ORDERS_ENTRY_SHARE)
+    assert not admits(Priority.ENTRY, 40, 50, ORDERS_ENTRY_SHARE)
+    assert admits(Priority.EXIT, 49, 50, ORDERS_ENTRY_SHARE)
+
+
+def test_the_limits_are_read_from_exchange_info() -> None:
+    info = {
+        "rateLimits": [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+             "limit": 6000},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 50},
+            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": 160000},
+        ]
+    }  # fmt: skip
+    assert (rate_limit(info, "REQUEST_WEIGHT"), rate_limit(info, "ORDERS")) == (6000, 50)
+    assert rate_limit({}, "ORDERS") is None

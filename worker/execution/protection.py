@@ -60,28 +60,18 @@ class Protection:
         order per kind with a price set, sized by what is held (net of base-asset fees,
         floored to the step size), each recorded with a fresh client order id before it is
         sent. Calling it again (after a crash, on every reconcile pass) places only what is
-        missing; nothing while an exit is pending (``protection_plan``)."""
+        missing; nothing while an exit is pending (``protection_plan``). Where the exchange
+        has no room, the position is protected by the worker (``positions.protection``)."""
         if position.is_paper_trade:
             return position  # the paper exchange watches its price feed (watcher.py)
         position = await load_position(conn, position.id)
-        if position.status not in LIVE_POSITION:
+        found = await self._to_protect(conn, position)
+        if found is None:
             return position
-        pending = await fetch_all(
-            conn, Request, "exec_pending_requests_of_position", position_id=position.id
+        rules, qty, stops = found
+        _, missing = protection_plan(
+            await load_orders(conn, position.id), stops["stop_loss"], stops["take_profit"], qty
         )
-        if any(r.kind == "exit" for r in pending):
-            return position  # an exit is on its way: protection would only be cancelled again
-        exchange = await self.ctx.router.for_position(position)
-        rules = await exchange.symbol_rules(position.symbol)
-        qty = round_quantity(rules, position.held_quantity or Decimal(0))
-        if qty <= 0:
-            return position
-        orders = await load_orders(conn, position.id)
-        stops = {
-            "stop_loss": stop_price(position, rules),
-            "take_profit": position.take_profit_price,
-        }
-        _, missing = protection_plan(orders, stops["stop_loss"], stops["take_profit"], qty)
         refused = await self._take_up_refusal(conn, position)
         if missing:
             slots = await self._slots(conn, position, rules)
@@ -98,6 +88,26 @@ class Protection:
             return position  # nothing asked for, or an order still on its way
         reason = refused or "the exchange refused the stop-loss / take-profit orders"
         return await self._set_mode(conn, position, mode, reason if mode == "worker" else None)
+
+    async def _to_protect(
+        self, conn: Conn, position: Position
+    ) -> tuple[SymbolRules, Decimal, dict[str, Decimal | None]] | None:
+        """The symbol's rules, the quantity to protect and the stop-loss / take-profit
+        prices of a live position with a holding and no exit on its way; else None."""
+        if position.status not in LIVE_POSITION:
+            return None
+        pending = await fetch_all(
+            conn, Request, "exec_pending_requests_of_position", position_id=position.id
+        )
+        if any(r.kind == "exit" for r in pending):
+            return None  # an exit is on its way: protection would only be cancelled again
+        exchange = await self.ctx.router.for_position(position)
+        rules = await exchange.symbol_rules(position.symbol)
+        qty = round_quantity(rules, position.held_quantity or Decimal(0))
+        if qty <= 0:
+            return None
+        stop, take = stop_price(position, rules), position.take_profit_price
+        return rules, qty, {"stop_loss": stop, "take_profit": take}
 
     async def _counted(self, conn: Conn, position: Position) -> tuple[int, int]:
         """The worker's own live algo orders and order lists on the position's account and
