@@ -9,7 +9,15 @@ from decimal import Decimal
 
 import pytest
 
-from tests.execution_support import KEY, SECRET, exec_settings, live_worker, new_position
+from tests.execution_support import (
+    KEY,
+    SECRET,
+    call_off_loop,
+    exec_settings,
+    live_worker,
+    new_position,
+    wait_status,
+)
 from tests.execution_support import position as position_row
 from tests.pipeline_support import eventually
 from worker.exchanges.base import OrderRequest
@@ -69,4 +77,31 @@ async def test_lookups_wait_for_the_next_minute_before_a_429_and_exits_go_throug
             assert c.used["x-mbx-used-weight-1m"] > used
             now[0] += 40  # the next minute: lookups again
             assert await c.get_order("BTCUSDT", "x-1") is not None
+        assert not [r for r in fake.requests if r.status in (418, 429)]
+
+
+async def test_the_worker_defers_its_listings_before_a_429_and_still_exits(
+    db_url: str, redis_url: str
+) -> None:
+    """REQUEST_WEIGHT 300 per minute, time stopped 20 s into a minute: the safety net's
+    listings stop at 70 % (210); an exit requested then still cancels the OCO and sells,
+    and Binance never answers 429."""
+    now = [999_980.0]
+    with FakeBinance(api_key=KEY, api_secret=SECRET, clock=lambda: now[0]) as fake:
+        fake.set_price("BTCUSDT", "100")
+        fake.set_rate_limit("REQUEST_WEIGHT", "MINUTE", 1, 300)
+        _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False,
+                              stop_loss_price=D("90"), take_profit_price=D("130"))  # fmt: skip
+        settings = exec_settings(db_url, redis_url)
+        async with live_worker(settings, fake, clock=lambda: now[0]) as app:
+            await eventually(lambda: position_row(db_url, pid)["protection"] == "exchange", 20)
+            await eventually(lambda: fake.limits.used_weight()["1M"] >= 210, 20)
+            assert app.watcher is not None
+            start, listings = app.watcher.passes, len(fake.requests_to("GET", OPEN_ORDERS))
+            await eventually(lambda: app.watcher is not None and app.watcher.passes > start + 5, 10)
+            assert len(fake.requests_to("GET", OPEN_ORDERS)) == listings  # deferred
+            await call_off_loop(db_url, "SELECT request_position_exit(%s)", pid)
+            await wait_status(db_url, pid, "closed")
+        assert position_row(db_url, pid)["close_reason"] == "user"
+        assert fake.limits.used_weight()["1M"] < 300
         assert not [r for r in fake.requests if r.status in (418, 429)]

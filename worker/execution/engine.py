@@ -25,6 +25,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from worker.exchanges.budget import Priority, urgent
 from worker.execution.context import Context, CrashPoint, no_crash_point
 from worker.execution.entry import Entry
 from worker.execution.locks import (
@@ -70,7 +71,8 @@ class Engine:
         async with locked(self.pool, position_id) as conn:
             position = await load_position(conn, position_id)
             if position.status == "created":
-                position = await self.entry.start(conn, position)
+                with urgent(Priority.ENTRY):  # its price and balance lookups: an entry's
+                    position = await self.entry.start(conn, position)
             await self.drive_open_orders(conn, position)
 
     async def handle_request(self, position_id: str, request_id: str) -> None:
