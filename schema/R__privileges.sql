@@ -40,7 +40,9 @@ BEGIN
   FOR g IN
     SELECT t.kind, t.name, t.privileges, t.roles
     FROM (VALUES
-      -- end users (authenticated): their own rows, by row-level security
+      -- end users (authenticated): their own rows, by row-level security. protection and
+      -- protection_reason (0015) are read, never written, by users: the worker's alone.
+      -- record_protection_event() (0015) is a trigger function: no grant, like the others.
       ('table', 'public.positions', 'SELECT', '{authenticated,service_role,position_worker_operator}'),
       ('table', 'public.positions',
        'INSERT (id, user_id, trader_id, signal_id, symbol, side, status, requested_quantity, '

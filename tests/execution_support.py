@@ -70,7 +70,13 @@ NO_RISK_LIMITS = RiskSettings(
 
 def exec_settings(db_url: str, redis_url: str, **execution: Any) -> Settings:
     base = settings_for(db_url, redis_url)
-    fast = {"enabled": True, "reconcile_interval": 0.2, "reconcile_grace_seconds": 0.5, **execution}
+    fast = {
+        "enabled": True,
+        "reconcile_interval": 0.2,
+        "reconcile_grace_seconds": 0.5,
+        "open_orders_interval": 0.0,  # the REST safety net on every pass
+        **execution,
+    }
     return replace(base, execution=replace(ExecutionSettings(), **fast), risk=NO_RISK_LIMITS)
 
 

@@ -274,6 +274,7 @@ class App:
                 log=self.log,
                 crash_point=self.crash_point,
                 risk=s.risk,
+                lost_after_s=s.execution.lost_order_seconds,
             )
             self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
         outbox = Outbox(outbox_pool, s.pipeline.lease_seconds)

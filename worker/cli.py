@@ -162,6 +162,7 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
       position-worker bench --quick
       position-worker bench --out bench-results.json
       position-worker bench --paper-only
+      position-worker bench --binance-only   # protected positions on the fake Binance
     """
     from pathlib import Path
 
@@ -176,6 +177,8 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         print(run_paper_only(os.environ.get("DATABASE_URL"), say))
         return 0
 
+    if args.binance_only:
+        return _bench_binance(args.quick, say)
     results = run_bench(
         os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), args.quick, say
     )
@@ -185,6 +188,21 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         plot = svg_path_for(Path(args.out))
         write_svg(results, plot)
         print(f"\nwritten to {args.out} (plot: {plot})")
+    return 0
+
+
+def _bench_binance(quick: bool, say: Callable[[str], None]) -> int:
+    """The Binance phase alone: protected positions on the fake Binance (embedded servers
+    unless DATABASE_URL/REDIS_URL are set; its own database either way)."""
+    from worker.logs import configure_logging
+    from worker.ops.bench_binance import run_binance_bench
+    from worker.ops.demo import demo_servers
+
+    configure_logging("error", "console")
+    positions, steady_s = (20, 30.0) if quick else (50, 120.0)
+    env_db, env_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    with demo_servers(False, say, env_db, env_redis) as (db, rd):
+        print(run_binance_bench(db, rd, positions, steady_s, say).render())
     return 0
 
 
@@ -304,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = _add(sub, "bench", _cmd_bench)
     _flag(bench, "--quick", "small run (< 1 min), for CI")
     _flag(bench, "--paper-only", "only the paper orders bench: 10,000 orders, memory and time")
+    _flag(
+        bench,
+        "--binance-only",
+        "only the Binance phase: REST weight per protected position per minute and how many"
+        " positions the exchange protects on one symbol, against the fake Binance",
+    )
     bench.add_argument(
         "--out",
         metavar="PATH",

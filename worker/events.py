@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-KINDS: Final = frozenset({"position", "order", "trade", "request"})
+KINDS: Final = frozenset({"position", "order", "trade", "request", "protection"})
 NOTIFY_KEYS: Final = frozenset({"position_id", "old_status", "new_status", "user_id", "symbol"})
 Severity = Literal["info", "warning", "error", "critical"]
 
@@ -57,6 +57,8 @@ class Event:
             return "trade.recorded"
         if self.kind == "request":
             return f"request.{self.new_status}"  # request.exit, request.scale_in
+        if self.kind == "protection":
+            return f"protection.{self.new_status}"  # protection.exchange, protection.worker
         if self.old_status is None:
             return f"{self.kind}.created"
         return f"{self.kind}.{self.new_status}"
@@ -176,6 +178,10 @@ def _text(value: Any) -> str:
 
 def notification_for(event: Event) -> dict[str, str] | None:
     """A user-facing notification for the events users care about, or None."""
+    if event.kind == "protection":
+        return _protection_notification(event)
+    if event.kind == "order":
+        return _lost_order_notification(event)
     if event.kind != "position" or event.old_status is None:
         return None
     exit_failed = event.old_status == "closing" and event.new_status in ("open", "monitoring")
@@ -199,6 +205,63 @@ def notification_for(event: Event) -> dict[str, str] | None:
         "severity": severity,
         "title": title,
         "message": message.format_map(_Missing(values)),
+        "occurred_at": event.occurred_iso,
+    }
+
+
+def _lost_order_notification(event: Event) -> dict[str, str] | None:
+    """An order the exchange acknowledged, then forgot (its error begins ``lost:``,
+    worker/execution/orders.py): the position it belonged to is managed again."""
+    error = event.data.get("error_message")
+    if (
+        event.new_status != "cancelled"
+        or not isinstance(error, str)
+        or not error.startswith("lost:")
+    ):
+        return None
+    purpose = event.data.get("purpose", "")
+    return {
+        "event_id": str(event.event_id),
+        "type": "order.lost",
+        "position_id": event.position_id,
+        "user_id": event.user_id,
+        "symbol": event.symbol,
+        "order_id": event.order_id or "",
+        "severity": "critical",
+        "title": "Order lost by the exchange",
+        "message": (
+            f"{event.symbol}: the exchange no longer knows the position's {purpose} order"
+            f" ({error[5:].strip()}). It is recorded as lost with what it filled; the"
+            " position's protection is placed again, or watched by the worker."
+        ),
+        "occurred_at": event.occurred_iso,
+    }
+
+
+def _protection_notification(event: Event) -> dict[str, str] | None:
+    """A live position's protection moved to the worker (the exchange had no room for its
+    stop-loss / take-profit orders, or refused them), or back to the exchange."""
+    if event.new_status == "worker":
+        title, severity = "Stop-loss / take-profit watched by the worker", "warning"
+        message = (
+            f"{event.symbol}: {event.data.get('protection_reason', 'the exchange holds no order')}."
+            " The worker watches the price and exits with a market order when a level is"
+            " crossed; it moves the orders back to the exchange when there is room."
+        )
+    elif event.new_status == "exchange" and event.old_status == "worker":
+        title, severity = "Stop-loss / take-profit back on the exchange", "info"
+        message = f"{event.symbol}: the exchange holds the position's protective orders again."
+    else:
+        return None  # protected on the exchange from the start: nothing to tell
+    return {
+        "event_id": str(event.event_id),
+        "type": event.type,
+        "position_id": event.position_id,
+        "user_id": event.user_id,
+        "symbol": event.symbol,
+        "severity": severity,
+        "title": title,
+        "message": message,
         "occurred_at": event.occurred_iso,
     }
 

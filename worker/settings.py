@@ -85,6 +85,8 @@ class ExecutionSettings:
     reconcile_interval: float = 2.0  # seconds between passes over orders in flight
     reconcile_grace_seconds: float = 10.0  # leave a fresh order to the actor sending it
     missing_lookups_before_resend: int = 3  # an order must be missing this often to re-send
+    lost_order_seconds: float = 300.0  # an acknowledged order unknown this long is lost
+    open_orders_interval: float = 10.0  # seconds between listings of an account's open orders
 
 
 @dataclass(frozen=True, slots=True)

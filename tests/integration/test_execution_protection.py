@@ -282,8 +282,9 @@ def row_versions(db_url: str, pid: uuid.UUID) -> dict[str, Any]:
 async def test_resting_protective_orders_cause_no_writes_over_reconcile_passes(
     db_url: str, redis_url: str, fake: FakeBinance
 ) -> None:
-    """Every pass looks the resting stop-loss and take-profit up on the exchange; as long as
-    the exchange reports nothing new, no row of the position or its orders is rewritten."""
+    """Every pass lists the account's open orders (the resting stop-loss and take-profit
+    among them) instead of looking each up; as long as the exchange reports nothing new, no
+    row of the position or its orders is rewritten."""
     pid = protected_position(db_url)
     async with live_worker(exec_settings(db_url, redis_url), fake) as app:
         await wait_status(db_url, pid, "monitoring")
@@ -298,7 +299,9 @@ async def test_resting_protective_orders_cause_no_writes_over_reconcile_passes(
         )
         await wait_passes(app, 1)  # settle whatever pass was running
         before, lookups = row_versions(db_url, pid), len(fake.requests_to("GET", ORDER))
+        listings = len(fake.requests_to("GET", "/api/v3/openOrders"))
         await wait_passes(app, 4)
         after = row_versions(db_url, pid)
-    assert len(fake.requests_to("GET", ORDER)) >= lookups + 6  # both looked up, every pass
+    assert len(fake.requests_to("GET", "/api/v3/openOrders")) >= listings + 3  # every pass
+    assert len(fake.requests_to("GET", ORDER)) == lookups  # listed open: never looked up
     assert after == before

@@ -314,7 +314,7 @@ def test_the_queries_read_only_the_workers_own_orders(db_url: str) -> None:
         assert ids("exec_orders_of_position", position_id=pid) == set(mine)
         assert ids("exec_foreign_orders_of_position", position_id=pid) == set(forged)
         # the worker's own orders are all final: the foreign ones in flight are not its own
-        assert ids("exec_orders_to_reconcile", grace=0) == set()
+        assert rows("exec_orders_in_flight", grace=0) == []
         assert ids("exec_stuck_positions", grace=0) == {pid}
         assert ids("exec_order_of_request", request_id=request_id) == set()
         assert rows("exec_pending_requests", grace=0) == [{"position_id": pid, "id": request_id}]

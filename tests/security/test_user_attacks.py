@@ -132,7 +132,8 @@ def test_users_cannot_move_their_own_position(
 @pytest.mark.parametrize(
     "column",
     ["is_paper_trade", "held_quantity", "entry_price", "exit_quantity", "realized_pnl",
-     "fees_paid", "status", "symbol", "side", "user_id", "requested_quantity", "limit_price"],
+     "fees_paid", "status", "symbol", "side", "user_id", "requested_quantity", "limit_price",
+     "protection", "protection_reason"],
 )  # fmt: skip
 def test_after_insert_only_risk_columns_and_metadata_change(
     db_url: str, owner_conn: Conn, a: Owner, b: Owner, column: str
@@ -140,7 +141,7 @@ def test_after_insert_only_risk_columns_and_metadata_change(
     pid = _open(owner_conn, a)
     value: Any = {
         "is_paper_trade": True, "status": "closing", "symbol": "ETHUSDT", "side": "short",
-        "user_id": b.user_id,
+        "user_id": b.user_id, "protection": "exchange", "protection_reason": "mine",
     }.get(column, D("2"))  # fmt: skip
     with _user(db_url, a) as user:
         refused = _outcome(user, f"UPDATE positions SET {column} = %s WHERE id = %s", value, pid)
@@ -152,6 +153,22 @@ def test_after_insert_only_risk_columns_and_metadata_change(
         )
     assert refused == "42501: permission denied for table positions"
     assert allowed == "rows=1"
+
+
+def test_users_cannot_say_where_their_protection_is(
+    db_url: str, owner_conn: Conn, a: Owner
+) -> None:
+    """positions.protection (0015) is the worker's word: a user claiming 'exchange' for a
+    position the worker protects (or the reverse) is refused at insert too."""
+    with _user(db_url, a) as user:
+        refused = _outcome(
+            user,
+            "INSERT INTO positions (user_id, trader_id, signal_id, symbol, side, status,"
+            " requested_quantity, protection) VALUES (%s, %s, %s, 'BTCUSDT', 'long',"
+            " 'created', 1, 'exchange')",
+            a.user_id, a.trader_id, a.signal_id,
+        )  # fmt: skip
+    assert refused == "42501: permission denied for table positions"
 
 
 def test_a_chosen_position_id_sharing_another_users_prefix_does_no_harm(

@@ -49,6 +49,17 @@ def test_parses_exchange_info_symbol() -> None:
     assert expected == RULES
 
 
+def test_order_caps_are_read() -> None:
+    """filters.md MAX_NUM_ALGO_ORDERS and MAX_NUM_ORDER_LISTS (0 when absent: no rule)."""
+    caps = [
+        {"filterType": "MAX_NUM_ALGO_ORDERS", "maxNumAlgoOrders": 5},
+        {"filterType": "MAX_NUM_ORDER_LISTS", "maxNumOrderLists": 20},
+    ]
+    rules = symbol_rules(dict(BTC_INFO, filters=[*BTC_INFO["filters"], *caps]))
+    assert (rules.max_algo_orders, rules.max_order_lists) == (5, 20)
+    assert (RULES.max_algo_orders, RULES.max_order_lists) == (0, 0)
+
+
 def test_legacy_min_notional_filter_is_read() -> None:
     info = dict(BTC_INFO, filters=[{"filterType": "MIN_NOTIONAL", "minNotional": "10.0"}])
     rules = symbol_rules(info)

@@ -54,7 +54,7 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 
 # Modules only the named modules (and their own package) may import. The tests may too.
 ONLY_IMPORTED_BY: Final = {
-    "worker.testing": ("worker.ops.demo", "worker.ops.bench"),
+    "worker.testing": ("worker.ops.demo", "worker.ops.bench", "worker.ops.bench_binance"),
 }
 
 # Pure modules: no I/O, no clock (the time is passed in), no driver. They import only other
@@ -75,6 +75,9 @@ PURE: Final = frozenset(
         "worker.exchanges.binance_answers",
         "worker.exchanges.paper_book",
         "worker.exchanges.paper_funds",
+        "worker.exchanges.budget",
+        "worker.execution.statuses",
+        "worker.execution.reconcile_plan",
     }
 )
 PURE_MAY_IMPORT: Final = frozenset({"worker.errors", "worker.exchanges.errors", "worker.settings"})

@@ -23,7 +23,7 @@ SELECT pg_advisory_unlock(hashtextextended(%(position_id)s::text, 7365))
 SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
        stop_loss_price, take_profit_price, max_loss_usdt,
        coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
-       entry_value, account_id
+       entry_value, account_id, protection
 FROM positions WHERE id = %(position_id)s
 
 -- name: exec_set_position_status
@@ -67,9 +67,11 @@ UPDATE orders SET send_attempts = send_attempts + 1, submitted_at = coalesce(sub
 WHERE id = %(order_id)s
 
 -- name: exec_bump_missing
-UPDATE orders SET missing_lookups = missing_lookups + 1
+-- One more lookup that did not find the order: how many in a row, and for how many seconds.
+UPDATE orders SET missing_lookups = missing_lookups + 1,
+                  missing_since = coalesce(missing_since, now())
 WHERE id = %(order_id)s
-RETURNING missing_lookups
+RETURNING missing_lookups, extract(epoch FROM now() - missing_since)::float8 AS missing_for
 
 -- name: exec_set_order_status
 UPDATE orders SET status = %(status)s WHERE id = %(order_id)s AND status = %(old)s
@@ -88,7 +90,7 @@ SET binance_order_id = coalesce(%(exchange_order_id)s, binance_order_id),
     raw_response = %(raw)s,
     error_message = coalesce(%(error)s, error_message),
     filled_at = CASE WHEN %(filled)s THEN coalesce(filled_at, now()) ELSE filled_at END,
-    missing_lookups = 0
+    missing_lookups = 0, missing_since = NULL
 WHERE id = %(order_id)s
 
 -- name: exec_insert_trade
@@ -153,14 +155,18 @@ WHERE status = 'pending' AND created_at < now() - make_interval(secs => %(grace)
 ORDER BY created_at
 LIMIT 200
 
--- name: exec_orders_to_reconcile
--- The worker's own orders not final. A fresh 'created' order is left to the actor that is
--- sending it right now. One row per order: the caller drops the repeated positions.
-SELECT position_id, id FROM worker_orders
-WHERE status IN ('created', 'submitted', 'partially_filled')
-  AND (status <> 'created' OR created_at < now() - make_interval(secs => %(grace)s))
-ORDER BY created_at
-LIMIT 200
+-- name: exec_orders_in_flight
+-- The worker's own orders not final, with the account they trade on (the REST safety net
+-- lists each account's open orders once and looks up only what left that list). A fresh
+-- 'created' order is left to the actor that is sending it right now.
+SELECT o.position_id::text AS position_id, o.client_order_id, o.symbol, o.status,
+       o.exchange_status, coalesce(o.filled_quantity, 0) AS filled_quantity,
+       o.missing_lookups, o.is_paper_trade, p.account_id
+FROM worker_orders o JOIN positions p ON p.id = o.position_id
+WHERE o.status IN ('created', 'submitted', 'partially_filled')
+  AND (o.status <> 'created' OR o.created_at < now() - make_interval(secs => %(grace)s))
+ORDER BY o.created_at
+LIMIT 2000
 
 -- name: exec_stuck_positions
 -- Positions waiting for the worker with no order in flight (e.g. a crash right after the
@@ -178,13 +184,52 @@ LIMIT 200
 SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
        stop_loss_price, take_profit_price, max_loss_usdt,
        coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
-       entry_value, account_id
+       entry_value, account_id, protection
 FROM positions
 WHERE is_paper_trade AND status IN ('open', 'monitoring') AND held_quantity > 0
   AND (stop_loss_price IS NOT NULL OR take_profit_price IS NOT NULL
        OR max_loss_usdt IS NOT NULL)
   AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = positions.id
                   AND r.kind = 'exit' AND r.status = 'pending')
+
+-- name: exec_worker_watch
+-- Live positions protected from the worker's side (Position rows): the exchange had no room
+-- for their stop-loss / take-profit orders, or refused them; the watcher checks the price.
+SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
+       stop_loss_price, take_profit_price, max_loss_usdt,
+       coalesce(is_paper_trade, false) AS is_paper_trade, held_quantity, entry_quantity,
+       entry_value, account_id, protection
+FROM positions
+WHERE protection = 'worker' AND NOT is_paper_trade AND status IN ('open', 'monitoring')
+  AND held_quantity > 0
+  AND (stop_loss_price IS NOT NULL OR take_profit_price IS NOT NULL
+       OR max_loss_usdt IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = positions.id
+                  AND r.kind = 'exit' AND r.status = 'pending')
+
+-- name: exec_set_protection
+-- Where the position's protection is enforced ('exchange' | 'worker'), and why; the
+-- trigger of schema/0015 makes a change an event. Nothing is written when it is unchanged.
+UPDATE positions SET protection = %(mode)s, protection_reason = %(reason)s
+WHERE id = %(position_id)s
+  AND (protection IS DISTINCT FROM %(mode)s OR protection_reason IS DISTINCT FROM %(reason)s)
+
+-- name: exec_protection_slots
+-- The worker's own open algo orders and order lists on one symbol of one exchange account
+-- (account_id NULL: the operator's): live stop-loss / take-profit rows, but a take-profit
+-- with a limit price (it rests as LIMIT_MAKER, not an algo order: filters.md
+-- MAX_NUM_ALGO_ORDERS), and OCO pairs (a take-profit whose stop-loss sibling of the same
+-- position was created with it and is live).
+SELECT count(*) FILTER (WHERE o.price IS NULL) AS algo,
+       count(*) FILTER (WHERE o.purpose = 'take_profit' AND EXISTS (
+         SELECT 1 FROM worker_orders s WHERE s.position_id = o.position_id
+           AND s.purpose = 'stop_loss' AND s.created_at = o.created_at
+           AND s.status IN ('created', 'submitted', 'partially_filled'))) AS lists
+FROM worker_orders o JOIN positions p ON p.id = o.position_id
+WHERE o.symbol = %(symbol)s AND NOT o.is_paper_trade
+  AND p.account_id IS NOT DISTINCT FROM %(account_id)s
+  AND o.purpose IN ('stop_loss', 'take_profit')
+  AND o.status IN ('created', 'submitted', 'partially_filled')
 
 -- name: exec_request_exit
 SELECT request_position_exit(%(position_id)s, NULL, %(reason)s)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Literal, Protocol, get_args, runtime_checkable
 
 from worker.exchanges.errors import (
     ClockSkew,
@@ -37,6 +37,7 @@ __all__ = [
     "ExchangeError",
     "ExchangeFill",
     "FilterViolation",
+    "ListsOpenOrders",
     "OcoRequest",
     "OrderRejected",
     "OrderRequest",
@@ -112,8 +113,11 @@ class OcoRequest:
     """A stop-loss and a take-profit for the same ``quantity`` as one OCO order list: when
     one leg triggers the exchange cancels (expires) the other, and the held balance is
     locked once for both (two separate orders would each need all of it). Both legs are
-    stop-market orders (``STOP_LOSS`` / ``TAKE_PROFIT``). For a SELL (long exit) the
-    take-profit is the *above* leg and the stop-loss the *below* one; mirrored for a BUY."""
+    stop-market orders (``STOP_LOSS`` / ``TAKE_PROFIT``), or with ``take_profit_maker`` the
+    take-profit a ``LIMIT_MAKER`` resting at its price (not an "algo" order: it takes no
+    MAX_NUM_ALGO_ORDERS slot; a SELL only, rest-api.md: ``belowType`` has no LIMIT_MAKER).
+    For a SELL (long exit) the take-profit is the *above* leg and the stop-loss the *below*
+    one; mirrored for a BUY."""
 
     symbol: str
     side: Side
@@ -123,6 +127,7 @@ class OcoRequest:
     stop_price: Decimal
     take_profit_client_order_id: str
     take_profit_price: Decimal
+    take_profit_maker: bool = False
 
     def __post_init__(self) -> None:
         _valid(f"OCO request {self.list_client_order_id!r}", _oco_problem(self))
@@ -134,6 +139,8 @@ def _oco_problem(req: OcoRequest) -> str:
     ids = (req.list_client_order_id, req.stop_client_order_id, req.take_profit_client_order_id)
     if not all(CLIENT_ORDER_ID.match(i) for i in ids):
         return "client order ids must match ^[a-zA-Z0-9-_]{1,36}$"
+    if req.take_profit_maker and req.side != "sell":
+        return "a LIMIT_MAKER take-profit leg is only possible on a sell"
     if req.stop_client_order_id == req.take_profit_client_order_id:
         return "the two legs need different client order ids"
     if req.quantity <= 0 or req.stop_price <= 0 or req.take_profit_price <= 0:
@@ -193,6 +200,14 @@ class PriceFeed(Protocol):
     """Where a current price comes from (synthetic, fixed, Binance public data)."""
 
     async def price(self, symbol: str) -> Decimal: ...
+
+
+@runtime_checkable
+class ListsOpenOrders(Protocol):
+    """An exchange that lists an account's open orders in one call (Binance's
+    ``openOrders``): the reconciler's safety net uses it instead of a lookup per order."""
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]: ...
 
 
 class Exchange(Protocol):

@@ -36,8 +36,10 @@ from worker.exchanges.base import (
 )
 from worker.exchanges.binance_answers import (
     oco_states,
+    open_order_states,
     order_state,
     parsed,
+    rate_limit,
     rules_from_exchange_info,
     trade_page,
 )
@@ -141,7 +143,8 @@ class BinanceClient(HttpOwner):
 
     async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
         """``POST /api/v3/orderList/oco``: both legs stop-market (STOP_LOSS / TAKE_PROFIT),
-        the quantity floored to the step size, the stops rounded to the tick size."""
+        or the take-profit a LIMIT_MAKER (``take_profit_maker``), the quantity floored to the
+        step size, the prices rounded to the tick size."""
         params = await self._oco_params(req)
         body = await self._signed("POST", "/api/v3/orderList/oco", params)
         return parsed(oco_states, body)
@@ -152,6 +155,13 @@ class BinanceClient(HttpOwner):
             return parsed(order_state, await self._signed("GET", "/api/v3/order", params))
         except UnknownOrder:
             return None
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+        """``GET /api/v3/openOrders``: the account's open orders on ``symbol`` (weight 6),
+        or on every symbol (None: weight 80). rest-api.md "Current open orders"."""
+        params = {"symbol": symbol} if symbol is not None else {}
+        body = await self._signed("GET", "/api/v3/openOrders", params)
+        return parsed(open_order_states, body)
 
     async def cancel_order(self, symbol: str, client_order_id: str) -> OrderState:
         params = {"symbol": symbol, "origClientOrderId": client_order_id}
@@ -187,6 +197,11 @@ class BinanceClient(HttpOwner):
         body = await self._http.send("GET", "/api/v3/exchangeInfo", urlencode({"symbol": symbol}))
         rules = rules_from_exchange_info(body, symbol)
         self._rules[symbol] = (self._clock(), rules)
+        weight, orders = rate_limit(body, "REQUEST_WEIGHT"), rate_limit(body, "ORDERS")
+        if weight is not None:
+            self._http.gate.limit = weight
+        if orders is not None:
+            self._http.orders_gate.limit = orders
         return rules
 
     async def price(self, symbol: str) -> Decimal:
@@ -202,14 +217,6 @@ class BinanceClient(HttpOwner):
             return {str(b["asset"]): Decimal(str(b["free"])) for b in body["balances"]}
         except (KeyError, TypeError, ArithmeticError) as exc:
             raise OutcomeUnknown(f"unreadable account answer: {type(exc).__name__}") from exc
-
-    async def open_orders(self, symbol: str) -> list[OrderState]:
-        """``GET /api/v3/openOrders`` for one symbol (weight 6): the account's orders still
-        working there, each with what it executed so far."""
-        body = await self._signed("GET", "/api/v3/openOrders", {"symbol": symbol})
-        if not isinstance(body, list):
-            raise OutcomeUnknown("unreadable openOrders answer: not a list")
-        return [parsed(order_state, item) for item in body]
 
     @property
     def credentials(self) -> Credentials:
@@ -297,6 +304,9 @@ class BinanceClient(HttpOwner):
             params[f"{where}Type"] = kind
             params[f"{where}ClientOrderId"] = client_id
             params[f"{where}StopPrice"] = format_decimal(price)
+        if req.take_profit_maker:  # rest-api.md: aboveType LIMIT_MAKER takes abovePrice
+            del params["aboveStopPrice"]
+            params["aboveType"], params["abovePrice"] = "LIMIT_MAKER", format_decimal(take)
         return params
 
 

@@ -56,6 +56,13 @@ def order_state(data: Mapping[str, Any]) -> OrderState:
     )
 
 
+def open_order_states(body: Any) -> list[OrderState]:
+    """A ``GET /api/v3/openOrders`` answer: a list of orders."""
+    if not isinstance(body, list):
+        raise TypeError(f"openOrders answered {type(body).__name__}, not a list")
+    return [order_state(o) for o in body]
+
+
 def oco_states(data: Mapping[str, Any]) -> tuple[OrderState, ...]:
     """The legs of an order list answer (``orderReports``), as OrderStates."""
     reports = data["orderReports"]
@@ -80,6 +87,21 @@ def trade_fill(trade: Mapping[str, Any]) -> ExchangeFill:
         commission_asset=str(trade["commissionAsset"]),
         time_ms=int(trade["time"]),
     )
+
+
+_BUDGET_WINDOWS = {"REQUEST_WEIGHT": ("MINUTE", 1), "ORDERS": ("SECOND", 10)}
+
+
+def rate_limit(payload: Mapping[str, Any], kind: str) -> int | None:
+    """exchangeInfo's ``rateLimits`` entry the budget reads: REQUEST_WEIGHT per minute, or
+    ORDERS per 10 seconds; None when the answer has none."""
+    interval, num = _BUDGET_WINDOWS[kind]
+    for limit in payload.get("rateLimits", ()):
+        if (limit.get("rateLimitType"), limit.get("interval")) == (kind, interval) and int(
+            limit.get("intervalNum", 0)
+        ) == num:
+            return int(limit["limit"])
+    return None
 
 
 def rules_from_exchange_info(payload: Mapping[str, Any], symbol: str) -> SymbolRules:

@@ -1,7 +1,10 @@
 """Binance REST transport: one request at a time, the rate-limit gate, error classification.
 
 Shared by the signed :class:`~worker.exchanges.binance.BinanceClient` and the public price
-feed. Every failure leaves here as an :class:`~worker.exchanges.base.ExchangeError`
+feed. Before a request leaves, the gate's weight budget admits it by priority
+(:mod:`worker.exchanges.budget`): a request the budget defers raises
+:class:`BudgetExhausted` (nothing was sent). Every failure leaves here as an
+:class:`~worker.exchanges.base.ExchangeError`
 (Binance spot API docs, "Error codes" and "LIMITS"): 429/418 -> RateLimited (and the gate
 closes for ``Retry-After``); 5xx, 408, -1006, -1007, timeouts and dropped connections ->
 OutcomeUnknown; -1021 -> ClockSkew; -1022/-2014/-2015 -> CredentialsRejected; -2011/-2013 ->
@@ -21,6 +24,18 @@ from urllib.parse import urlencode
 
 import httpx
 
+from worker.exchanges.budget import (
+    DEFAULT_ORDERS_LIMIT,
+    DEFAULT_WEIGHT_LIMIT,
+    ENTRY_SHARE,
+    ORDERS_ENTRY_SHARE,
+    WINDOW_S,
+    Priority,
+    admits,
+    priority_of,
+    used_now,
+    window_left,
+)
 from worker.exchanges.errors import (
     ClockSkew,
     CredentialsRejected,
@@ -43,16 +58,58 @@ TOO_MANY_ORDERS: Final = -1015  # an ORDERS limit: per account, not per IP
 Clock = Callable[[], float]
 
 
+WEIGHT_1M: Final = "x-mbx-used-weight-1m"
+ORDERS_10S: Final = "x-mbx-order-count-10s"
+
+
+class BudgetExhausted(RateLimited):
+    """The weight budget keeps this request for the next window (a lookup or an entry
+    while the minute's weight is mostly spent); nothing was sent."""
+
+    def __init__(self, retry_after_s: float, priority: Priority, used: int, limit: int) -> None:
+        super().__init__(retry_after_s, banned=False)
+        self.args = (
+            f"weight budget: {priority.name.lower()} deferred ({used} of {limit} used this"
+            f" minute), retry after {retry_after_s:.1f}s",
+        )
+
+
 class RateLimitGate:
     """The instant before which no request may leave. Share one between clients of one IP
     (request weight is per IP); each account's client has its own for new orders (the
-    ORDERS limits are per account). ``used`` keeps the last ``X-MBX-*`` counters read."""
+    ORDERS limits are per account). ``used`` keeps the last ``X-MBX-*`` counters read
+    (``read_at``: when). The budget (:meth:`admit`) reads the counter ``counter`` against
+    ``limit`` per ``window_s``: exchangeInfo's REQUEST_WEIGHT per minute for the IP's gate,
+    its ORDERS per 10 seconds for an account's."""
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.time,
+        *,
+        counter: str = WEIGHT_1M,
+        window_s: float = WINDOW_S,
+        limit: int = DEFAULT_WEIGHT_LIMIT,
+        entry_share: float = ENTRY_SHARE,
+    ) -> None:
         self._clock = clock
         self._until = 0.0
         self._banned = False
         self.used: dict[str, int] = {}
+        self.read_at = 0.0
+        self.counter, self.window_s, self.limit = counter, window_s, limit
+        self.entry_share = entry_share
+
+    def admit(self, priority: Priority) -> None:
+        """Raise BudgetExhausted when the budget keeps a request of ``priority`` for the
+        next window."""
+        now = self._clock()
+        used = used_now(self.used.get(self.counter, 0), self.read_at, now, self.window_s)
+        if not admits(priority, used, self.limit, self.entry_share):
+            left = window_left(now, self.window_s)
+            raise BudgetExhausted(left, priority, used, self.limit)
+
+    def clock(self) -> float:
+        return self._clock()
 
     def check(self) -> None:
         """Raise RateLimited, without touching the network, while blocked."""
@@ -109,7 +166,14 @@ class BinanceHttp:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.gate = gate
-        self.orders_gate = RateLimitGate()  # this account's own ORDERS limits
+        # this account's own ORDERS limits (rest-api.md: 50 per 10 s in exchangeInfo's example)
+        self.orders_gate = RateLimitGate(
+            gate.clock,
+            counter=ORDERS_10S,
+            window_s=10.0,
+            limit=DEFAULT_ORDERS_LIMIT,
+            entry_share=ORDERS_ENTRY_SHARE,
+        )
         self.client = httpx.AsyncClient(timeout=timeout_s, transport=transport)
         self.log = get_logger("worker.exchanges.binance")
 
@@ -123,8 +187,10 @@ class BinanceHttp:
         new_order: bool = False,
     ) -> Any:
         self.gate.check()
+        self.gate.admit(priority_of(method))
         if new_order:
             self.orders_gate.check()
+            self.orders_gate.admit(priority_of(method))
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
         try:
             response = await self.client.request(method, url, headers=headers)
@@ -169,6 +235,7 @@ def _count(gate: RateLimitGate, headers: httpx.Headers, prefix: str) -> None:
     for name, value in headers.items():
         if name.lower().startswith(prefix) and value.isdigit():
             gate.used[name.lower()] = int(value)
+            gate.read_at = gate.clock()
 
 
 class HttpOwner:

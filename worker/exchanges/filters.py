@@ -20,7 +20,11 @@ ZERO = Decimal(0)
 
 @dataclass(frozen=True)
 class SymbolRules:
-    """The trading rules of one symbol. A zero size or limit means "no rule"."""
+    """The trading rules of one symbol. A zero size or limit means "no rule".
+
+    ``max_algo_orders`` / ``max_order_lists``: filters.md MAX_NUM_ALGO_ORDERS (open
+    STOP_LOSS, STOP_LOSS_LIMIT, TAKE_PROFIT, TAKE_PROFIT_LIMIT orders an account may have
+    on the symbol) and MAX_NUM_ORDER_LISTS (open order lists, an OCO counting one)."""
 
     symbol: str
     base_asset: str
@@ -30,11 +34,14 @@ class SymbolRules:
     min_qty: Decimal
     max_qty: Decimal
     min_notional: Decimal
+    max_algo_orders: int = 0
+    max_order_lists: int = 0
 
 
 def rules_from_symbol_info(info: Mapping[str, Any]) -> SymbolRules:
     """One entry of exchangeInfo's ``symbols`` list: PRICE_FILTER's tickSize, LOT_SIZE's
-    stepSize/minQty/maxQty, and NOTIONAL's minNotional (MIN_NOTIONAL on older answers).
+    stepSize/minQty/maxQty, NOTIONAL's minNotional (MIN_NOTIONAL on older answers), and the
+    MAX_NUM_ALGO_ORDERS / MAX_NUM_ORDER_LISTS caps.
     A filter the answer lacks reads as "no rule" (zero)."""
     filters = {f["filterType"]: f for f in info.get("filters", ())}
     price = filters.get("PRICE_FILTER", {})
@@ -49,6 +56,8 @@ def rules_from_symbol_info(info: Mapping[str, Any]) -> SymbolRules:
         min_qty=_dec(lot.get("minQty")),
         max_qty=_dec(lot.get("maxQty")),
         min_notional=_dec(notional.get("minNotional")),
+        max_algo_orders=int(filters.get("MAX_NUM_ALGO_ORDERS", {}).get("maxNumAlgoOrders", 0)),
+        max_order_lists=int(filters.get("MAX_NUM_ORDER_LISTS", {}).get("maxNumOrderLists", 0)),
     )
 
 

@@ -491,6 +491,10 @@ class AccountExchange:
         result: OrderState = await self._call(lambda c: c.cancel_order(symbol, client_order_id))
         return result
 
+    async def open_orders(self, symbol: str | None = None) -> list[OrderState]:
+        result: list[OrderState] = await self._call(lambda c: c.open_orders(symbol))
+        return result
+
     async def get_fills(
         self, symbol: str, exchange_order_id: str, *, after: str | None = None
     ) -> list[ExchangeFill]:

@@ -30,6 +30,7 @@ class Context:
     resend_after: int  # lookups an order is missing before it is sent again
     crash_point: CrashPoint = no_crash_point
     risk: RiskSettings = field(default_factory=RiskSettings)  # defaults; overrides per user
+    lost_after_s: float = 300.0  # an acknowledged order unknown this long is lost
 
 
 class PositionBusy(WorkerError):

@@ -30,6 +30,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from worker.exchanges.base import OrderState
+from worker.exchanges.budget import Priority, urgent
 from worker.execution.context import Context, CrashPoint, no_crash_point
 from worker.execution.entry import Entry
 from worker.execution.locks import (
@@ -59,9 +60,12 @@ class Engine:
         log: Any,
         crash_point: CrashPoint = no_crash_point,
         risk: RiskSettings | None = None,
+        lost_after_s: float = 300.0,
     ) -> None:
         self.pool, self.router = pool, router
-        self.ctx = Context(router, log, resend_after, crash_point, risk or RiskSettings())
+        self.ctx = Context(
+            router, log, resend_after, crash_point, risk or RiskSettings(), lost_after_s
+        )
         self.driver = Driver(self.ctx, after_settled=self._after_settled)
         self.protection = Protection(self.ctx, self.driver)
         self.entry = Entry(self.ctx)
@@ -72,7 +76,8 @@ class Engine:
         async with locked(self.pool, position_id) as conn:
             position = await load_position(conn, position_id)
             if position.status == "created":
-                position = await self.entry.start(conn, position)
+                with urgent(Priority.ENTRY):  # its price and balance lookups: an entry's
+                    position = await self.entry.start(conn, position)
             await self.drive_open_orders(conn, position)
 
     async def handle_request(self, position_id: str, request_id: str) -> None:

@@ -8,11 +8,21 @@ with the exchange; a stop-loss and a take-profit placed together go as one OCO l
   first, and re-sent only after it was missing for ``resend_after`` lookups in a row.
 * **Outcome unknown is not failure.** Timeouts, 5xx, -1006/-1007 leave the order as it is;
   the reconciler looks it up later. Only a definitive rejection marks it failed.
+* **Lost orders.** An order the exchange acknowledged that answers "Order does not exist."
+  (-2013) on every lookup for ``execution.lost_order_seconds`` is lost (``statuses.
+  order_lost``: the testnet's reset forgets every order): recorded cancelled with exchange
+  status ``LOST`` and an error beginning ``lost:`` (a critical notification), with what
+  it filled kept, so its position goes back under management (protection placed again or
+  worker-side, an exit or entry settled on what was recorded). Never looked up again.
 * **A refused key is not a rejection.** The account's key refused (-1022/-2014/-2015) says
   nothing of the order: exits and protection wait until the key works again. Only an entry
   refused at its first send, which cannot have reached the book, fails with the account's
   reason (and no order is recorded as rejected).
 * **Only the worker's own orders** are driven (``client_ids.is_worker_order``).
+* **No room is not a rejection.** Protective orders refused for the exchange's caps on
+  open orders (MAX_NUM_ALGO_ORDERS, MAX_NUM_ORDER_LISTS) are cancelled as not placed, and
+  the refusal is kept in :attr:`Driver.no_room` for the protection to move the position
+  to worker-side protection (``protection.py``).
 
 Whatever the exchange answers is recorded (``recording.py``); once an order settles, the
 follow-ups (``after_settled``: protection placed or cancelled) run before the next step.
@@ -37,12 +47,14 @@ from worker.exchanges.base import (
     OrderState,
 )
 from worker.exchanges.base import Side as OrderSide
+from worker.exchanges.budget import Priority, urgent
 from worker.execution.client_ids import client_order_id, is_worker_order, oco_list_id
 from worker.execution.context import Context, LookLater
 from worker.execution.locks import load_orders
-from worker.execution.protection_plan import PROTECTIVE, oco_partner
+from worker.execution.protection_plan import PROTECTIVE, is_cap_rejection, oco_partner
 from worker.execution.recording import Outcome, finish_request, record_answer, record_rejection
-from worker.execution.rows import Conn, Order, Position, fetch_one, fetch_value
+from worker.execution.rows import Conn, Order, Position, fetch_one
+from worker.execution.statuses import LOST, LOST_ERROR, order_lost
 from worker.execution.transitions import set_order_status, set_position_status
 
 AfterSettled = Callable[[Conn, Order, Outcome], Awaitable[Position]]
@@ -89,6 +101,9 @@ async def new_order(
 class Driver:
     def __init__(self, ctx: Context, after_settled: AfterSettled) -> None:
         self.ctx, self.after_settled = ctx, after_settled
+        # position id -> the exchange's refusal of its protective orders for want of room,
+        # until the protection takes it up (Protection.protect)
+        self.no_room: dict[uuid.UUID, OrderRejected] = {}
 
     async def drive(self, conn: Conn, position: Position, order: Order) -> Position:
         """Bring one order up to date with the exchange (sending it if it never was).
@@ -97,6 +112,10 @@ class Driver:
         not write is left alone."""
         if not is_worker_order(order.id, order.purpose, order.client_order_id):
             return position
+        with urgent(priority_for(order.purpose)):
+            return await self._drive(conn, position, order)
+
+    async def _drive(self, conn: Conn, position: Position, order: Order) -> Position:
         if order.status == "created" and order.purpose in PROTECTIVE:
             rows = await load_orders(conn, position.id)
             fresh = next((o for o in rows if o.id == order.id), order)
@@ -140,6 +159,8 @@ class Driver:
         self, conn: Conn, position: Position, orders: tuple[Order, ...], exc: OrderRejected
     ) -> Position:
         """The exchange refused ``orders`` (one, or both legs of an OCO list) outright."""
+        if all(o.purpose in PROTECTIVE for o in orders) and is_cap_rejection(exc.code, exc.msg):
+            return await self._no_room(conn, position, orders, exc)
         async with conn.transaction():
             for order in orders:
                 position = await record_rejection(conn, position, order, exc.code, exc.msg)
@@ -147,6 +168,22 @@ class Driver:
                 await finish_request(conn, order.request_id, "rejected", error, order_id=order.id)
         extra = {"oco": str(orders[1].id)} if len(orders) > 1 else {}
         self.ctx.log.warning("order_rejected", order_id=str(orders[0].id), error=str(exc), **extra)
+        return position
+
+    async def _no_room(
+        self, conn: Conn, position: Position, orders: tuple[Order, ...], exc: OrderRejected
+    ) -> Position:
+        """Protective orders the exchange has no room for: not placed (cancelled, with the
+        reason), and the refusal noted for the protection to take up."""
+        error = f"not placed: {exc.code} {exc.msg} (no room on the exchange)"
+        async with conn.transaction():
+            for order in orders:
+                await set_order_status(conn, order, "cancelled")
+                await conn.execute(
+                    q("exec_set_order_error"), {"order_id": order.id, "error": error}
+                )
+        self.no_room[position.id] = exc
+        self.ctx.log.warning("protection_no_room", position_id=str(position.id), error=str(exc))
         return position
 
     async def _entry_not_sent(
@@ -185,14 +222,43 @@ class Driver:
         state = await exchange.get_order(order.symbol, order.client_order_id)
         if state is not None:
             return state
-        misses = await self._missing(conn, order)
+        misses, missing_for = await self._missing(conn, order)
         if order.status == "created" and misses >= self.ctx.resend_after:
             return None  # never arrived: safe to send with the same client id
+        if order_lost(order.status, missing_for, self.ctx.lost_after_s):
+            return await self._lost(conn, order, misses, missing_for)
         raise LookLater(f"order {order.client_order_id} not visible yet ({misses} lookups)")
 
-    async def _missing(self, conn: Conn, order: Order) -> int:
-        """Count one more lookup that did not find ``order``; how many in a row now."""
-        return int(await fetch_value(conn, "exec_bump_missing", order_id=order.id) or 0)
+    async def _missing(self, conn: Conn, order: Order) -> tuple[int, float]:
+        """Count one more lookup that did not find ``order``: how many in a row now, and
+        for how many seconds."""
+        cur = await conn.execute(q("exec_bump_missing"), {"order_id": order.id})
+        row = await cur.fetchone()
+        return (int(row[0]), float(row[1] or 0)) if row else (0, 0.0)
+
+    async def _lost(self, conn: Conn, order: Order, misses: int, missing_for: float) -> OrderState:
+        """What is recorded of a lost order: ended, with what it filled as recorded."""
+        error = (
+            f"{LOST_ERROR} the exchange acknowledged this order, then answered 'Order does not"
+            f" exist.' on {misses} lookups over {missing_for:.0f} s (a testnet reset?)"
+        )
+        await conn.execute(q("exec_set_order_error"), {"order_id": order.id, "error": error})
+        self.ctx.log.error(
+            "order_lost",
+            order_id=str(order.id),
+            position_id=str(order.position_id),
+            client_order_id=order.client_order_id,
+            purpose=order.purpose,
+            missing_for_s=round(missing_for, 1),
+        )
+        return OrderState(
+            client_order_id=order.client_order_id,
+            exchange_order_id=order.binance_order_id or "",
+            status=LOST,
+            executed_qty=order.filled_quantity or Decimal(0),
+            cumulative_quote=Decimal(0),
+            raw={"status": LOST, "lookups": misses, "missing_for_s": round(missing_for, 1)},
+        )
 
     async def _send(
         self, conn: Conn, position: Position, order: Order, exchange: Exchange
@@ -237,6 +303,12 @@ class Driver:
     ) -> Position:
         """Send a stop-loss and a take-profit as one OCO list, or bring a list that may
         exist up to date; a rejection fails both legs."""
+        with urgent(Priority.EXIT):
+            return await self._drive_pair(conn, position, stop, take)
+
+    async def _drive_pair(
+        self, conn: Conn, position: Position, stop: Order, take: Order
+    ) -> Position:
         exchange = await self.ctx.router.for_position(position)
         try:
             states = await self._pair_states(conn, exchange, stop, take)
@@ -271,7 +343,7 @@ class Driver:
                 states.append(state)
         if states:
             return tuple(states)
-        misses = [await self._missing(conn, leg) for leg in (stop, take)]
+        misses = [(await self._missing(conn, leg))[0] for leg in (stop, take)]
         if min(misses) >= self.ctx.resend_after:
             return None  # never arrived: safe to send with the same client ids
         raise LookLater(f"OCO {stop.client_order_id} not visible yet ({min(misses)} lookups)")
@@ -322,4 +394,11 @@ def oco_request(stop: Order, take: Order) -> OcoRequest:
         stop_price=stop.stop_price,
         take_profit_client_order_id=take.client_order_id,
         take_profit_price=take.stop_price,
+        take_profit_maker=take.price is not None,  # a limit price: it rests as LIMIT_MAKER
     )
+
+
+def priority_for(purpose: str) -> Priority:
+    """The weight budget's priority of an order's requests: what reduces or protects a
+    holding goes first (``budget.py``), then entries."""
+    return Priority.ENTRY if purpose in ("entry", "scale_in") else Priority.EXIT

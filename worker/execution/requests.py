@@ -14,6 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from worker.exchanges.base import OrderRejected
+from worker.exchanges.budget import Priority, urgent
 from worker.exchanges.filters import SymbolRules, check_order, round_quantity
 from worker.execution.context import Context
 from worker.execution.locks import load_position
@@ -38,6 +39,12 @@ class Requests:
             await self._start(conn, request)
 
     async def _start(self, conn: Conn, request: Request) -> None:
+        """An exit or scale-out goes first in the weight budget, its price lookup too
+        (``exchanges/budget.py``); a scale-in as an entry."""
+        with urgent(Priority.ENTRY if request.kind == "scale_in" else Priority.EXIT):
+            await self._make_order(conn, request)
+
+    async def _make_order(self, conn: Conn, request: Request) -> None:
         position = await load_position(conn, request.position_id)
         if request.kind == "exit":
             if position.status == "submitting":  # abandon the entry, sell what it bought

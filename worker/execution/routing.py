@@ -4,6 +4,7 @@ keys) for live positions that name no account."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Protocol, runtime_checkable
 
 from worker.errors import WorkerError
@@ -48,19 +49,24 @@ class ExchangeRouter:
         return self.operator is not None or self.accounts is not None
 
     async def for_position(self, position: Position) -> Exchange:
+        """The exchange of ``position``: its user's paper account, or its live account."""
         if position.is_paper_trade:
             if self.paper is None:
                 raise NotConfigured("paper trading is not configured in this worker")
             if isinstance(self.paper, PaperAccounts):
                 return self.paper.for_account(str(position.user_id))
             return self.paper
-        if position.account_id is None:
+        return await self.for_account(position.account_id)
+
+    async def for_account(self, account_id: uuid.UUID | None) -> Exchange:
+        """The exchange of live account ``account_id`` (None: the operator's)."""
+        if account_id is None:
             if self.operator is None:
                 raise NotConfigured(NO_ACCOUNT)
             return self.operator
         if self.accounts is None:
             raise NotConfigured("this worker does not trade users' exchange accounts")
-        return await self.accounts.exchange(position.account_id)
+        return await self.accounts.exchange(account_id)
 
     async def entry_problem(self, position: Position) -> str | None:
         """Why a new entry of ``position`` cannot go to its exchange (None: it can)."""

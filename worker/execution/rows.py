@@ -48,6 +48,7 @@ class Position:
     entry_quantity: Decimal | None
     entry_value: Decimal | None
     account_id: uuid.UUID | None  # the user's exchange account; None: paper, or the operator's
+    protection: str | None  # where its stop-loss / take-profit is enforced: exchange | worker
 
     @property
     def entry_side(self) -> OrderSide:

@@ -16,17 +16,30 @@ LIVE_POSITION: Final = ("open", "monitoring")  # entered, not closing: requests 
 FINAL_POSITION: Final = ("closed", "failed")
 
 
+LOST: Final = "LOST"  # our word for an acknowledged order the exchange no longer knows
+LOST_ERROR: Final = "lost:"  # how the error message of a lost order begins
+
+
 def order_status_for(exchange_status: str, executed: Decimal) -> str:
-    """Our order status for the exchange's status word."""
+    """Our order status for the exchange's status word (or :data:`LOST`)."""
     if exchange_status == "FILLED":
         return "filled"
-    if exchange_status in ("CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "PENDING_CANCEL"):
+    if exchange_status in ("CANCELED", "EXPIRED", "EXPIRED_IN_MATCH", "PENDING_CANCEL", LOST):
         return "cancelled"
     if exchange_status == "REJECTED":
         return "failed" if executed == 0 else "cancelled"
     if exchange_status == "PARTIALLY_FILLED" or executed > 0:
         return "partially_filled"
     return "submitted"
+
+
+def order_lost(status: str, missing_for_s: float | None, window_s: float) -> bool:
+    """An order the exchange acknowledged (``submitted`` or ``partially_filled``: it was
+    seen there) that every lookup for ``missing_for_s`` seconds answered "Order does not
+    exist." (-2013) is lost once that lasts ``window_s``: the exchange forgot it (the spot
+    testnet's periodic reset). It is not looked up again."""
+    acknowledged = status in ("submitted", "partially_filled")
+    return acknowledged and missing_for_s is not None and missing_for_s >= window_s
 
 
 def path(transitions: dict[str, frozenset[str]], current: str, target: str) -> list[str]:

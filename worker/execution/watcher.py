@@ -1,9 +1,14 @@
 """Periodic passes of the engine: reconcile orders in flight, enforce paper protection.
 
-* At start-up and every ``execution.reconcile_interval`` seconds, every order not in a final
-  state is brought up to date with the exchange (fills caught up, orders that never arrived
+* At start-up and every ``execution.reconcile_interval`` seconds, the orders not in a final
+  state are brought up to date with the exchange (fills caught up, orders that never arrived
   re-sent with the same client id), and positions left waiting without an order in flight
-  are picked up again. A stop that fired on Binance while the worker was down is recorded
+  are picked up again. The REST safety net: every ``execution.open_orders_interval``
+  seconds, each live account's open orders are listed (``GET /api/v3/openOrders``, one
+  call per symbol or one for all: ``reconcile_plan``); only an order that left that list,
+  or that it shows changed, is looked up on its own. Between listings only orders still to
+  be sent are driven. Paper orders are looked up every pass (no weight to save).
+  A stop that fired on Binance while the worker was down is recorded
   here, and the position closed. An order the exchange reports nothing new about is left
   as it is: a pass writes only what changed. Binance positions held without the stop-loss /
   take-profit orders they ask for (an exit that failed, an order cancelled or expired on
@@ -11,29 +16,41 @@
 * Paper positions with a stop-loss, take-profit or max loss: the simulated exchange watches
   its price feed; when the price crosses, an exit is requested (``request_position_exit``,
   reason ``stop_loss`` / ``take_profit`` / ``max_loss``) and handled like any exit.
+* Live positions protected from the worker's side (``positions.protection = 'worker'``:
+  the exchange had no room for their stop-loss / take-profit orders, or refused them) are
+  watched the same way, on their exchange's last price (one lookup per exchange and
+  symbol per pass); the exit is a market order. Their orders are tried again on every
+  pass with the positions missing protection (``exec_unprotected_positions``).
 
 One position's failure is logged with its traceback and skipped; it never stops the pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import anyio
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from worker.db.queries import q
 from worker.driver_errors import translated_errors
 from worker.errors import DatabaseUnavailable
-from worker.exchanges.base import Exchange, ExchangeError
+from worker.exchanges.base import Exchange, ExchangeError, ListsOpenOrders, OrderState
+from worker.exchanges.budget import Priority, urgent
 from worker.execution.context import PositionBusy
 from worker.execution.engine import Engine
 from worker.execution.protection_plan import effective_stop, protection_trigger
+from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
 from worker.execution.rows import Position, fetch_all
 from worker.settings import ExecutionSettings
+
+AccountKey = tuple[bool, uuid.UUID | None]  # (paper, exchange account: None the operator's)
 
 
 class Watcher:
@@ -47,12 +64,14 @@ class Watcher:
     ) -> None:
         self.engine, self.pool, self.paper, self.cfg, self.log = engine, pool, paper, cfg, log
         self.passes = 0
+        self._listed_at: dict[AccountKey, float] = {}  # last listing of its open orders
 
     async def run(self) -> None:
         while True:
             try:
                 await self.reconcile_once()
                 await self.paper_protection_once()
+                await self.worker_protection_once()
             except DatabaseUnavailable as exc:
                 self.log.warning("reconcile_skipped", error=str(exc))
             self.passes += 1
@@ -60,7 +79,14 @@ class Watcher:
 
     async def reconcile_once(self) -> None:
         grace = self.cfg.reconcile_grace_seconds
-        for position_id in dict.fromkeys(await self._ids("exec_orders_to_reconcile", grace)):
+        flights = await self._in_flight(grace)
+        views = await self._open_order_views(flights)
+        to_drive = [
+            order.position_id
+            for key, order in flights
+            if key not in views or needs_lookup(order, views[key])
+        ]
+        for position_id in dict.fromkeys(to_drive):
             await self._guarded(self.engine.reconcile, position_id)
         for position_id in await self._ids("exec_stuck_positions", grace):
             await self._guarded(self.engine.enter, position_id)
@@ -69,6 +95,59 @@ class Watcher:
         if self.engine.router.trades_live:  # exchange-side protection: Binance only
             for position_id in await self._ids("exec_unprotected_positions", grace):
                 await self._guarded(self.engine.restore_protection, position_id)
+
+    async def _in_flight(self, grace: float) -> list[tuple[AccountKey, InFlight]]:
+        """The worker's orders not final, each with the account it trades on."""
+        async with translated_errors(), self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("exec_orders_in_flight"), {"grace": grace})
+            rows = await cur.fetchall()
+        flights = []
+        for row in rows:
+            key = (bool(row.pop("is_paper_trade")), row.pop("account_id"))
+            flights.append((key, InFlight(**row)))
+        return flights
+
+    async def _open_order_views(
+        self, flights: list[tuple[AccountKey, InFlight]]
+    ) -> dict[AccountKey, Mapping[str, OrderState] | None]:
+        """Each live account's open orders by client order id, when listed this pass (None:
+        not due, or the listing failed). An account that cannot list them (paper) is absent:
+        its orders are looked up one by one."""
+        views: dict[AccountKey, Mapping[str, OrderState] | None] = {}
+        now = time.monotonic()
+        symbols_of: dict[AccountKey, set[str]] = {}
+        for key, order in flights:
+            symbols_of.setdefault(key, set()).add(order.symbol)
+        for key, symbols in symbols_of.items():
+            exchange = await self._lister(key)
+            if exchange is None:
+                continue
+            views[key] = None
+            if not due(self._listed_at.get(key), now, self.cfg.open_orders_interval):
+                continue
+            try:
+                states = [
+                    state
+                    for symbol in open_orders_calls(symbols)
+                    for state in await exchange.open_orders(symbol)
+                ]
+            except ExchangeError as exc:
+                self.log.warning("open_orders_unlisted", account=str(key[1]), error=str(exc))
+                continue
+            self._listed_at[key] = now
+            views[key] = {state.client_order_id: state for state in states}
+        return views
+
+    async def _lister(self, key: AccountKey) -> ListsOpenOrders | None:
+        paper, account_id = key
+        if paper:
+            return None
+        try:
+            exchange = await self.engine.router.for_account(account_id)
+        except Exception:  # not configured, account unusable: the engine says why
+            return None
+        return exchange if isinstance(exchange, ListsOpenOrders) else None
 
     async def _rows(self, name: str, grace: float) -> list[tuple[str, ...]]:
         """The named query's rows, every column as a string."""
@@ -103,11 +182,31 @@ class Watcher:
     async def paper_protection_once(self) -> None:
         if self.paper is None:
             return
+        paper = self.paper
+        await self._watch("exec_paper_watch", lambda position: paper.price(position.symbol))
+
+    async def worker_protection_once(self) -> None:
+        """Live positions protected from the worker's side: each exchange's price of a
+        symbol looked up once per pass."""
+        prices: dict[tuple[int, str], Decimal] = {}
+
+        async def price(position: Position) -> Decimal:
+            exchange = await self.engine.router.for_position(position)
+            key = (id(exchange), position.symbol)
+            if key not in prices:
+                with urgent(Priority.EXIT):  # the price that decides a worker-side exit
+                    prices[key] = await exchange.price(position.symbol)
+            return prices[key]
+
+        await self._watch("exec_worker_watch", price)
+
+    async def _watch(self, query: str, price_of: Callable[[Position], Awaitable[Decimal]]) -> None:
+        """Request the exit of each position of ``query`` whose price crossed a level."""
         async with translated_errors(), self.pool.connection() as conn:
-            positions = await fetch_all(conn, Position, "exec_paper_watch")
+            positions = await fetch_all(conn, Position, query)
         for position in positions:
             try:
-                reason = await self._paper_trigger(position)
+                reason = trigger_of(position, await price_of(position))
             except Exception as exc:  # one bad row must not stop the others
                 self.log.error(
                     "protection_check_failed",
@@ -119,20 +218,6 @@ class Watcher:
             if reason is not None:
                 await self._request_exit(str(position.id), reason)
 
-    async def _paper_trigger(self, position: Position) -> str | None:
-        assert self.paper is not None
-        price = await self.paper.price(position.symbol)
-        held = position.held_quantity or Decimal(0)
-        entered, value = position.entry_quantity, position.entry_value
-        avg = value / entered if entered and value is not None else price
-        stop = effective_stop(
-            position.side, position.stop_loss_price, position.max_loss_usdt, avg, held
-        )
-        reason = protection_trigger(position.side, price, stop, position.take_profit_price)
-        if reason == "stop_loss" and stop != position.stop_loss_price:
-            reason = "max_loss"
-        return reason
-
     async def _request_exit(self, position_id: str, reason: str) -> None:
         try:
             async with translated_errors(), self.pool.connection() as conn:
@@ -142,3 +227,18 @@ class Watcher:
             self.log.info("protection_triggered", position_id=position_id, reason=reason)
         except psycopg.Error as exc:  # moved on meanwhile, or an exit is already pending
             self.log.info("protection_not_requested", position_id=position_id, error=str(exc))
+
+
+def trigger_of(position: Position, price: Decimal) -> str | None:
+    """The exit reason ``price`` gives a protected position (``stop_loss``,
+    ``take_profit``, ``max_loss``), or None."""
+    held = position.held_quantity or Decimal(0)
+    entered, value = position.entry_quantity, position.entry_value
+    avg = value / entered if entered and value is not None else price
+    stop = effective_stop(
+        position.side, position.stop_loss_price, position.max_loss_usdt, avg, held
+    )
+    reason = protection_trigger(position.side, price, stop, position.take_profit_price)
+    if reason == "stop_loss" and stop != position.stop_loss_price:
+        reason = "max_loss"
+    return reason

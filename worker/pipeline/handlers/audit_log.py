@@ -19,6 +19,8 @@ _NAMES: Final = {
     ("trade", False): "fill_recorded",
     ("request", True): "request_recorded",
     ("request", False): "request_recorded",
+    ("protection", True): "protection_changed",
+    ("protection", False): "protection_changed",
 }
 _AMOUNTS: Final = frozenset(
     {
@@ -40,6 +42,7 @@ _AMOUNTS: Final = frozenset(
         "price",
         "fee",
         "fee_asset",
+        "protection_reason",
     }
 )
 

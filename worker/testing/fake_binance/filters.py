@@ -51,6 +51,8 @@ def check_orders(
                 check(f, order, ctx)
     for f in info.get("filters", ()):
         _count_check(f, new, [o for o in ctx.open_orders if o.symbol == info["symbol"]])
+        if f["filterType"] == "MAX_NUM_ORDER_LISTS" and len(new) > 1:
+            _list_count_check(f, [o for o in ctx.open_orders if o.symbol == info["symbol"]])
     for f in exchange_filters:
         _count_check(f, new, list(ctx.open_orders))
     for f in info.get("filters", ()):
@@ -173,6 +175,14 @@ def _count_check(f: Mapping[str, Any], new: Sequence[Order], open_orders: list[O
     field, counts = rule
     if sum(map(counts, open_orders)) + sum(map(counts, new)) > int(f[field]):
         raise fail(f["filterType"])
+
+
+def _list_count_check(f: Mapping[str, Any], open_orders: list[Order]) -> None:
+    """filters.md MAX_NUM_ORDER_LISTS: "the maximum number of open order lists an account
+    can have on a symbol"; the new list (an OCO) is one more."""
+    lists = {o.order_list_id for o in open_orders if o.order_list_id >= 0}
+    if len(lists) + 1 > int(f["maxNumOrderLists"]):
+        raise fail("MAX_NUM_ORDER_LISTS")
 
 
 def _max_position(f: Mapping[str, Any], new: Sequence[Order], ctx: Context) -> None:

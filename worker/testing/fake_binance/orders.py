@@ -107,6 +107,7 @@ def binance_symbol(
             },
             {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
             {"filterType": "MAX_NUM_ALGO_ORDERS", "maxNumAlgoOrders": max_algo_orders},
+            {"filterType": "MAX_NUM_ORDER_LISTS", "maxNumOrderLists": 20},
             *extra_filters,
         ],
         "permissions": [],
