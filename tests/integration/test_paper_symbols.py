@@ -21,7 +21,9 @@ from typing import Any
 
 import anyio
 import httpx
+import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -39,12 +41,14 @@ from tests.execution_support import (
 from tests.pipeline_support import eventually
 from worker.app import App
 from worker.cli import main
+from worker.db.paper_store import PgPaperStore
 from worker.exchanges.base import OrderRejected, OrderRequest
 from worker.exchanges.binance import BinanceClient
 from worker.exchanges.filters import SymbolRules, round_quantity
 from worker.exchanges.market_stream import BinanceMarketStream
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
 from worker.exchanges.paper_book import PaperConfig
+from worker.exchanges.paper_store import PaperStore
 from worker.exchanges.prices import SyntheticPrices
 from worker.exchanges.symbols import (
     SymbolSource,
@@ -82,11 +86,12 @@ async def paper_worker(db_url: str, redis_url: str, paper: PaperExchange) -> Asy
         yield app
 
 
-def offline_paper() -> tuple[SyntheticPrices, PaperExchange]:
+def offline_paper(store: PaperStore | None = None) -> tuple[SyntheticPrices, PaperExchange]:
     listing = SymbolSource(base_url=None, cache_dir=None)  # never fetches: the snapshot
     feed = SyntheticPrices({}, seed=SEED, symbols=listing)  # moved only by the test
     config = PaperConfig(slippage_bps=D(5), spread_bps=D(2), depth_quote=D(0))
-    return feed, PaperExchange(feed, clock=wall_clock_ms, config=config, rules=listing)
+    paper = PaperExchange(feed, clock=wall_clock_ms, config=config, rules=listing, store=store)
+    return feed, paper
 
 
 def test_the_draw_spans_quote_assets_and_is_seeded() -> None:
@@ -98,8 +103,14 @@ def test_the_draw_spans_quote_assets_and_is_seeded() -> None:
 async def test_twenty_random_symbols_open_and_close_on_their_grids_offline(
     db_url: str, redis_url: str
 ) -> None:
-    feed, paper = offline_paper()
     symbols = drawn()
+    # The worker's own paper state (PostgreSQL), each user starting with every quote asset
+    # the draw needs, as an operator would set paper.starting_balances.
+    quotes = {snapshot().get(s).quote_asset for s in symbols}
+    pool = AsyncConnectionPool(db_url, min_size=1, max_size=4, open=False)
+    await pool.open()
+    store = PgPaperStore(pool, {asset: D("1000000") for asset in quotes})
+    feed, paper = offline_paper(store)
     pids: dict[uuid.UUID, SymbolRules] = {}
     for symbol in symbols:
         rules = snapshot().get(symbol)
@@ -107,7 +118,7 @@ async def test_twenty_random_symbols_open_and_close_on_their_grids_offline(
             db_url, symbol=symbol, quantity=entry_quantity(rules), is_paper_trade=True
         )
         pids[pid] = rules
-    async with paper_worker(db_url, redis_url, paper):
+    async with pool, paper_worker(db_url, redis_url, paper):
         for pid in pids:
             await wait_status(db_url, pid, "monitoring", "failed", timeout=60)
         failed = {r.symbol: position(db_url, p)["failure_reason"] for p, r in pids.items()}
@@ -136,6 +147,9 @@ async def test_twenty_random_symbols_open_and_close_on_their_grids_offline(
             assert notional >= rules.min_notional, (rules.symbol, order["purpose"], notional)
         opened = position(db_url, pid)
         assert opened["status"] == "closed" and opened["is_paper_trade"]
+    # every paper order is in PostgreSQL, filled, and nothing is left held
+    assert call_rows(db_url, "SELECT DISTINCT status FROM paper_orders") == [("FILLED",)]
+    assert call_rows(db_url, "SELECT count(*) FROM paper_balances WHERE locked <> 0") == [(0,)]
 
 
 async def test_a_symbol_the_listing_lacks_fails_with_binance_invalid_symbol(
@@ -304,3 +318,8 @@ async def test_paper_and_live_refuse_an_unlisted_symbol_in_the_same_words(
         await paper.place_order(OrderRequest("BCCUSDT", "buy", "market", "x", quantity=D(1)))
     assert (simulated.value.code, str(simulated.value)) == (live.value.code, str(live.value))
     assert str(live.value) == "rejected (-1121): Invalid symbol."
+
+
+def call_rows(db_url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(sql).fetchall()
