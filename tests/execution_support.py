@@ -85,8 +85,10 @@ async def live_worker(
     settings: Settings, fake: FakeBinance, *, log: Any = None, **client_options: Any
 ) -> AsyncIterator[App]:
     """A worker trading on ``fake``, logging to ``log`` when given (instead of its own
-    logger); ``client_options`` go to its BinanceClient."""
-    options = {"timeout_s": 2.0, **client_options}
+    logger); ``client_options`` go to its BinanceClient. Fills arrive as on Binance: pushed
+    over the fake's user data stream (``ws_api_url=None`` turns it off), with the reconcile
+    pass as the safety net."""
+    options = {"timeout_s": 2.0, "ws_api_url": fake.ws_api_url, **client_options}
     async with BinanceClient(KEY, SECRET, base_url=fake.base_url, **options) as client:
         app = App(settings, handle_signals=False, router=ExchangeRouter(None, client))
         if log is not None:
