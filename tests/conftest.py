@@ -20,6 +20,7 @@ import itertools
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ import pytest
 import redis
 
 from worker.db.migrate import migrate
+
+# The paper exchange caches Binance's listing on disk (paper.symbols_cache_dir). The tests'
+# workers (their subprocesses inherit this) keep theirs in a folder of the test run, never in
+# the user's cache, where a fake's short listing would be read by later runs.
+os.environ.setdefault(
+    "POSITION_WORKER__PAPER__SYMBOLS_CACHE_DIR", tempfile.mkdtemp(prefix="pw-symbols-")
+)
 from worker.testing.fake_binance import DEFAULT_SYMBOLS, FakeBinance
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 

@@ -481,11 +481,13 @@ def from_settings(
 
 def symbols_from_settings(settings: Settings) -> SymbolSource:
     """The listing ``[paper]`` describes: ``symbols = "auto"`` fetches Binance's exchangeInfo
-    (``binance.base_url``) when the cache is older than its TTL; ``"snapshot"`` never does."""
+    (``binance.base_url``) when the cache is older than its TTL; ``"snapshot"`` never does.
+    Either reads only a cache of ``binance.base_url``'s listing."""
     paper = settings.paper
     fetch = paper.symbols == "auto"
     return SymbolSource(
         base_url=settings.binance.base_url if fetch else None,
+        listing_url=settings.binance.base_url,
         cache_dir=Path(paper.symbols_cache_dir) if paper.symbols_cache_dir else default_cache_dir(),
         ttl_s=paper.symbols_cache_ttl_seconds,
         timeout_s=min(settings.binance.timeout_seconds, 5.0),

@@ -224,6 +224,8 @@ class SymbolSource:
     """The rules of every listed symbol, from cache, Binance, or the snapshot (module notes).
 
     ``base_url`` None never fetches (cache, else snapshot); ``cache_dir`` None keeps no cache.
+    ``listing_url``: whose listing the cache must hold (default ``base_url``): a cache written
+    from another server (testnet, a test's fake) is ignored, never taken for this one's.
     ``clock`` is epoch seconds (cache ages, the retry pause)."""
 
     def __init__(
@@ -236,8 +238,11 @@ class SymbolSource:
         retry_s: float = 300.0,
         clock: Clock = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        listing_url: str | None = None,
     ) -> None:
         self._base_url, self._cache_dir = base_url, cache_dir
+        listing = listing_url or base_url
+        self._cache_origin = None if listing is None else listing.rstrip("/") + EXCHANGE_INFO_PATH
         self._ttl_s, self._timeout_s, self._retry_s = ttl_s, timeout_s, retry_s
         self._clock, self._transport = clock, transport
         self._table: SymbolTable | None = None
@@ -304,10 +309,13 @@ class SymbolSource:
             return None, 0.0
         try:
             payload = read_payload(path)
-            fetched = float((payload.get("source") or {}).get("fetched_at") or 0)
+            source = payload.get("source") or {}
+            fetched = float(source.get("fetched_at") or 0)
             table = SymbolTable.of(payload, "cache")
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None, 0.0
+        if self._cache_origin is not None and source.get("url") != self._cache_origin:
+            return None, 0.0  # another server's listing
         return table, max(self._clock() - fetched, 0.0)
 
 
