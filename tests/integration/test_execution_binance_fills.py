@@ -90,7 +90,10 @@ async def test_orders_with_more_fills_than_a_trades_page_are_recorded_fill_by_fi
     fake.set_partial_fills(7, price_step="0.01")
     fake.faults.push(Fault.drop_after_apply())
     _, pid = new_position(db_url, quantity=D("0.7"), is_paper_trade=False, stop_loss_price=D("90"))
-    async with live_worker(exec_settings(db_url, redis_url), fake, trades_page_size=3):
+    # the REST path (myTrades paged): the user data stream off
+    async with live_worker(
+        exec_settings(db_url, redis_url), fake, trades_page_size=3, ws_api_url=None
+    ):
         await wait_status(db_url, pid, "monitoring", timeout=30)
         await wait_resting(fake, 1)
         fake.set_price("BTCUSDT", "90")
@@ -131,7 +134,8 @@ async def test_an_order_is_not_settled_before_its_trades_are_listed(
     fake.set_trades_lag(2)
     fake.faults.push(Fault.drop_after_apply())  # the answer with the fills is lost
     _, pid = new_position(db_url, quantity=D("0.5"), is_paper_trade=False)
-    async with live_worker(exec_settings(db_url, redis_url), fake):
+    # the REST path (order lookups, myTrades): the user data stream off
+    async with live_worker(exec_settings(db_url, redis_url), fake, ws_api_url=None):
         await wait_status(db_url, pid, "monitoring", timeout=30)
     opened = position(db_url, pid)
     assert (opened["held_quantity"], opened["entry_quantity"]) == (D("0.5"), D("0.5"))
@@ -344,7 +348,8 @@ async def test_a_partly_filled_order_fetches_only_new_fills_and_only_when_it_cha
     recorded one are asked for (``fromId``)."""
     fake.set_liquidity("BTCUSDT", "0.2")
     _, pid = new_position(db_url, quantity=D("0.5"), limit_price=D("95"), is_paper_trade=False)
-    async with live_worker(exec_settings(db_url, redis_url), fake) as app:
+    # the REST path (order lookups, myTrades): the user data stream off
+    async with live_worker(exec_settings(db_url, redis_url), fake, ws_api_url=None) as app:
         watcher = app.watcher
         assert watcher is not None
 
