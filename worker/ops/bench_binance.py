@@ -88,9 +88,12 @@ class BinanceBench:
             return []
         lines = ["  fill-to-database of a resting order that fills:"]
         lines += [f"    {f.line()}" for f in self.fills]
-        if len(self.fills) == 2 and self.fills[0].p99 > 0:
-            ratio = self.fills[1].p99 / self.fills[0].p99
-            lines.append(f"    p99 with the stream off / over the stream: x{ratio:.0f}")
+        if len(self.fills) == 2 and self.fills[0].p50 > 0:
+            stream, polled = self.fills
+            lines.append(
+                f"    stream off / over the stream: p50 x{polled.p50 / stream.p50:.0f},"
+                f" p99 x{polled.p99 / stream.p99:.0f}"
+            )
         return lines
 
 

@@ -219,8 +219,9 @@ async def measure_fills(
                 pids = seed_resting_entries(settings.database.url, prices)
                 say(f"{fills} resting entries on the fake Binance ...")
                 ids = await wait_resting(settings.database.url, pids, 120)
-                how = "over the user data stream" if user_stream else "by the reconcile pass"
-                say(f"filling them one by one, fills recorded {how} ...")
+                how = "one at a time" if pace_s is None else f"one every {pace_s:g} s"
+                where = "over the user data stream" if user_stream else "by the reconcile pass"
+                say(f"filling them {how}, fills recorded {where} ...")
                 seconds = await anyio.to_thread.run_sync(
                     lambda: time_fills(
                         settings.database.url, fake, prices, ids, pace_s=pace_s, timeout_s=timeout_s
