@@ -162,7 +162,7 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
       position-worker bench --quick
       position-worker bench --out bench-results.json
       position-worker bench --paper-only
-      position-worker bench --binance-only   # protected positions on the fake Binance
+      position-worker bench --binance-only   # protected positions, fills, on the fake Binance
     """
     from pathlib import Path
 
@@ -192,17 +192,18 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench_binance(quick: bool, say: Callable[[str], None]) -> int:
-    """The Binance phase alone: protected positions on the fake Binance (embedded servers
-    unless DATABASE_URL/REDIS_URL are set; its own database either way)."""
+    """The Binance phase alone: protected positions, then fills of resting orders, on the
+    fake Binance (embedded servers unless DATABASE_URL/REDIS_URL are set; databases of its
+    own either way)."""
     from worker.logs import configure_logging
     from worker.ops.bench_binance import run_binance_bench
     from worker.ops.demo import demo_servers
 
     configure_logging("error", "console")
-    positions, steady_s = (20, 30.0) if quick else (50, 120.0)
+    positions, steady_s, fills = (20, 30.0, 50) if quick else (50, 120.0, 200)
     env_db, env_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     with demo_servers(False, say, env_db, env_redis) as (db, rd):
-        print(run_binance_bench(db, rd, positions, steady_s, say).render())
+        print(run_binance_bench(db, rd, positions, steady_s, say, fills).render())
     return 0
 
 
@@ -326,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         bench,
         "--binance-only",
         "only the Binance phase: REST weight per protected position per minute and how many"
-        " positions the exchange protects on one symbol, against the fake Binance",
+        " positions the exchange protects on one symbol, then the fill-to-database latency"
+        " of resting orders over the user data stream and with it off, against the fake"
+        " Binance",
     )
     bench.add_argument(
         "--out",

@@ -8,7 +8,10 @@ with a stop-loss and a take-profit, on one account, and reports
 * how many of them the exchange protects before protection goes worker-side (the caps);
 * the REST request weight per protected position per minute at steady state (every
   request the fake received in the window, weighed as rest-api.md weighs it), by route;
-* the highest ``X-MBX-USED-WEIGHT-1M`` seen and any 429/418.
+* the highest ``X-MBX-USED-WEIGHT-1M`` seen and any 429/418;
+* the fill-to-database latency of resting orders that fill (``bench_fills.py``), over the
+  user data stream and, in the same run, with the stream off: the fills then found by the
+  reconcile pass alone, at the shipped ``reconcile_interval`` and ``open_orders_interval``.
 
 The figures are the fake's: the latency of a real network is not in them.
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,12 +37,15 @@ from worker.app import App
 from worker.db.migrate import migrate
 from worker.exchanges.binance import BinanceClient
 from worker.execution.routing import ExchangeRouter
+from worker.ops.bench_fills import FillLatency, measure_fills
 from worker.settings import Settings, load_settings
 from worker.testing.fake_binance import FakeBinance
 from worker.testing.fake_binance.table import ROUTES
 
 KEY, SECRET = "bench-key", "bench-secret"
 WEIGHT_HEADER = "x-mbx-used-weight-1m"
+POLLED_PACE_S = 0.5  # stream off: one fill every half second, each timed to its own row
+POLLED_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class BinanceBench:
     weight_by_route: dict[str, int] = field(default_factory=dict)
     max_used_weight_1m: int = 0
     rate_limited: int = 0  # 429 and 418 answers
+    fills: tuple[FillLatency, ...] = ()  # over the stream, then with the stream off
 
     @property
     def weight_per_position_minute(self) -> Decimal:
@@ -71,8 +79,22 @@ class BinanceBench:
                 f" {self.steady_seconds:.0f} s: {routes or 'nothing'})",
                 f"  highest X-MBX-USED-WEIGHT-1M: {self.max_used_weight_1m} of 6000;"
                 f" 429/418 answers: {self.rate_limited}",
+                *self._fill_lines(),
             ]
         )
+
+    def _fill_lines(self) -> list[str]:
+        if not self.fills:
+            return []
+        lines = ["  fill-to-database of a resting order that fills:"]
+        lines += [f"    {f.line()}" for f in self.fills]
+        if len(self.fills) == 2 and self.fills[0].p50 > 0:
+            stream, polled = self.fills
+            lines.append(
+                f"    stream off / over the stream: p50 x{polled.p50 / stream.p50:.0f},"
+                f" p99 x{polled.p99 / stream.p99:.0f}"
+            )
+        return lines
 
 
 def _seed(db_url: str, positions: int) -> list[uuid.UUID]:
@@ -179,9 +201,9 @@ def bench_settings(base: Settings) -> Settings:
 
 
 @contextmanager
-def bench_database(admin_url: str) -> Iterator[str]:
+def bench_database(admin_url: str, phase: str = "protection") -> Iterator[str]:
     """A fresh, migrated database of its own on the server of ``admin_url``."""
-    name = f"pw_bench_binance_{os.getpid()}"
+    name = f"pw_bench_binance_{phase}_{os.getpid()}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -195,12 +217,29 @@ def bench_database(admin_url: str) -> Iterator[str]:
 
 
 def run_binance_bench(
-    admin_url: str, redis_url: str, positions: int, steady_s: float, say: Callable[[str], None]
+    admin_url: str,
+    redis_url: str,
+    positions: int,
+    steady_s: float,
+    say: Callable[[str], None],
+    fills: int = 0,
 ) -> BinanceBench:
+    """The protection phase, then (``fills`` > 0) the fill latency over the user data stream
+    and with the stream off: each on a fresh fake Binance and a database of its own."""
+
+    def settings_for(db_url: str) -> Settings:
+        environ = {"DATABASE_URL": db_url, "REDIS_URL": redis_url}
+        return bench_settings(load_settings(environ=environ))
+
     with bench_database(admin_url) as db_url:
-        settings = bench_settings(
-            load_settings(environ={"DATABASE_URL": db_url, "REDIS_URL": redis_url})
-        )
-        result: Any = anyio.run(measure, settings, positions, steady_s, say)
+        result: Any = anyio.run(measure, settings_for(db_url), positions, steady_s, say)
     assert isinstance(result, BinanceBench)
-    return result
+    latencies = []
+    for stream in (True, False) if fills else ():
+        with bench_database(admin_url, "stream" if stream else "polled") as db_url:
+            options: dict[str, Any] = {"user_stream": stream, "say": say}
+            if not stream:
+                options |= {"pace_s": POLLED_PACE_S, "timeout_s": POLLED_TIMEOUT_S}
+            run = partial(measure_fills, settings_for(db_url), fills, **options)
+            latencies.append(anyio.run(run))
+    return replace(result, fills=tuple(latencies))
