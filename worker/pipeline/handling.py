@@ -1,7 +1,10 @@
 """Running a claimed batch's handlers and settling each event in its claim.
 
 The handlers of each event run in order; the first failure of a position's event stops that
-position's later events in the batch (they stay pending, to keep per-position order). An
+position's later events in the batch (they stay pending, to keep per-position order).
+Different positions run at the same time, in turns across users (worker/pipeline/turns.py):
+up to ``pipeline.position_concurrency`` positions at once in the process, at most
+``pipeline.user_concurrency`` of one user's, so one user's flood cannot take every slot. An
 event whose handlers all succeed is marked processed; a handler that raises RetryLater
 defers it by the delay it names; any other failure gets a retry delay and, after
 ``max_attempts``, parks the event as dead (``handler_failed`` / ``event_dead``, with the
@@ -14,9 +17,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from worker.db.outbox import Batch
 from worker.driver_errors import outage_of
@@ -25,6 +31,7 @@ from worker.events import Event, MalformedEvent, event_from_row, retry_delay
 from worker.metrics import Metrics
 from worker.pipeline.handlers import Registry
 from worker.pipeline.outages import Outages, OutageState
+from worker.pipeline.turns import Run, in_turns
 from worker.settings import PipelineSettings
 
 
@@ -48,24 +55,80 @@ def parsed(rows: Sequence[dict[str, Any]]) -> list[Event | Unreadable]:
     return items
 
 
+Counts = dict[str, int]
+
+
+class UserSlots:
+    """At most ``per_user`` positions of one user handled at once; a user's limiter lives
+    while one of their positions holds or waits for it."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._limiters: dict[str, tuple[anyio.CapacityLimiter, int]] = {}
+
+    @asynccontextmanager
+    async def slot(self, user_id: str) -> AsyncIterator[None]:
+        limiter, users = self._limiters.get(user_id, (None, 0))
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.per_user)
+        self._limiters[user_id] = (limiter, users + 1)
+        try:
+            async with limiter:
+                yield
+        finally:
+            limiter, users = self._limiters[user_id]
+            if users == 1:
+                del self._limiters[user_id]
+            else:
+                self._limiters[user_id] = (limiter, users - 1)
+
+    @property
+    def users(self) -> int:
+        """Users with a position handled or waiting."""
+        return len(self._limiters)
+
+
 class HandlerRunner:
     def __init__(
         self, handlers: Registry, cfg: PipelineSettings, *, metrics: Metrics, log: Any
     ) -> None:
         self.handlers, self.cfg, self.metrics, self.log = handlers, cfg, metrics, log
+        # shared by every batch in flight (the dispatcher's drainers): process-wide bounds
+        self.slots = anyio.CapacityLimiter(cfg.position_concurrency)
+        self.users = UserSlots(cfg.user_concurrency)
         self.outages = Outages(cap=cfg.reconnect_max_seconds)
         self._rng = random.Random()
         self._kind_counters: dict[str, Any] = {}
 
     async def run(self, batch: Batch, items: Sequence[Event | Unreadable]) -> int:
-        """How many were handled; after a failure the position's later events wait (an
+        """How many were handled. Each position's events run in order, in turns across users
+        (worker/pipeline/turns.py), up to ``position_concurrency`` positions at once in
+        the process and ``user_concurrency`` of one user's."""
+        by_kind: dict[str, int] = {}
+        runs = in_turns(items)
+        if len(runs) == 1 or self.slots.total_tokens == 1:
+            for run in runs:
+                await self._run_position(batch, run, by_kind)
+        else:
+            async with anyio.create_task_group() as tg:
+                for run in runs:
+                    tg.start_soon(self._take_turn, batch, run, by_kind)
+        for kind, count in by_kind.items():
+            self._processed_by_kind(kind).inc(count)
+        return sum(by_kind.values())
+
+    async def _take_turn(self, batch: Batch, run: Run[Event | Unreadable], by_kind: Counts) -> None:
+        """One position's run, once its user and the process have a slot free."""
+        async with self.users.slot(run.user_id), self.slots:
+            await self._run_position(batch, run, by_kind)
+
+    async def _run_position(
+        self, batch: Batch, run: Run[Event | Unreadable], by_kind: Counts
+    ) -> None:
+        """A position's events in order; after a failure its later events wait (an
         unreadable one too: parked only in its turn, so it never lets a later event of its
         position overtake an earlier one that failed)."""
-        by_kind: dict[str, int] = {}
-        blocked: set[str] = set()
-        for item in items:
-            if item.position_id in blocked:
-                continue
+        for item in run.items:
             if isinstance(item, Unreadable):
                 self.log.error("event_unreadable", event_id=item.event_id, error=item.error)
                 self.metrics.events_dead.inc()
@@ -74,10 +137,7 @@ class HandlerRunner:
                 await batch.handled(item.event_id)
                 by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
             else:
-                blocked.add(item.position_id)
-        for kind, count in by_kind.items():
-            self._processed_by_kind(kind).inc(count)
-        return sum(by_kind.values())
+                return
 
     async def _handle(self, batch: Batch, event: Event) -> bool:
         """Run the event's handlers in order; False when one did not succeed (the event is
