@@ -159,6 +159,8 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     example:
       position-worker bench --quick
       position-worker bench --out bench-results.json
+      position-worker bench --execution-only
+      position-worker bench --execution-only --worker-python ../baseline/.venv/bin/python
     """
     from pathlib import Path
 
@@ -169,8 +171,14 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"bench: {line}", file=sys.stderr, flush=True)
 
+    execution = "only" if args.execution_only else "also" if args.execution else "off"
     results = run_bench(
-        os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), args.quick, say
+        os.environ.get("DATABASE_URL"),
+        os.environ.get("REDIS_URL"),
+        args.quick,
+        say,
+        execution=execution,
+        worker_python=args.worker_python,
     )
     print(render(results))
     if args.out is not None:
@@ -260,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(demo, "--keep", "leave the servers running")
     bench = _add(sub, "bench", _cmd_bench)
     _flag(bench, "--quick", "small run (< 1 min), for CI")
+    _flag(bench, "--execution", "also measure execution: paper bursts, 1 and 3 workers, fairness")
+    _flag(bench, "--execution-only", "measure the commit ceiling and execution only")
+    bench.add_argument(
+        "--worker-python",
+        metavar="PATH",
+        help="run the workers with this interpreter (another checkout's venv: a baseline);"
+        " its own migrate makes the bench databases",
+    )
     bench.add_argument(
         "--out",
         metavar="PATH",

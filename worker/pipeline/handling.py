@@ -58,6 +58,14 @@ def parsed(rows: Sequence[dict[str, Any]]) -> list[Event | Unreadable]:
 Counts = dict[str, int]
 
 
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of a task group's (nested groups looked into)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 class UserSlots:
     """At most ``per_user`` positions of one user handled at once; a user's limiter lives
     while one of their positions holds or waits for it."""
@@ -110,9 +118,14 @@ class HandlerRunner:
             for run in runs:
                 await self._run_position(batch, run, by_kind)
         else:
-            async with anyio.create_task_group() as tg:
-                for run in runs:
-                    tg.start_soon(self._take_turn, batch, run, by_kind)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for run in runs:
+                        tg.start_soon(self._take_turn, batch, run, by_kind)
+            except BaseExceptionGroup as group:
+                # a settlement failed (the claim's connection broke: every turn's alike): the
+                # claim above sees that one error, as when the turns ran one at a time
+                raise first_error(group) from None
         for kind, count in by_kind.items():
             self._processed_by_kind(kind).inc(count)
         return sum(by_kind.values())
