@@ -7,11 +7,12 @@
 --
 -- outbox_claim_fair(p_floor, p_limit, p_others) claims what outbox_claim claims (up to
 -- p_limit oldest pending events, locked, each with its predecessor and min_pending) and,
--- when that fills the batch (a backlog), adds the oldest pending event of up to p_others
--- other users: users with a pending event and none in those p_limit. Such an event is
--- taken only when it is that user's oldest pending event and no other claim holds it, so
--- its position's earlier events are all settled: it never waits behind another claim.
--- The worker handles a batch in turns across users (worker/pipeline/turns.py).
+-- when that fills the batch (a backlog), adds up to p_others events of other users (users
+-- with a pending event and none in those p_limit): each one's oldest (up to p_others / 4
+-- of them), in turns across users, the first p_others users by id. An event whose
+-- position's earlier event another claim holds comes back held back, as in outbox_claim.
+-- The worker handles a batch in turns across users (worker/pipeline/turns.py) and starts
+-- no new position after a time budget, so the next claim comes round soon.
 --
 -- The users are found by a skip scan of idx_position_events_pending_user: one index probe
 -- per user with pending events, however many events each has. The index holds pending
@@ -55,7 +56,8 @@ BEGIN
     FOR NO KEY UPDATE SKIP LOCKED
   ) l;
 
-  -- a backlog: each other user's oldest pending event, if it is free to go
+  -- a backlog: other users' oldest pending events, in turns (every user's first, then
+  -- every user's second ...), up to p_others of them from up to p_others users
   IF cardinality(ids) >= p_limit AND p_others > 0 THEN
     ids := ids || ARRAY(
       WITH RECURSIVE users AS (
@@ -69,26 +71,35 @@ BEGIN
         FROM users u
         WHERE u.user_id IS NOT NULL
       ),
+      waiting AS MATERIALIZED (
+        SELECT w.position_id, min(w.id) AS first_id
+        FROM position_events w
+        WHERE w.available_at > now()
+        GROUP BY w.position_id
+      ),
       others AS (
         SELECT u.user_id FROM users u
         WHERE u.user_id IS NOT NULL
           AND u.user_id NOT IN (SELECT c.user_id FROM position_events c WHERE c.id = ANY(ids))
+        LIMIT p_others
       ),
-      firsts AS (
-        SELECT f.id
+      candidates AS (
+        SELECT f.id, row_number() OVER (PARTITION BY o.user_id ORDER BY f.id) AS turn
         FROM others o
         CROSS JOIN LATERAL (
-          SELECT e.id, e.position_id, e.available_at
+          SELECT e.id
           FROM position_events e
           WHERE e.user_id = o.user_id AND e.processed_at IS NULL AND e.dead_at IS NULL
+            AND (e.available_at IS NULL OR e.available_at <= now())
+            AND NOT EXISTS (
+              SELECT 1 FROM waiting w WHERE w.position_id = e.position_id AND w.first_id < e.id
+            )
           ORDER BY e.id
-          LIMIT 1
+          LIMIT greatest(1, p_others / 4)
         ) f
-        WHERE (f.available_at IS NULL OR f.available_at <= now())
-        LIMIT p_others
       )
       SELECT e.id FROM position_events e
-      WHERE e.id IN (SELECT f.id FROM firsts f)
+      WHERE e.id IN (SELECT c.id FROM candidates c ORDER BY c.turn, c.id LIMIT p_others)
         AND e.processed_at IS NULL AND e.dead_at IS NULL
       FOR NO KEY UPDATE SKIP LOCKED
     );

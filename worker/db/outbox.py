@@ -50,6 +50,7 @@ class Batch:
     newest: int | None = None  # the highest id claimed (held back or not; None: none)
     behind_floor: bool = False  # an event held back waits for one below the claim's floor
     settled: bool = False  # its commit was sent
+    left: int = 0  # positions not started within the batch's time budget (they go back)
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 

@@ -15,11 +15,13 @@ event's: it defers the event without counting an attempt and is waited out
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -56,6 +58,16 @@ def parsed(rows: Sequence[dict[str, Any]]) -> list[Event | Unreadable]:
 
 
 Counts = dict[str, int]
+
+
+@dataclass(slots=True)
+class Turns:
+    """One batch's turns: when its budget runs out, how many were left, and the events
+    handled by kind."""
+
+    until: float  # monotonic seconds: no user's later position starts after this
+    left: int = 0
+    by_kind: Counts = field(default_factory=dict)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -111,29 +123,48 @@ class HandlerRunner:
     async def run(self, batch: Batch, items: Sequence[Event | Unreadable]) -> int:
         """How many were handled. Each position's events run in order, in turns across users
         (worker/pipeline/turns.py), up to ``position_concurrency`` positions at once in
-        the process and ``user_concurrency`` of one user's."""
-        by_kind: dict[str, int] = {}
+        the process and ``user_concurrency`` of one user's. After ``batch_budget_seconds``
+        a user's positions beyond their first ``user_concurrency`` do not start: those left
+        (``batch.left``) go back to the outbox when the claim commits, and the next claim
+        takes them in turn with other users' events."""
+        turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds)
         runs = in_turns(items)
         if len(runs) == 1 or self.slots.total_tokens == 1:
             for run in runs:
-                await self._run_position(batch, run, by_kind)
+                await self._take_turn(batch, run, turns, limited=False)
         else:
             try:
                 async with anyio.create_task_group() as tg:
                     for run in runs:
-                        tg.start_soon(self._take_turn, batch, run, by_kind)
+                        tg.start_soon(self._take_turn, batch, run, turns)
             except BaseExceptionGroup as group:
                 # a settlement failed (the claim's connection broke: every turn's alike): the
                 # claim above sees that one error, as when the turns ran one at a time
                 raise first_error(group) from None
-        for kind, count in by_kind.items():
+        batch.left = turns.left
+        for kind, count in turns.by_kind.items():
             self._processed_by_kind(kind).inc(count)
-        return sum(by_kind.values())
+        return sum(turns.by_kind.values())
 
-    async def _take_turn(self, batch: Batch, run: Run[Event | Unreadable], by_kind: Counts) -> None:
-        """One position's run, once its user and the process have a slot free."""
-        async with self.users.slot(run.user_id), self.slots:
-            await self._run_position(batch, run, by_kind)
+    async def _take_turn(
+        self, batch: Batch, run: Run[Event | Unreadable], turns: Turns, *, limited: bool = True
+    ) -> None:
+        """One position's run, once its user and the process have a slot free (``limited``),
+        unless it is left for the next claim: a position of a user with more in the batch
+        than ``user_concurrency`` (beyond those) that has not started when the batch's
+        budget is spent."""
+        late = run.turn >= self.cfg.user_concurrency and self.cfg.batch_budget_seconds > 0
+        async with contextlib.AsyncExitStack() as slots:
+            ready = not limited
+            if limited:
+                with anyio.move_on_after(turns.until - time.monotonic() if late else math.inf):
+                    await slots.enter_async_context(self.users.slot(run.user_id))
+                    await slots.enter_async_context(self.slots)
+                    ready = True
+            if not ready or (late and time.monotonic() > turns.until):
+                turns.left += 1
+                return
+            await self._run_position(batch, run, turns.by_kind)
 
     async def _run_position(
         self, batch: Batch, run: Run[Event | Unreadable], by_kind: Counts

@@ -31,6 +31,7 @@ class Run(Generic[T]):
     position_id: str
     user_id: str
     items: list[T] = field(default_factory=list)
+    turn: int = 0  # the user's how-manieth position in the batch (0: their first)
 
 
 def user_of(item: Item) -> str:
@@ -49,8 +50,8 @@ def in_turns(items: Sequence[T]) -> list[Run[T]]:
     rounds: dict[str, int] = {}
     ranked: list[tuple[int, int, Run[T]]] = []
     for order, run in enumerate(runs.values()):  # by first event, oldest first
-        turn = rounds.get(run.user_id, 0)
-        rounds[run.user_id] = turn + 1
-        ranked.append((turn, order, run))
+        run.turn = rounds.get(run.user_id, 0)
+        rounds[run.user_id] = run.turn + 1
+        ranked.append((run.turn, order, run))
     ranked.sort(key=lambda entry: (entry[0], entry[1]))
     return [run for _, _, run in ranked]
