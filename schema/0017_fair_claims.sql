@@ -99,7 +99,7 @@ BEGIN
         ) f
       )
       SELECT e.id FROM position_events e
-      WHERE e.id IN (SELECT c.id FROM candidates c ORDER BY c.turn, c.id LIMIT p_others)
+      WHERE e.id = ANY(ARRAY(SELECT c.id FROM candidates c ORDER BY c.turn, c.id LIMIT p_others))
         AND e.processed_at IS NULL AND e.dead_at IS NULL
       FOR NO KEY UPDATE SKIP LOCKED
     );
