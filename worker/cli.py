@@ -183,6 +183,9 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     print(render(results))
     if args.out is not None:
         write_json(results, Path(args.out))
+        if "fixed_rate" not in results:  # --execution-only: nothing the plot shows
+            print(f"\nwritten to {args.out}")
+            return 0
         plot = svg_path_for(Path(args.out))
         write_svg(results, plot)
         print(f"\nwritten to {args.out} (plot: {plot})")
