@@ -7,8 +7,8 @@ on paper (the synthetic feed), against the same servers as the commit ceiling:
   1 and 3 worker processes: entries/s (from the first commit to the last entry), p50/p99
   created -> entry; then one transaction asks every position to exit: exits/s;
 * **fairness**: one user commits ``flood`` positions at once, then another user commits
-  ``neighbour_entries`` entries one after the other while the flood is handled: the
-  neighbour's created -> entry, p50/p99.
+  ``neighbour_entries`` plain market entries one after the other (each once the one before
+  it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99.
 
 Every time comes from the database (the events' ``occurred_at``), so the bench's own
 polling does not count. The users' risk limits are lifted (a thousand positions would be
@@ -46,8 +46,7 @@ class ExecutionPlan:
     positions: int = 1000
     workers: tuple[int, ...] = (1, 3)
     flood: int = 1000
-    neighbour_entries: int = 50
-    neighbour_every: float = 0.02  # seconds between the neighbour's entries
+    neighbour_entries: int = 20  # each committed once the one before it has entered
 
     @classmethod
     def for_mode(cls, quick: bool) -> ExecutionPlan:
@@ -119,7 +118,11 @@ def commit_positions(conn: psycopg.Connection[Any], users: Users) -> list[Any]:
 
 
 def wait_for(
-    conn: psycopg.Connection[Any], sql: str, ids: list[Any], statuses: tuple[str, ...]
+    conn: psycopg.Connection[Any],
+    sql: str,
+    ids: list[Any],
+    statuses: tuple[str, ...],
+    every: float = 0.05,
 ) -> None:
     """Until every position of ``ids`` is in one of ``statuses`` (polling the database: the
     times measured are the events', not this loop's)."""
@@ -130,7 +133,7 @@ def wait_for(
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{row[0] if row else 0} of {len(ids)} positions in {statuses}")
-        time.sleep(0.05)  # a bench process polling the database: nothing to wait on
+        time.sleep(every)  # a bench process polling the database: nothing to wait on
 
 
 _COUNT_IN = "SELECT count(*) FROM positions WHERE id = ANY(%(ids)s) AND status = ANY(%(statuses)s)"
@@ -215,10 +218,10 @@ class ExecutionBench:
             with self.workers(db, 1):
                 flood = commit_positions(conn, users.one(0, self.plan.flood))
                 mine: list[Any] = []
-                for _ in range(self.plan.neighbour_entries):
-                    mine += commit_positions(conn, neighbour)
-                    time.sleep(self.plan.neighbour_every)  # the neighbour's pace
-                wait_for(conn, _COUNT_IN, mine, ENTERED)
+                for _ in range(self.plan.neighbour_entries):  # one after the other
+                    entry = commit_positions(conn, neighbour)
+                    wait_for(conn, _COUNT_IN, entry, ENTERED, every=0.005)
+                    mine += entry
                 neighbour_times = conn.execute(_ENTRY_TIMES, {"ids": mine}).fetchall()
                 wait_for(conn, _COUNT_IN, flood, ENTERED)
                 flood_times = conn.execute(_ENTRY_TIMES, {"ids": flood}).fetchall()

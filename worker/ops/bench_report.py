@@ -76,7 +76,7 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
     f = execution["fairness"]
     lines.append(
         f"fairness: one user commits {f['flood']:,} positions at once, another then enters "
-        f"{f['neighbour_entries']} one by one: the neighbour's created->entry p50 "
+        f"{f['neighbour_entries']} one after the other: the neighbour's created->entry p50 "
         f"{_f(f['neighbour_p50_ms'], 0)} ms, p99 {_f(f['neighbour_p99_ms'], 0)} ms "
         f"(the flood took {_f(f['flood_seconds'], 2)} s)"
     )

@@ -124,9 +124,10 @@ class HandlerRunner:
         """How many were handled. Each position's events run in order, in turns across users
         (worker/pipeline/turns.py), up to ``position_concurrency`` positions at once in
         the process and ``user_concurrency`` of one user's. After ``batch_budget_seconds``
-        a user's positions beyond their first ``user_concurrency`` do not start: those left
-        (``batch.left``) go back to the outbox when the claim commits, and the next claim
-        takes them in turn with other users' events."""
+        the positions of a user whose slots are all taken, and a user's positions beyond
+        their first ``user_concurrency``, do not start: those left (``batch.left``) go back
+        to the outbox when the claim commits, and the next claim takes them in turn with
+        other users' events."""
         turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds)
         runs = in_turns(items)
         if len(runs) == 1 or self.slots.total_tokens == 1:
@@ -149,19 +150,24 @@ class HandlerRunner:
     async def _take_turn(
         self, batch: Batch, run: Run[Event | Unreadable], turns: Turns, *, limited: bool = True
     ) -> None:
-        """One position's run, once its user and the process have a slot free (``limited``),
-        unless it is left for the next claim: a position of a user with more in the batch
-        than ``user_concurrency`` (beyond those) that has not started when the batch's
-        budget is spent."""
-        late = run.turn >= self.cfg.user_concurrency and self.cfg.batch_budget_seconds > 0
+        """One position's run, once its user and the process have a slot free (``limited``).
+        Once the batch's budget is spent (``batch_budget_seconds``) the run is left for the
+        next claim when its user still has no slot free (their other positions, in this
+        batch or another, hold them all), or when it is one of a user's positions beyond
+        their first ``user_concurrency`` in the batch."""
+        budget = self.cfg.batch_budget_seconds > 0
+        late = budget and run.turn >= self.cfg.user_concurrency
         async with contextlib.AsyncExitStack() as slots:
-            ready = not limited
             if limited:
-                with anyio.move_on_after(turns.until - time.monotonic() if late else math.inf):
+                ready = False
+                with anyio.move_on_after(turns.until - time.monotonic() if budget else math.inf):
                     await slots.enter_async_context(self.users.slot(run.user_id))
-                    await slots.enter_async_context(self.slots)
                     ready = True
-            if not ready or (late and time.monotonic() > turns.until):
+                if not ready:
+                    turns.left += 1
+                    return
+                await slots.enter_async_context(self.slots)
+            if late and time.monotonic() > turns.until:
                 turns.left += 1
                 return
             await self._run_position(batch, run, turns.by_kind)
