@@ -122,22 +122,30 @@ class HandlerRunner:
 
     async def run(self, batch: Batch, items: Sequence[Event | Unreadable]) -> int:
         """How many were handled. Each position's events run in order, in turns across users
-        (worker/pipeline/turns.py), up to ``position_concurrency`` positions at once in
-        the process and ``user_concurrency`` of one user's. After ``batch_budget_seconds``
-        the positions of a user whose slots are all taken, and a user's positions beyond
-        their first ``user_concurrency``, do not start: those left (``batch.left``) go back
-        to the outbox when the claim commits, and the next claim takes them in turn with
-        other users' events."""
+        (worker/pipeline/turns.py): the positions with a slow handler (an exchange's) at
+        the same time, up to ``position_concurrency`` at once in the process and
+        ``user_concurrency`` of one user's; the others one after another meanwhile (their
+        handlers are quick: a task each would cost more than it saves). After
+        ``batch_budget_seconds`` a slow position of a user whose slots are all taken, or
+        beyond the user's first ``user_concurrency`` in the batch, does not start: those
+        left (``batch.left``) go back to the outbox when the claim commits, and the next
+        claim takes them in turn with other users' events."""
         turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds)
         runs = in_turns(items)
-        if len(runs) == 1 or self.slots.total_tokens == 1:
+        slow: list[Run[Event | Unreadable]] = []
+        quick: list[Run[Event | Unreadable]] = []
+        for run in runs:
+            (slow if self._slow(run) else quick).append(run)
+        if len(slow) <= 1 or self.slots.total_tokens == 1:
             for run in runs:
-                await self._take_turn(batch, run, turns, limited=False)
+                await self._run_position(batch, run, turns.by_kind)
         else:
             try:
                 async with anyio.create_task_group() as tg:
-                    for run in runs:
+                    for run in slow:
                         tg.start_soon(self._take_turn, batch, run, turns)
+                    for run in quick:  # meanwhile, one after another
+                        await self._run_position(batch, run, turns.by_kind)
             except BaseExceptionGroup as group:
                 # a settlement failed (the claim's connection broke: every turn's alike): the
                 # claim above sees that one error, as when the turns ran one at a time
@@ -147,26 +155,32 @@ class HandlerRunner:
             self._processed_by_kind(kind).inc(count)
         return sum(turns.by_kind.values())
 
-    async def _take_turn(
-        self, batch: Batch, run: Run[Event | Unreadable], turns: Turns, *, limited: bool = True
-    ) -> None:
-        """One position's run, once its user and the process have a slot free (``limited``).
-        Once the batch's budget is spent (``batch_budget_seconds``) the run is left for the
-        next claim when its user still has no slot free (their other positions, in this
-        batch or another, hold them all), or when it is one of a user's positions beyond
-        their first ``user_concurrency`` in the batch."""
+    def _slow(self, run: Run[Event | Unreadable]) -> bool:
+        """Whether a handler of the run's events waits on I/O for long (an exchange)."""
+        return any(
+            handler.slow
+            for item in run.items
+            if isinstance(item, Event)
+            for handler in self.handlers.for_event(item)
+        )
+
+    async def _take_turn(self, batch: Batch, run: Run[Event | Unreadable], turns: Turns) -> None:
+        """A slow position's run, once its user and the process have a slot free. Once the
+        batch's budget is spent (``batch_budget_seconds``) the run is left for the next
+        claim when its user still has no slot free (their other positions, in this batch or
+        another, hold them all), or when it is one of a user's positions beyond their first
+        ``user_concurrency`` in the batch."""
         budget = self.cfg.batch_budget_seconds > 0
         late = budget and run.turn >= self.cfg.user_concurrency
         async with contextlib.AsyncExitStack() as slots:
-            if limited:
-                ready = False
-                with anyio.move_on_after(turns.until - time.monotonic() if budget else math.inf):
-                    await slots.enter_async_context(self.users.slot(run.user_id))
-                    ready = True
-                if not ready:
-                    turns.left += 1
-                    return
-                await slots.enter_async_context(self.slots)
+            ready = False
+            with anyio.move_on_after(turns.until - time.monotonic() if budget else math.inf):
+                await slots.enter_async_context(self.users.slot(run.user_id))
+                ready = True
+            if not ready:
+                turns.left += 1
+                return
+            await slots.enter_async_context(self.slots)
             if late and time.monotonic() > turns.until:
                 turns.left += 1
                 return
