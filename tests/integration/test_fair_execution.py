@@ -15,6 +15,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from tests.execution_support import exec_settings, wait_status
+from tests.pipeline_support import eventually
 from tests.support import Owner, insert_position, seed_owner
 from worker.app import App
 from worker.db.outbox import Outbox
@@ -47,6 +48,12 @@ def neighbour(db_url: str) -> uuid.UUID:
     """Another user's plain market entry on paper, committed after the flood."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         return insert_position(conn, seed_owner(conn), is_paper_trade=True)
+
+
+def entered(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM positions WHERE status <> 'created'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def events_of(db_url: str, position_id: uuid.UUID) -> list[int]:
@@ -85,10 +92,10 @@ async def test_a_claim_without_a_backlog_is_the_oldest_events_alone(db_url: str)
 async def test_another_users_entry_is_handled_in_the_first_turns_behind_a_flood(
     db_url: str, redis_url: str
 ) -> None:
-    """User A's 1,000 paper positions are committed first, then user B's one: B's entry is
-    among the first positions handled (a claim of 100 holds it; the batch runs in turns
-    across users), not behind A's 1,000."""
-    flood(db_url)
+    """User A's 300 paper positions are committed first, then user B's one: B's entry is
+    among the first positions handled (a claim of 50 holds it; the batch runs in turns
+    across users), not behind A's 300. The worker stops once every entry is done."""
+    flood(db_url, 300)
     pid = neighbour(db_url)
     handled: list[str] = []
     neighbour_entered = anyio.Event()
@@ -102,7 +109,7 @@ async def test_another_users_entry_is_handled_in_the_first_turns_behind_a_flood(
         registry.add("record_entry", position_created, entered)
 
     base = exec_settings(db_url, redis_url)
-    settings = replace(base, pipeline=replace(base.pipeline, batch_size=100))
+    settings = replace(base, pipeline=replace(base.pipeline, batch_size=50))
     paper = PaperExchange(FixedPrices({"BTCUSDT": D("100")}), clock=lambda: 1_760_000_000_000)
     app = App(
         settings, handle_signals=False, router=ExchangeRouter(paper=paper), extra_handlers=record
@@ -111,5 +118,8 @@ async def test_another_users_entry_is_handled_in_the_first_turns_behind_a_flood(
         with anyio.fail_after(60):
             await neighbour_entered.wait()
         await wait_status(db_url, pid, "open", "monitoring", timeout=20)
-    # B's entry was handled with the first claim's batch (first turns: before A's 100th)
+        await eventually(lambda: len(handled) == 301, timeout=120)
+        await eventually(lambda: entered(db_url) == 301, timeout=60)
+    # B's entry was handled with the first claim's batch (first turns: before A's 50th)
     assert handled.index(str(pid)) < settings.pipeline.batch_size
+    assert len(set(handled)) == 301  # every entry once
