@@ -231,7 +231,9 @@ class App:
     def build_handlers(self, pool: AsyncConnectionPool[Any]) -> Registry:
         registry = Registry()
         registry.add("audit_log", any_event, make_audit_log(self.log))
-        registry.add("ai_monitoring", position_opened, make_start_monitoring(pool, self.log))
+        registry.add(
+            "ai_monitoring", position_opened, make_start_monitoring(pool, self.log), slow=True
+        )
         if self.engine is not None:
             add_execution_handlers(registry, self.engine)
         if self.extra_handlers is not None:
