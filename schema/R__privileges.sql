@@ -78,6 +78,8 @@ BEGIN
       -- exchange accounts: every column but api_key, by row-level security (users: their
       -- own); changed only through the functions below. The secrets (exchange_account_secrets,
       -- exchange_account_secret_inbox, Vault) are the owner's alone: not listed here.
+      -- The outbox's claim functions (outbox_claim, outbox_claim_fair, outbox_mark_processed)
+      -- lock and settle events: the worker's (the owner's) alone, not listed here.
       ('table', 'public.exchange_accounts',
        'SELECT (id, user_id, exchange, label, api_key_hint, key_type, status, status_reason, '
        'is_default, key_version, secret_state, checked_at, notified_at, created_at, '

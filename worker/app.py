@@ -16,6 +16,7 @@ concrete class; split, it would be two wiring places again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -57,7 +58,7 @@ from worker.pipeline.handlers.audit_log import make_audit_log
 from worker.pipeline.listener import KEEPALIVES, Listener
 from worker.pipeline.streams import RedisClient, StreamPublisher
 from worker.sealing import Keyring
-from worker.settings import Settings
+from worker.settings import PipelineSettings, Settings
 
 HEARTBEAT_PREFIX = "pw:worker:"
 ExtraHandlers = Callable[[Registry, AsyncConnectionPool[Any]], None]
@@ -186,6 +187,22 @@ async def serve_metrics(
             await anyio.to_thread.run_sync(thread.join)
 
 
+# Pool connections kept for what runs beside the positions' handlers (the watcher, the
+# lag sampler, the accounts' pass).
+POOL_RESERVE: Final = 2
+
+
+def positions_within_pool(settings: Settings) -> PipelineSettings:
+    """The pipeline settings, with ``position_concurrency`` cut to what the pool can serve:
+    every position handled holds a pool connection (its lock) for its whole turn, and a
+    turn that waited out the pool's timeout would be taken for a database outage."""
+    pipeline = settings.pipeline
+    room = max(1, settings.database.pool_max_size - POOL_RESERVE)
+    if pipeline.position_concurrency <= room:
+        return pipeline
+    return dataclasses.replace(pipeline, position_concurrency=room)
+
+
 ANALYZE_BACKLOG: Final = 5_000  # pending events from which the outbox is analyzed
 
 
@@ -221,7 +238,9 @@ class App:
     def build_handlers(self, pool: AsyncConnectionPool[Any]) -> Registry:
         registry = Registry()
         registry.add("audit_log", any_event, make_audit_log(self.log))
-        registry.add("ai_monitoring", position_opened, make_start_monitoring(pool, self.log))
+        registry.add(
+            "ai_monitoring", position_opened, make_start_monitoring(pool, self.log), slow=True
+        )
         if self.engine is not None:
             add_execution_handlers(registry, self.engine)
         if self.extra_handlers is not None:
@@ -283,7 +302,7 @@ class App:
             outbox,
             publisher,
             self.build_handlers(pool),
-            pipeline=s.pipeline,
+            pipeline=positions_within_pool(s),
             streams=s.streams,
             metrics=self.metrics,
             log=self.log,
@@ -321,6 +340,8 @@ class App:
                 "worker_started",
                 streams=[s.streams.events, s.streams.notifications, s.streams.ai_monitoring],
                 batch_size=s.pipeline.batch_size,
+                position_concurrency=self.dispatcher.cfg.position_concurrency,
+                user_concurrency=s.pipeline.user_concurrency,
             )
             task_status.started()
 

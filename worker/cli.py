@@ -163,6 +163,8 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
       position-worker bench --out bench-results.json
       position-worker bench --paper-only
       position-worker bench --binance-only   # protected positions, fills, on the fake Binance
+      position-worker bench --execution-only
+      position-worker bench --execution-only --worker-python ../baseline/.venv/bin/python
     """
     from pathlib import Path
 
@@ -179,12 +181,22 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.binance_only:
         return _bench_binance(args.quick, say)
+
+    execution = "only" if args.execution_only else "also" if args.execution else "off"
     results = run_bench(
-        os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL"), args.quick, say
+        os.environ.get("DATABASE_URL"),
+        os.environ.get("REDIS_URL"),
+        args.quick,
+        say,
+        execution=execution,
+        worker_python=args.worker_python,
     )
     print(render(results))
     if args.out is not None:
         write_json(results, Path(args.out))
+        if "fixed_rate" not in results:  # --execution-only: nothing the plot shows
+            print(f"\nwritten to {args.out}")
+            return 0
         plot = svg_path_for(Path(args.out))
         write_svg(results, plot)
         print(f"\nwritten to {args.out} (plot: {plot})")
@@ -330,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
         " positions the exchange protects on one symbol, then the fill-to-database latency"
         " of resting orders over the user data stream and with it off, against the fake"
         " Binance",
+    )
+    _flag(bench, "--execution", "also measure execution: paper bursts, 1 and 3 workers, fairness")
+    _flag(bench, "--execution-only", "measure the commit ceiling and execution only")
+    bench.add_argument(
+        "--worker-python",
+        metavar="PATH",
+        help="run the workers with this interpreter (another checkout's venv: a baseline);"
+        " its own migrate makes the bench databases",
     )
     bench.add_argument(
         "--out",

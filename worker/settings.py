@@ -42,7 +42,7 @@ class DatabaseSettings:
     # Supabase's port 6543). Empty = use ``url``.
     listen_url: str = ""
     pool_min_size: int = 2
-    pool_max_size: int = 8
+    pool_max_size: int = 20
     connect_timeout: float = 10.0
 
 
@@ -68,6 +68,14 @@ class StreamSettings:
 class PipelineSettings:
     batch_size: int = 500  # events claimed per round trip
     concurrency: int = 2  # batches in flight at once per process (overlaps DB and Redis)
+    # positions handled at once per process (at most database.pool_max_size - 2), and of
+    # those at most this many of one user's: one user's flood cannot take every slot
+    position_concurrency: int = 16
+    user_concurrency: int = 4
+    # after this long a batch starts none of a user's positions beyond their first
+    # user_concurrency (0: no limit): those go back to the outbox at its commit, and the
+    # next claim takes them in turn with other users' events
+    batch_budget_seconds: float = 0.1
     lease_seconds: float = 30.0  # a claim idle this long (hung worker) is ended by PostgreSQL
     poll_interval: float = 2.0  # drain even without a wake-up, every this many seconds
     linger_seconds: float = 0.005  # under a steady stream, claim at most this often (0: off)

@@ -269,8 +269,17 @@ def claimable_now(db_url: str, event_id: int) -> bool:
         return bool(row and row[0])
 
 
+def _claim_query(source: str, function: str) -> str:
+    """The statement of the installed claim function that reads the waiting set."""
+    if function == "outbox_claim":
+        return source.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
+    first = source[source.index("WITH waiting") :].split(";", 1)[0]
+    return first.replace("INTO ids", "")
+
+
+@pytest.mark.parametrize("function", ["outbox_claim", "outbox_claim_fair"])
 def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
-    db_url: str,
+    db_url: str, function: str
 ) -> None:
     """On a fresh backlog, before ANALYZE, the planner may read the claim's waiting set
     through the pending index (a filter over every pending event, on every claim). Even
@@ -278,10 +287,10 @@ def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
     claim's query is read out of the installed function, as the worker runs it.)"""
     two_positions_with_events(db_url)
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT prosrc FROM pg_proc WHERE proname = 'outbox_claim'").fetchone()
-        assert row is not None, "no outbox_claim function"
-        source = str(row[0])
-        query = source.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
+        query_source = "SELECT prosrc FROM pg_proc WHERE proname = %s"
+        row = conn.execute(query_source, (function,)).fetchone()
+        assert row is not None, f"no {function} function"
+        query = _claim_query(str(row[0]), function)
         query = query.replace("p_floor", "0").replace("p_limit", "10")
         conn.execute("SET enable_seqscan = off")
         conn.execute("SET enable_bitmapscan = off")

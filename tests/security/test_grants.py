@@ -96,6 +96,9 @@ EXPECTED_OBJECTS: dict[str, dict[str, set[str]]] = {
     # paper trading state: read-only for its owner (row-level security), written by the worker
     "public.paper_balances": _READERS,
     "public.paper_orders": _READERS,
+    # the outbox's claims: the worker's (the owner's) alone
+    "public.outbox_claim(bigint, integer)": {},
+    "public.outbox_claim_fair(bigint, integer, integer)": {},
     "public.add_exchange_account(text, text, text, text, text, boolean)": USERS_AND_PLATFORM,
     "public.rotate_exchange_account_key(uuid, text, text, text)": USERS_AND_PLATFORM,
     "public.enable_exchange_account(uuid)": USERS_AND_PLATFORM,
@@ -183,6 +186,7 @@ def test_every_object_has_exactly_the_documented_grants(owner_conn: Conn, db_sha
     assert {
         "public.schema_migrations", "public.schema_objects", "public.position_events_id_seq",
         "public.outbox_claim(bigint, integer)", "public._is_privileged()",
+        "public.outbox_claim_fair(bigint, integer, integer)",
     } <= ledger  # fmt: skip
     # ... and on Supabase nothing of auth, which is Supabase's.
     auth_objects = {n for n in ledger if n.startswith("auth.")}

@@ -107,9 +107,17 @@ def fake_bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[bool]:
     calls: list[bool] = []
 
     def run_bench(
-        database_url: str | None, redis_url: str | None, quick: bool, say: Callable[[str], None]
+        database_url: str | None,
+        redis_url: str | None,
+        quick: bool,
+        say: Callable[[str], None],
+        *,
+        execution: str = "off",
+        worker_python: str | None = None,
     ) -> dict[str, Any]:
         calls.append(quick)
+        if execution == "only":
+            return {"saturation": RUNS[:1], "execution": EXECUTION}
         return RESULTS
 
     monkeypatch.setattr(bench, "run_bench", run_bench)
@@ -141,6 +149,45 @@ def test_bench_writes_its_json_and_plot_only_at_out(
     assert f"written to {out}" in capsys.readouterr().out
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.svg"]
     assert list(Path.cwd().iterdir()) == []
+
+
+EXECUTION: dict[str, Any] = {
+    "plan": {"positions": 1000, "workers": [1, 3], "flood": 1000, "neighbour_entries": 50},
+    "bursts": [
+        {
+            "system": "worker-1",
+            "positions": 1000,
+            "refused": 0,
+            "entries_per_s": 250.0,
+            "entry_p50_ms": 1900.0,
+            "entry_p99_ms": 3800.0,
+            "exits_per_s": 200.0,
+            "exit_p99_ms": 4900.0,
+        }
+    ],
+    "fairness": {
+        "flood": 1000,
+        "neighbour_entries": 50,
+        "neighbour_p50_ms": 120.0,
+        "neighbour_p99_ms": 240.0,
+        "flood_seconds": 12.5,
+        "flood_entries_per_s": 80.0,
+    },
+}
+
+
+def test_execution_only_prints_the_bursts_beside_the_ceiling_and_no_plot(
+    fake_bench: list[bool], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exec.json"
+    assert main(["bench", "--execution-only", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    ceiling = RUNS[0]["events_per_s"]
+    assert f"commit ceiling: {ceiling:,.0f} events/s" in text
+    assert f"{250.0 / ceiling:.4f}" in text  # entries/s over the ceiling
+    assert "p99 240 ms" in text and "Saturation" not in text
+    assert json.loads(out.read_text())["execution"]["fairness"]["neighbour_p99_ms"] == 240.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "exec.json"]
 
 
 def _texts(svg: str) -> list[str]:

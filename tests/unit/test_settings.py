@@ -38,7 +38,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert settings == Settings()
     assert settings.database.url == "postgresql://postgres@127.0.0.1:5432/postgres"
     assert settings.database.pool_min_size == 2
-    assert settings.database.pool_max_size == 8
+    assert settings.database.pool_max_size == 20
     assert settings.redis.url == "redis://127.0.0.1:6379/0"
     assert settings.pipeline.batch_size == 500
     assert settings.pipeline.lease_seconds == 30.0

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import psycopg
@@ -50,6 +50,7 @@ class Batch:
     newest: int | None = None  # the highest id claimed (held back or not; None: none)
     behind_floor: bool = False  # an event held back waits for one below the claim's floor
     settled: bool = False  # its commit was sent
+    left: int = 0  # positions not started within the batch's time budget (they go back)
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -137,7 +138,9 @@ def in_position_order(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
 
 
 class Outbox:
-    """Claims batches of events for one worker with row locks (FOR NO KEY UPDATE SKIP LOCKED).
+    """Claims batches of events for one worker with row locks (FOR NO KEY UPDATE SKIP LOCKED):
+    the oldest, and in a backlog other users' oldest too (fair to every user; see
+    :data:`OTHERS_PER_LIMIT`).
 
     The claim's transaction stays open while the batch is published and handled, and every
     settlement goes through it; it commits when the ``claim`` block ends and rolls back (the
@@ -170,6 +173,12 @@ class Outbox:
                 raise
 
 
+# A full claim (a backlog) also takes the oldest event of up to limit / OTHERS_PER_LIMIT users
+# it holds nothing of (schema/0016: outbox_claim_fair): one user's flood of events cannot
+# fill every claim while another user's wait.
+OTHERS_PER_LIMIT: Final = 5
+
+
 class ClaimChain:
     """Claims on one connection, each committing the batch before it in the same round trip.
 
@@ -177,7 +186,7 @@ class ClaimChain:
     ``...; COMMIT``, on the pool's autocommit connections). When the next claim is due as
     soon as a batch is done (a backlog, or events that came in meanwhile), the two are sent
     as one: ``SELECT outbox_mark_processed(...); COMMIT; BEGIN; SELECT * FROM
-    outbox_claim(...)``, one round trip where there were two. If the claim fails after the
+    outbox_claim_fair(...)``, one round trip where there were two. If the claim fails after the
     COMMIT, the earlier batch stays committed (the statements run in order).
     """
 
@@ -187,7 +196,8 @@ class ClaimChain:
 
     async def claim(self, limit: int, floor: int = 0) -> Batch:
         """Commit the open batch (if any) and claim the next, in one round trip."""
-        query = q("claim_begin") % {"floor": int(floor), "limit": int(limit)}
+        others = max(1, int(limit) // OTHERS_PER_LIMIT)
+        query = q("claim_begin") % {"floor": int(floor), "limit": int(limit), "others": others}
         before = 1  # BEGIN's result
         if self.open is not None:
             settlement, results = self.open.settlement()

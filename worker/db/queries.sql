@@ -7,8 +7,9 @@
 -- psycopg.sql literals (composing those cost more than the rest of a small claim).
 
 -- name: claim_begin
--- Open the claim's transaction and claim a batch (schema/0011: outbox_claim).
-BEGIN; SELECT * FROM outbox_claim(%(floor)d, %(limit)d)
+-- Open the claim's transaction and claim a batch: the oldest events and, in a backlog, other
+-- users' oldest (schema/0016: outbox_claim_fair).
+BEGIN; SELECT * FROM outbox_claim_fair(%(floor)d, %(limit)d, %(others)d)
 
 -- name: mark_processed
 -- ids: comma-separated integers, formatted by outbox.Batch from event ids.

@@ -59,5 +59,5 @@ def add_execution_handlers(registry: Registry, engine: Engine) -> None:
     async def request(event: Event) -> None:
         await _patiently(engine.handle_request, event.position_id, str(event.data["request_id"]))
 
-    registry.add("execution_entry", position_created, enter)
-    registry.add("execution_request", request_recorded, request)
+    registry.add("execution_entry", position_created, enter, slow=True)
+    registry.add("execution_request", request_recorded, request, slow=True)

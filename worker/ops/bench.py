@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from worker.db.migrate import migrate
+from worker.ops.bench_execution import ExecutionBench, ExecutionPlan
 from worker.ops.bench_measure import (
     match_latencies,
     percentile,
@@ -71,25 +72,49 @@ class Plan:
 
 
 class Bench:
-    def __init__(self, admin_url: str, redis_url: str, plan: Plan, say: Callable[[str], None]):
+    def __init__(
+        self,
+        admin_url: str,
+        redis_url: str,
+        plan: Plan,
+        say: Callable[[str], None],
+        worker_python: str | None = None,
+    ):
         self.admin_url, self.redis_url, self.plan, self.say = admin_url, redis_url, plan, say
+        # another checkout's interpreter (``bench --worker-python``): its workers are measured,
+        # on databases its own ``migrate`` made
+        self.worker_python = worker_python
         self.redis = redis.Redis.from_url(redis_url)
         self.tmp = Path(tempfile.mkdtemp(prefix="pw-bench-"))
         self._n = 0
 
     # -- databases and streams ---------------------------------------------------------
     def fresh_db(self) -> str:
+        url = self.empty_db()
+        prepare_database(url, self.plan.positions)
+        self._clear_streams()
+        self._checkpoint()
+        return url
+
+    def empty_db(self) -> str:
+        """A new database with the schema of the workers under test, nothing in it."""
         self._n += 1
         name = f"pw_bench_{os.getpid()}_{self._n}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')
         url = urlsplit(self.admin_url)._replace(path=f"/{name}").geturl()
-        migrate(url)
-        prepare_database(url, self.plan.positions)
+        if self.worker_python is None:
+            migrate(url)
+        else:
+            cmd = [self.worker_python, "-m", "worker", "migrate"]
+            env = {**os.environ, "DATABASE_URL": url}
+            subprocess.run(cmd, check=True, env=env, cwd=self.tmp, capture_output=True)
+        return url
+
+    def checkpoint(self) -> None:
         self._clear_streams()
         self._checkpoint()
-        return url
 
     def _checkpoint(self) -> None:
         """Start every phase from a fresh checkpoint: the earlier phases write gigabytes of
@@ -167,10 +192,7 @@ class Bench:
             # the bench measures the event pipeline; its positions are driven by the load
             "POSITION_WORKER__EXECUTION__ENABLED": "false",
         }
-        procs = [
-            WorkerProcess(env, self.tmp / f"worker-{self._n}-{i}.log", keep_lines=False)
-            for i in range(count)
-        ]
+        procs = [self.worker_process(env, f"worker-{self._n}-{i}") for i in range(count)]
         for proc in procs:
             proc.start(args=("run",))
         try:
@@ -179,6 +201,13 @@ class Bench:
             for proc in procs:
                 proc.signal(15)
                 proc.wait(60)
+
+    def worker_process(self, env: dict[str, str], name: str) -> WorkerProcess:
+        """A worker of the checkout under test, logging to a file of the bench's."""
+        log = self.tmp / f"{name}.log"
+        if self.worker_python is None:
+            return WorkerProcess(env, log, keep_lines=False)
+        return WorkerProcess(env, log, keep_lines=False, python=self.worker_python, cwd=self.tmp)
 
     # -- phases -------------------------------------------------------------------------
     def ceiling(self) -> dict[str, Any]:
@@ -274,16 +303,33 @@ class Bench:
 
 
 def run_bench(
-    database_url: str | None, redis_url: str | None, quick: bool, say: Callable[[str], None]
+    database_url: str | None,
+    redis_url: str | None,
+    quick: bool,
+    say: Callable[[str], None],
+    *,
+    execution: str = "off",
+    worker_python: str | None = None,
 ) -> dict[str, Any]:
-    """Run every phase; start embedded servers for whatever URL is not given."""
+    """Run every phase; start embedded servers for whatever URL is not given.
+    ``execution``: ``off``, ``also`` (the execution phase after the others) or ``only``
+    (the commit ceiling and the execution phase); ``worker_python``: measure the workers
+    of the checkout whose interpreter this is."""
     pg = None if database_url else EmbeddedPostgres(durable=True).start()
     rd = None if redis_url else EmbeddedRedis().start()
     try:
         admin = database_url or (pg.url if pg else "")
-        bench = Bench(admin, redis_url or (rd.url if rd else ""), Plan.for_mode(quick), say)
+        plan = Plan.for_mode(quick)
+        bench = Bench(admin, redis_url or (rd.url if rd else ""), plan, say, worker_python)
         try:
-            results = bench.run()
+            if execution == "only":
+                say("ceiling: commits with the NOTIFY trigger, nobody listening ...")
+                results: dict[str, Any] = {"plan": plan.__dict__, "saturation": [bench.ceiling()]}
+            else:
+                results = bench.run()
+            if execution != "off":
+                runner = ExecutionBench(bench, ExecutionPlan.for_mode(quick))
+                results["execution"] = runner.run()
         finally:
             bench.drop_dbs()
         results["servers"] = _server_versions(admin, bench.redis)

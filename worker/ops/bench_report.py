@@ -42,6 +42,48 @@ def round_ratios(runs: list[dict[str, Any]], system: str, base: str) -> list[flo
 
 
 def render(results: dict[str, Any]) -> str:
+    """The whole report: the pipeline's phases (when they ran), the execution phase (when
+    it ran), the servers."""
+    parts = [render_pipeline(results)] if "fixed_rate" in results else []
+    if "execution" in results:
+        ceilings = [r["events_per_s"] for r in results["saturation"] if r["system"] == "ceiling"]
+        parts.append(render_execution(results["execution"], statistics.median(ceilings)))
+    servers = results.get("servers", {})
+    parts.append(
+        f"\nservers: PostgreSQL {servers.get('postgresql')}, Redis-compatible "
+        f"{servers.get('redis')}, {servers.get('cpus')} CPUs."
+    )
+    return "\n".join(parts)
+
+
+def render_execution(execution: dict[str, Any], ceiling: float) -> str:
+    """Bursts of paper positions, and the fairness figure, beside the commit ceiling."""
+    plan = execution["plan"]
+    lines = [
+        "",
+        f"Execution (paper; {plan['positions']:,} positions, one per user, committed in one "
+        "transaction; times from the events' occurred_at)",
+        f"commit ceiling: {_f(ceiling, 0)} events/s",
+        f"{'system':<12}{'entries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'refused':>9}"
+        f"{'exits/s':>9}{'exit p99':>10}{'entries/ceiling':>17}",
+    ]
+    for r in execution["bursts"]:
+        lines.append(
+            f"{r['system']:<12}{_f(r['entries_per_s'], 0):>10}{_f(r['entry_p50_ms'], 0):>9}"
+            f"{_f(r['entry_p99_ms'], 0):>9}{_f(r['refused']):>9}{_f(r['exits_per_s'], 0):>9}"
+            f"{_f(r['exit_p99_ms'], 0):>10}{r['entries_per_s'] / ceiling:>17.4f}"
+        )
+    f = execution["fairness"]
+    lines.append(
+        f"fairness: one user commits {f['flood']:,} positions at once, another then enters "
+        f"{f['neighbour_entries']} one after the other: the neighbour's created->entry p50 "
+        f"{_f(f['neighbour_p50_ms'], 0)} ms, p99 {_f(f['neighbour_p99_ms'], 0)} ms "
+        f"(the flood took {_f(f['flood_seconds'], 2)} s)"
+    )
+    return "\n".join(lines)
+
+
+def render_pipeline(results: dict[str, Any]) -> str:
     runs = results["saturation"]
     rounds = len({r.get("round", 1) for r in runs})
     lines = [
@@ -106,11 +148,9 @@ def render(results: dict[str, Any]) -> str:
                 f"  {name}/naive = {statistics.median(to_naive):.2f}   "
                 f"{name}/ceiling = {statistics.median(to_ceiling):.2f}{each}"
             )
-    servers = results.get("servers", {})
     lines += [
         "",
-        f"servers: PostgreSQL {servers.get('postgresql')}, Redis-compatible "
-        f"{servers.get('redis')}, {servers.get('cpus')} CPUs. Latency = stream entry id "
-        "time (1 ms resolution) - time the load generator's COMMIT returned.",
+        "Latency = stream entry id time (1 ms resolution) - time the load generator's COMMIT"
+        " returned.",
     ]
     return "\n".join(lines)

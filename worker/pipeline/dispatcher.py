@@ -5,9 +5,11 @@ least every ``poll_interval`` seconds. For each batch, claimed with row locks in
 transaction (oldest first, in per-position order; see :class:`worker.db.outbox.Outbox`):
 
 1. publish every event to its streams in one pipelined round trip (idempotent);
-2. run the handlers of each event in order (worker/pipeline/handling.py); the first failure
-   of a position's event stops that position's later events in the batch (they stay
-   pending, to keep per-position order);
+2. run the handlers of each event in order (worker/pipeline/handling.py), positions at the
+   same time in turns across users; the first failure of a position's event stops that
+   position's later events in the batch (they stay pending, to keep per-position order);
+   a flooding user's positions not started within the batch's time budget stay pending
+   too, and the next claim follows at once;
 3. mark the handled events processed in one statement and commit; failed ones get a retry
    delay and, after ``max_attempts``, are parked as dead, in the same transaction. When the
    next claim is due at once (a backlog, or events that came in meanwhile), the commit and
@@ -181,6 +183,7 @@ class Dispatcher:
             while True:
                 batch, full = await self._claim(chain, tg)
                 await self._process(batch)
+                full = full or batch.left > 0  # positions went back: claim again at once
                 now = time.monotonic()
                 if not self.schedule.chain_next(now, full=full, retry_soon=batch.retry_soon):
                     return batch, full

@@ -1,7 +1,10 @@
 """Running a claimed batch's handlers and settling each event in its claim.
 
 The handlers of each event run in order; the first failure of a position's event stops that
-position's later events in the batch (they stay pending, to keep per-position order). An
+position's later events in the batch (they stay pending, to keep per-position order).
+Different positions run at the same time, in turns across users (worker/pipeline/turns.py):
+up to ``pipeline.position_concurrency`` positions at once in the process, at most
+``pipeline.user_concurrency`` of one user's, so one user's flood cannot take every slot. An
 event whose handlers all succeed is marked processed; a handler that raises RetryLater
 defers it by the delay it names; any other failure gets a retry delay and, after
 ``max_attempts``, parks the event as dead (``handler_failed`` / ``event_dead``, with the
@@ -12,11 +15,16 @@ event's: it defers the event without counting an attempt and is waited out
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from worker.db.outbox import Batch
 from worker.driver_errors import outage_of
@@ -25,6 +33,7 @@ from worker.events import Event, MalformedEvent, event_from_row, retry_delay
 from worker.metrics import Metrics
 from worker.pipeline.handlers import Registry
 from worker.pipeline.outages import Outages, OutageState
+from worker.pipeline.turns import Run, in_turns
 from worker.settings import PipelineSettings
 
 
@@ -48,24 +57,142 @@ def parsed(rows: Sequence[dict[str, Any]]) -> list[Event | Unreadable]:
     return items
 
 
+Counts = dict[str, int]
+
+
+@dataclass(slots=True)
+class Turns:
+    """One batch's turns: when its budget runs out, how many were left, and the events
+    handled by kind."""
+
+    until: float  # monotonic seconds: no user's later position starts after this
+    left: int = 0
+    by_kind: Counts = field(default_factory=dict)
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of a task group's (nested groups looked into)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+class UserSlots:
+    """At most ``per_user`` positions of one user handled at once; a user's limiter lives
+    while one of their positions holds or waits for it."""
+
+    def __init__(self, per_user: int) -> None:
+        self.per_user = per_user
+        self._limiters: dict[str, tuple[anyio.CapacityLimiter, int]] = {}
+
+    @asynccontextmanager
+    async def slot(self, user_id: str) -> AsyncIterator[None]:
+        limiter, users = self._limiters.get(user_id, (None, 0))
+        if limiter is None:
+            limiter = anyio.CapacityLimiter(self.per_user)
+        self._limiters[user_id] = (limiter, users + 1)
+        try:
+            async with limiter:
+                yield
+        finally:
+            limiter, users = self._limiters[user_id]
+            if users == 1:
+                del self._limiters[user_id]
+            else:
+                self._limiters[user_id] = (limiter, users - 1)
+
+    @property
+    def users(self) -> int:
+        """Users with a position handled or waiting."""
+        return len(self._limiters)
+
+
 class HandlerRunner:
     def __init__(
         self, handlers: Registry, cfg: PipelineSettings, *, metrics: Metrics, log: Any
     ) -> None:
         self.handlers, self.cfg, self.metrics, self.log = handlers, cfg, metrics, log
+        # shared by every batch in flight (the dispatcher's drainers): process-wide bounds
+        self.slots = anyio.CapacityLimiter(cfg.position_concurrency)
+        self.users = UserSlots(cfg.user_concurrency)
         self.outages = Outages(cap=cfg.reconnect_max_seconds)
         self._rng = random.Random()
         self._kind_counters: dict[str, Any] = {}
 
     async def run(self, batch: Batch, items: Sequence[Event | Unreadable]) -> int:
-        """How many were handled; after a failure the position's later events wait (an
+        """How many were handled. Each position's events run in order, in turns across users
+        (worker/pipeline/turns.py): the positions with a slow handler (an exchange's) at
+        the same time, up to ``position_concurrency`` at once in the process and
+        ``user_concurrency`` of one user's; the others one after another meanwhile (their
+        handlers are quick: a task each would cost more than it saves). After
+        ``batch_budget_seconds`` a slow position of a user whose slots are all taken, or
+        beyond the user's first ``user_concurrency`` in the batch, does not start: those
+        left (``batch.left``) go back to the outbox when the claim commits, and the next
+        claim takes them in turn with other users' events."""
+        turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds)
+        runs = in_turns(items)
+        slow: list[Run[Event | Unreadable]] = []
+        quick: list[Run[Event | Unreadable]] = []
+        for run in runs:
+            (slow if self._slow(run) else quick).append(run)
+        if len(slow) <= 1 or self.slots.total_tokens == 1:
+            for run in runs:
+                await self._run_position(batch, run, turns.by_kind)
+        else:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for run in slow:
+                        tg.start_soon(self._take_turn, batch, run, turns)
+                    for run in quick:  # meanwhile, one after another
+                        await self._run_position(batch, run, turns.by_kind)
+            except BaseExceptionGroup as group:
+                # a settlement failed (the claim's connection broke: every turn's alike): the
+                # claim above sees that one error, as when the turns ran one at a time
+                raise first_error(group) from None
+        batch.left = turns.left
+        for kind, count in turns.by_kind.items():
+            self._processed_by_kind(kind).inc(count)
+        return sum(turns.by_kind.values())
+
+    def _slow(self, run: Run[Event | Unreadable]) -> bool:
+        """Whether a handler of the run's events waits on I/O for long (an exchange)."""
+        return any(
+            handler.slow
+            for item in run.items
+            if isinstance(item, Event)
+            for handler in self.handlers.for_event(item)
+        )
+
+    async def _take_turn(self, batch: Batch, run: Run[Event | Unreadable], turns: Turns) -> None:
+        """A slow position's run, once its user and the process have a slot free. Once the
+        batch's budget is spent (``batch_budget_seconds``) the run is left for the next
+        claim when its user still has no slot free (their other positions, in this batch or
+        another, hold them all), or when it is one of a user's positions beyond their first
+        ``user_concurrency`` in the batch."""
+        budget = self.cfg.batch_budget_seconds > 0
+        late = budget and run.turn >= self.cfg.user_concurrency
+        async with contextlib.AsyncExitStack() as slots:
+            ready = False
+            with anyio.move_on_after(turns.until - time.monotonic() if budget else math.inf):
+                await slots.enter_async_context(self.users.slot(run.user_id))
+                ready = True
+            if not ready:
+                turns.left += 1
+                return
+            await slots.enter_async_context(self.slots)
+            if late and time.monotonic() > turns.until:
+                turns.left += 1
+                return
+            await self._run_position(batch, run, turns.by_kind)
+
+    async def _run_position(
+        self, batch: Batch, run: Run[Event | Unreadable], by_kind: Counts
+    ) -> None:
+        """A position's events in order; after a failure its later events wait (an
         unreadable one too: parked only in its turn, so it never lets a later event of its
         position overtake an earlier one that failed)."""
-        by_kind: dict[str, int] = {}
-        blocked: set[str] = set()
-        for item in items:
-            if item.position_id in blocked:
-                continue
+        for item in run.items:
             if isinstance(item, Unreadable):
                 self.log.error("event_unreadable", event_id=item.event_id, error=item.error)
                 self.metrics.events_dead.inc()
@@ -74,10 +201,7 @@ class HandlerRunner:
                 await batch.handled(item.event_id)
                 by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
             else:
-                blocked.add(item.position_id)
-        for kind, count in by_kind.items():
-            self._processed_by_kind(kind).inc(count)
-        return sum(by_kind.values())
+                return
 
     async def _handle(self, batch: Batch, event: Event) -> bool:
         """Run the event's handlers in order; False when one did not succeed (the event is

@@ -28,9 +28,11 @@ class WorkerProcess:
         *,
         keep_lines: bool = True,
         module: str = "worker",  # what `python -m` runs (recovery tests: an armed worker)
+        python: str = sys.executable,  # another checkout's interpreter (the bench's baseline)
+        cwd: Path | None = None,  # where it runs: `python -m` imports from there first
     ) -> None:
         self.env = {**os.environ, **env, "POSITION_WORKER__LOG__FORMAT": "json"}
-        self.module = module
+        self.module, self.python, self.cwd = module, python, cwd
         self.log_path = log_path
         self.keep_lines = keep_lines
         self.process: subprocess.Popen[str] | None = None
@@ -67,8 +69,9 @@ class WorkerProcess:
 
     def _spawn(self, args: tuple[str, ...], stdout: Any) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", self.module, *args],
+            [self.python, "-m", self.module, *args],
             env=self.env,
+            cwd=self.cwd,
             stdout=stdout,
             stderr=subprocess.STDOUT,
             text=True,

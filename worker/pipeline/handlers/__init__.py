@@ -26,16 +26,21 @@ class Handler:
     name: str
     matches: Predicate
     handle: HandlerFunc
+    # waits on I/O for long (an exchange): its positions run at the same time as others'
+    # (worker/pipeline/handling.py); the others' run one after another, in the claim's task
+    slow: bool = False
 
 
 @dataclass(slots=True)
 class Registry:
     handlers: list[Handler] = field(default_factory=list)
 
-    def add(self, name: str, matches: Predicate, handle: HandlerFunc) -> None:
+    def add(
+        self, name: str, matches: Predicate, handle: HandlerFunc, *, slow: bool = False
+    ) -> None:
         if any(h.name == name for h in self.handlers):
             raise ValueError(f"handler {name} is registered twice")
-        self.handlers.append(Handler(name, matches, handle))
+        self.handlers.append(Handler(name, matches, handle, slow))
 
     def for_event(self, event: Event) -> list[Handler]:
         return [h for h in self.handlers if h.matches(event)]
