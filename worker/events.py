@@ -196,6 +196,11 @@ def notification_for(event: Event) -> dict[str, str] | None:
     if title is None:
         return None
     values = {**event.data, "symbol": event.symbol, "side": side, "quantity": qty}
+    return _notice(event, severity, title, message.format_map(_Missing(values)))
+
+
+def _notice(event: Event, severity: str, title: str, message: str) -> dict[str, str]:
+    """A notification about ``event``'s position, of the event's own type."""
     return {
         "event_id": str(event.event_id),
         "type": event.type,
@@ -204,7 +209,7 @@ def notification_for(event: Event) -> dict[str, str] | None:
         "symbol": event.symbol,
         "severity": severity,
         "title": title,
-        "message": message.format_map(_Missing(values)),
+        "message": message,
         "occurred_at": event.occurred_iso,
     }
 
@@ -253,17 +258,7 @@ def _protection_notification(event: Event) -> dict[str, str] | None:
         message = f"{event.symbol}: the exchange holds the position's protective orders again."
     else:
         return None  # protected on the exchange from the start: nothing to tell
-    return {
-        "event_id": str(event.event_id),
-        "type": event.type,
-        "position_id": event.position_id,
-        "user_id": event.user_id,
-        "symbol": event.symbol,
-        "severity": severity,
-        "title": title,
-        "message": message,
-        "occurred_at": event.occurred_iso,
-    }
+    return _notice(event, severity, title, message)
 
 
 class _Missing(dict[str, Any]):

@@ -54,7 +54,12 @@ LAYERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 
 # Modules only the named modules (and their own package) may import. The tests may too.
 ONLY_IMPORTED_BY: Final = {
-    "worker.testing": ("worker.ops.demo", "worker.ops.bench", "worker.ops.bench_binance"),
+    "worker.testing": (
+        "worker.ops.demo",
+        "worker.ops.bench",
+        "worker.ops.bench_binance",
+        "worker.ops.bench_fills",
+    ),
 }
 
 # Pure modules: no I/O, no clock (the time is passed in), no driver. They import only other
