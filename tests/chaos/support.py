@@ -150,10 +150,14 @@ class Crashes(list[BaseException]):
 @asynccontextmanager
 async def engine_worker(settings: Settings, fake: FakeBinance) -> AsyncIterator[Crashes]:
     """The worker in-process with the engine on the fake Binance, as
-    ``tests.execution_support.live_worker`` runs it, except that a crash of the worker is
-    recorded rather than raised into the scenario, which then reports it."""
+    ``tests.execution_support.live_worker`` runs it (fills pushed over the fake's user data
+    stream), except that a crash of the worker is recorded rather than raised into the
+    scenario, which then reports it."""
     crashes = Crashes()
-    async with BinanceClient(KEY, SECRET, base_url=fake.base_url, timeout_s=2.0) as client:
+    client = BinanceClient(
+        KEY, SECRET, base_url=fake.base_url, timeout_s=2.0, ws_api_url=fake.ws_api_url
+    )
+    async with client:
         app = App(settings, handle_signals=False, router=ExchangeRouter(None, client))
 
         async def run(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
