@@ -184,7 +184,7 @@ class UserStreams:
             async with translated_errors():
                 return await action(*args)
         except PositionBusy:
-            pass  # somebody is on it right now
+            return None  # its holder drives the order, and records what this update says
         except (DatabaseUnavailable, ExchangeError) as exc:
             log.warning("user_stream_update_failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
