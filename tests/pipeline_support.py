@@ -85,6 +85,18 @@ def burst(db_url: str, changes: int, seed: int = 1) -> int:
     return done
 
 
+def backlog(db_url: str, changes: int, seed: int = 1) -> int:
+    """Commit at least ``changes`` position events in ONE transaction: the worker meets them
+    as a backlog (full claims), which makes it poll with its wake-ups paused."""
+    rng = random.Random(seed)
+    done = 0
+    with psycopg.connect(db_url) as conn, conn.transaction():
+        owner = seed_owner(conn)
+        while done < changes:
+            done += _one_position(conn, owner, rng.choice(PATHS))
+    return done
+
+
 def _one_position(conn: psycopg.Connection[Any], owner: Owner, path: tuple[str, ...]) -> int:
     pid = uuid.uuid4()
     conn.execute(

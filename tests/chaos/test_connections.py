@@ -28,7 +28,13 @@ from tests.chaos.support import (
     terminate_backends,
     with_app_name,
 )
-from tests.pipeline_support import assert_exactly_once_in_order, burst, stream_entries, worker_env
+from tests.pipeline_support import (
+    assert_exactly_once_in_order,
+    backlog,
+    burst,
+    stream_entries,
+    worker_env,
+)
 from tests.waits import wait_until
 
 pytestmark = pytest.mark.slow
@@ -75,7 +81,12 @@ def test_terminated_connections_under_load_lose_and_duplicate_nothing(
         target = ("listener", "pool", "both")[i % 3]
         terminated += terminate_backends(pg_admin_url, db_url, TARGETS[target])
         i += 1
-    committed = load.stop()
+    # a backlog (full claims) makes the worker poll with its wake-ups paused: one more cut
+    # of the listener lands in that state (the load's bursts of 20 may or may not have)
+    committed = backlog(db_url, 1_000, seed=3)
+    wait_until(lambda: proc.logged("wakeups_paused") >= 1, timeout=30)
+    terminated += terminate_backends(pg_admin_url, db_url, TARGETS["listener"])
+    committed += load.stop()
     wait_until(lambda: pending(db_url) == 0, timeout=60)
     recover_s = _recovery(db_url, seed=20)
     # every cut of the listener makes it reconnect by itself (a paused one once it probes)
@@ -96,9 +107,6 @@ def test_terminated_connections_under_load_lose_and_duplicate_nothing(
     assert cut.events >= committed > 0
     assert cut.published == cut.events
     assert terminated[LISTENER] >= 5 and terminated[POOL] >= 5, terminated
-    # the load's bursts of 20 events make the worker poll with its wake-ups paused at
-    # times, so some of the cuts above land in that state too
-    assert proc.logged("wakeups_paused") >= 1
     assert fleet.alive(proc), "the worker died:\n" + "".join(proc.lines[-20:])
     assert proc.logged("listener_reconnecting") >= terminated[LISTENER]
     assert_exactly_once_in_order(db_url, redis_url)
