@@ -72,6 +72,9 @@ class PipelineSettings:
     # those at most this many of one user's: one user's flood cannot take every slot
     position_concurrency: int = 16
     user_concurrency: int = 4
+    # handlers that take many events at once do (a claim's entries: one transaction for
+    # all); false: every event is handled one by one
+    batch_handlers: bool = True
     # after this long a batch starts none of a user's positions beyond their first
     # user_concurrency (0: no limit): those go back to the outbox at its commit, and the
     # next claim takes them in turn with other users' events

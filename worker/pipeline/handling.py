@@ -31,6 +31,7 @@ from worker.driver_errors import outage_of
 from worker.errors import Outage, RetryLater
 from worker.events import Event, MalformedEvent, event_from_row, retry_delay
 from worker.metrics import Metrics
+from worker.pipeline.batches import Prepared, prepare
 from worker.pipeline.handlers import Registry
 from worker.pipeline.outages import Outages, OutageState
 from worker.pipeline.turns import Run, in_turns
@@ -68,6 +69,7 @@ class Turns:
     until: float  # monotonic seconds: no user's later position starts after this
     left: int = 0
     by_kind: Counts = field(default_factory=dict)
+    prepared: Prepared = field(default_factory=dict)  # batch handlers' results (batches.py)
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -130,22 +132,26 @@ class HandlerRunner:
         beyond the user's first ``user_concurrency`` in the batch, does not start: those
         left (``batch.left``) go back to the outbox when the claim commits, and the next
         claim takes them in turn with other users' events."""
-        turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds)
         runs = in_turns(items)
+        prepared: Prepared = {}
+        if self.cfg.batch_handlers and not self.outages.by_target:  # else each event first
+            # asks whether to wait an outage out
+            prepared = await prepare(self.handlers, runs, self.cfg.user_concurrency, self.log)
+        turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds, prepared=prepared)
         slow: list[Run[Event | Unreadable]] = []
         quick: list[Run[Event | Unreadable]] = []
         for run in runs:
-            (slow if self._slow(run) else quick).append(run)
+            (slow if self._slow(run, prepared) else quick).append(run)
         if len(slow) <= 1 or self.slots.total_tokens == 1:
             for run in runs:
-                await self._run_position(batch, run, turns.by_kind)
+                await self._run_position(batch, run, turns)
         else:
             try:
                 async with anyio.create_task_group() as tg:
                     for run in slow:
                         tg.start_soon(self._take_turn, batch, run, turns)
                     for run in quick:  # meanwhile, one after another
-                        await self._run_position(batch, run, turns.by_kind)
+                        await self._run_position(batch, run, turns)
             except BaseExceptionGroup as group:
                 # a settlement failed (the claim's connection broke: every turn's alike): the
                 # claim above sees that one error, as when the turns ran one at a time
@@ -155,10 +161,11 @@ class HandlerRunner:
             self._processed_by_kind(kind).inc(count)
         return sum(turns.by_kind.values())
 
-    def _slow(self, run: Run[Event | Unreadable]) -> bool:
-        """Whether a handler of the run's events waits on I/O for long (an exchange)."""
+    def _slow(self, run: Run[Event | Unreadable], prepared: Prepared) -> bool:
+        """Whether a handler of the run's events waits on I/O for long (an exchange), and
+        has not run already in a batch."""
         return any(
-            handler.slow
+            handler.slow and (handler.name, item.event_id) not in prepared
             for item in run.items
             if isinstance(item, Event)
             for handler in self.handlers.for_event(item)
@@ -184,11 +191,9 @@ class HandlerRunner:
             if late and time.monotonic() > turns.until:
                 turns.left += 1
                 return
-            await self._run_position(batch, run, turns.by_kind)
+            await self._run_position(batch, run, turns)
 
-    async def _run_position(
-        self, batch: Batch, run: Run[Event | Unreadable], by_kind: Counts
-    ) -> None:
+    async def _run_position(self, batch: Batch, run: Run[Event | Unreadable], turns: Turns) -> None:
         """A position's events in order; after a failure its later events wait (an
         unreadable one too: parked only in its turn, so it never lets a later event of its
         position overtake an earlier one that failed)."""
@@ -197,17 +202,18 @@ class HandlerRunner:
                 self.log.error("event_unreadable", event_id=item.event_id, error=item.error)
                 self.metrics.events_dead.inc()
                 await batch.mark_dead(item.event_id, f"unreadable: {item.error}")
-            elif await self._handle(batch, item):
+            elif await self._handle(batch, item, turns.prepared):
                 await batch.handled(item.event_id)
-                by_kind[item.kind] = by_kind.get(item.kind, 0) + 1
+                turns.by_kind[item.kind] = turns.by_kind.get(item.kind, 0) + 1
             else:
                 return
 
-    async def _handle(self, batch: Batch, event: Event) -> bool:
+    async def _handle(self, batch: Batch, event: Event, prepared: Prepared) -> bool:
         """Run the event's handlers in order; False when one did not succeed (the event is
         deferred or failed, and its position's later events wait). Whether a handler that
         met an outage is still waiting it out is decided before any of the event's handlers
-        runs, so the ones before it (the audit log) do not repeat themselves."""
+        runs, so the ones before it (the audit log) do not repeat themselves. A handler
+        that ran in a batch (``prepared``) is not called again: its result counts."""
         handlers = self.handlers.for_event(event)
         if self.outages.by_target:
             now = time.monotonic()
@@ -218,7 +224,13 @@ class HandlerRunner:
                     return False
         for handler in handlers:
             try:
-                await handler.handle(event)
+                key = (handler.name, event.event_id)
+                if key in prepared:
+                    result = prepared.pop(key)
+                    if result is not None:
+                        raise result
+                else:
+                    await handler.handle(event)
             except RetryLater as exc:
                 self.log.warning(
                     "event_deferred",
