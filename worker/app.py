@@ -53,7 +53,7 @@ from worker.logs import get_logger
 from worker.metrics import POSITIONS_SAMPLE_SECONDS, Metrics
 from worker.pipeline.dispatcher import Dispatcher
 from worker.pipeline.handlers import Registry, any_event, position_opened
-from worker.pipeline.handlers.ai_monitoring import make_start_monitoring
+from worker.pipeline.handlers.ai_monitoring import make_start_monitoring, make_start_monitoring_many
 from worker.pipeline.handlers.audit_log import make_audit_log
 from worker.pipeline.listener import KEEPALIVES, Listener
 from worker.pipeline.streams import RedisClient, StreamPublisher
@@ -239,7 +239,11 @@ class App:
         registry = Registry()
         registry.add("audit_log", any_event, make_audit_log(self.log))
         registry.add(
-            "ai_monitoring", position_opened, make_start_monitoring(pool, self.log), slow=True
+            "ai_monitoring",
+            position_opened,
+            make_start_monitoring(pool, self.log),
+            slow=True,
+            batch=make_start_monitoring_many(pool, self.log),
         )
         if self.engine is not None:
             add_execution_handlers(registry, self.engine)
@@ -294,6 +298,7 @@ class App:
                 crash_point=self.crash_point,
                 risk=s.risk,
                 lost_after_s=s.execution.lost_order_seconds,
+                send_concurrency=max(1, positions_within_pool(s).position_concurrency // 2),
             )
             self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
         outbox = Outbox(outbox_pool, s.pipeline.lease_seconds)

@@ -371,9 +371,15 @@ def _assert_figures(db_url: str, pid: uuid.UUID, want: Outcome) -> None:
 
 
 async def _crash_then_restart(
-    env: dict[str, str], tmp_path: Path, point: str, before_crash: Callable[[], Awaitable[None]]
+    env: dict[str, str],
+    tmp_path: Path,
+    point: str,
+    before_crash: Callable[[], Awaitable[None]],
+    *,
+    logged_first: str | None = None,
 ) -> WorkerProcess:
-    """Run a worker armed with ``point`` until it SIGKILLs itself there; start a clean one."""
+    """Run a worker armed with ``point`` until it SIGKILLs itself there (having logged
+    ``logged_first`` before, when given); start a clean one."""
     first = armed_worker({**env, CRASH_AT: point}, tmp_path / "first.log").start()
     try:
         await before_crash()
@@ -383,6 +389,8 @@ async def _crash_then_restart(
     assert code == -signal.SIGKILL, f"worker exited with {code}, not killed at {point}"
     assert first.logged("crash_point_reached") == 1
     assert any(f'"point": "{point}"' in line for line in first.lines)
+    if logged_first is not None:
+        assert first.logged(logged_first) >= 1, f"no {logged_first}:\n" + "".join(first.lines[-40:])
     return WorkerProcess(env, tmp_path / "second.log").start()
 
 
@@ -417,6 +425,39 @@ async def test_kill_9_at_each_step_then_restart_converges(
         assert_matches_exchange(db_url, fake, pid)
 
 
+async def _nothing() -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    "point", ["entry.committed", "entry.sent", "entry.recording", "entry.settled"]
+)
+async def test_kill_9_in_a_batch_of_entries_then_restart_converges(
+    db_url: str, redis_url: str, fake: FakeBinance, tmp_path: Path, point: str
+) -> None:
+    """Five positions (three live, two paper) committed before the worker starts: its first
+    claim enters them together (worker/execution/entry_batch.py), and it is killed at
+    ``point``, reached once for the whole batch (at ``entry.settled``: after the first
+    position's recording, before its protection). A clean worker brings every one of them
+    to what one position alone reaches, with one exchange order per intent."""
+    pids: dict[uuid.UUID, bool] = {}
+    for paper in (False, False, False, True, True):
+        pids[new_position(db_url, **(PAPER if paper else LIVE))[1]] = paper
+    env = live_env(db_url, redis_url, fake)
+    second = await _crash_then_restart(env, tmp_path, point, _nothing, logged_first="entry_batch")
+    try:
+        await _converge(db_url, fake, pids, "entry", second)
+    finally:
+        second.kill()
+    for pid, paper in pids.items():
+        _assert_figures(db_url, pid, _outcome("entry", paper))
+        if paper:
+            _assert_paper_fills(db_url, fake, pid, point)
+        else:
+            assert_matches_exchange(db_url, fake, pid)
+    assert set(posts_by_client_id(fake).values()) == {1}
+
+
 def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str) -> None:
     """Paper orders never reach the fake; each fills exactly once in our records. The paper
     exchange keeps its orders in PostgreSQL: an order sent by the killed worker outlives it,
@@ -432,7 +473,9 @@ def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: s
         assert order["send_attempts"] == 1, (order["purpose"], point)
     with psycopg.connect(db_url) as conn:
         paper = conn.execute(
-            "SELECT client_order_id, status FROM paper_orders ORDER BY client_order_id"
+            "SELECT client_order_id, status FROM paper_orders WHERE client_order_id = ANY(%s)"
+            " ORDER BY client_order_id",
+            ([o["client_order_id"] for o in rows],),
         ).fetchall()
     assert paper == sorted((o["client_order_id"], "FILLED") for o in rows)
 

@@ -79,6 +79,30 @@ FROM user_risk_limits WHERE user_id = %(user_id)s
 -- One entry of a user checked against the limits at a time, across workers, until commit.
 SELECT pg_advisory_xact_lock(hashtextextended(%(user_id)s::text, 7367))
 
+-- name: risk_lock_users
+-- risk_lock_user for many users at once, in one order (two workers locking overlapping
+-- sets never wait on each other in a cycle).
+SELECT pg_advisory_xact_lock(hashtextextended(u, 7367))
+FROM (SELECT DISTINCT unnest(%(user_ids)s::text[]) AS u ORDER BY 1) AS users
+
+-- name: risk_overrides
+-- risk_override for many users: one row per user that has one.
+SELECT user_id, max_position_notional, max_open_positions, max_open_notional,
+       allowed_symbols, short_selling
+FROM user_risk_limits WHERE user_id = ANY(%(user_ids)s::uuid[])
+
+-- name: risk_exposures
+-- risk_exposure for many users at once, with each row's position id, user and kind (the
+-- caller leaves out the position being checked); at most `limit` rows per user and kind.
+SELECT id, user_id, live, symbol, entry_value, requested_quote, requested_quantity,
+       limit_price
+FROM (SELECT id, user_id, NOT coalesce(is_paper_trade, false) AS live, symbol, entry_value,
+             requested_quote, requested_quantity, limit_price,
+             row_number() OVER (PARTITION BY user_id, coalesce(is_paper_trade, false)) AS n
+      FROM positions
+      WHERE user_id = ANY(%(user_ids)s::uuid[]) AND status NOT IN ('closed', 'failed')) AS p
+WHERE n <= %(limit)s
+
 -- name: risk_exposure
 -- The user's positions that are not final, this one apart, with what each is worth so far:
 -- the filled entry value, else the requested quote, else the requested quantity (priced by

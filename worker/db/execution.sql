@@ -18,6 +18,25 @@ SELECT pg_try_advisory_lock(hashtextextended(%(position_id)s::text, 7365))
 -- name: exec_unlock_position
 SELECT pg_advisory_unlock(hashtextextended(%(position_id)s::text, 7365))
 
+-- name: exec_try_lock_positions
+-- exec_try_lock_position for many positions at once (a batch of entries): the ids locked
+-- now; the others are held elsewhere.
+SELECT id FROM unnest(%(position_ids)s::text[]) AS id
+WHERE pg_try_advisory_lock(hashtextextended(id, 7365))
+
+-- name: exec_unlock_positions
+SELECT pg_advisory_unlock(hashtextextended(id, 7365)) FROM unnest(%(position_ids)s::text[]) AS id
+
+-- name: exec_positions
+-- Positions (worker/execution/rows.py), in the order of the ids given.
+SELECT p.id, p.user_id, p.symbol, p.side, p.status, p.requested_quantity, p.requested_quote,
+       p.limit_price, p.stop_loss_price, p.take_profit_price, p.max_loss_usdt,
+       coalesce(p.is_paper_trade, false) AS is_paper_trade, p.held_quantity, p.entry_quantity,
+       p.entry_value, p.account_id, p.protection
+FROM unnest(%(position_ids)s::uuid[]) WITH ORDINALITY AS x(id, n)
+JOIN positions p ON p.id = x.id
+ORDER BY x.n
+
 -- name: exec_position
 -- A Position (worker/execution/rows.py).
 SELECT id, user_id, symbol, side, status, requested_quantity, requested_quote, limit_price,
@@ -49,6 +68,13 @@ WHERE o.position_id = %(position_id)s
   AND NOT EXISTS (SELECT 1 FROM worker_orders w WHERE w.id = o.id)
 ORDER BY o.created_at, o.id
 
+-- name: exec_foreign_orders_of_positions
+-- exec_foreign_orders_of_position for many positions at once.
+SELECT o.position_id, o.id FROM orders o
+WHERE o.position_id = ANY(%(position_ids)s::uuid[])
+  AND NOT EXISTS (SELECT 1 FROM worker_orders w WHERE w.id = o.id)
+ORDER BY o.position_id, o.created_at, o.id
+
 -- name: exec_insert_order
 -- The id is drawn by the worker: the client order id is made from it (client_order_id).
 INSERT INTO orders (id, position_id, user_id, client_order_id, symbol, side, type, quantity,
@@ -60,6 +86,35 @@ VALUES (%(id)s, %(position_id)s, %(user_id)s, %(client_order_id)s, %(symbol)s, %
 RETURNING id, position_id, client_order_id, binance_order_id, symbol, side, type, quantity,
           quote_quantity, price, stop_price, status, exchange_status, filled_quantity, purpose,
           is_paper_trade, request_id, send_attempts, missing_lookups, created_at
+
+-- name: exec_insert_entry_orders
+-- exec_insert_order for many new positions' entry orders, one row per array element (the
+-- ids drawn by the worker); then exec_positions_submitting moves their positions on.
+INSERT INTO orders (id, position_id, user_id, client_order_id, symbol, side, type, quantity,
+                    quote_quantity, price, status, purpose, is_paper_trade)
+SELECT id, position_id, user_id, client_order_id, symbol, side, type, quantity,
+       quote_quantity, price, 'created', 'entry', is_paper_trade
+FROM unnest(%(id)s::uuid[], %(position_id)s::uuid[], %(user_id)s::uuid[],
+            %(client_order_id)s::text[], %(symbol)s::text[], %(side)s::text[],
+            %(type)s::text[], %(quantity)s::numeric[], %(quote_quantity)s::numeric[],
+            %(price)s::numeric[], %(is_paper_trade)s::boolean[])
+     WITH ORDINALITY AS x(id, position_id, user_id, client_order_id, symbol, side, type,
+                          quantity, quote_quantity, price, is_paper_trade, n)
+ORDER BY n
+RETURNING id, position_id, client_order_id, binance_order_id, symbol, side, type, quantity,
+          quote_quantity, price, stop_price, status, exchange_status, filled_quantity, purpose,
+          is_paper_trade, request_id, send_attempts, missing_lookups, created_at
+
+-- name: exec_positions_submitting
+-- created -> submitting by compare-and-set, for many positions: the ids that moved.
+UPDATE positions SET status = 'submitting'
+WHERE id = ANY(%(position_ids)s::uuid[]) AND status = 'created'
+RETURNING id
+
+-- name: exec_bump_sends
+-- exec_bump_send for many orders at once.
+UPDATE orders SET send_attempts = send_attempts + 1, submitted_at = coalesce(submitted_at, now())
+WHERE id = ANY(%(order_ids)s::uuid[])
 
 -- name: exec_bump_send
 -- Committed before every send: from now on the order may exist on the exchange.

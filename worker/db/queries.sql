@@ -86,3 +86,9 @@ SELECT count(*) FROM orders WHERE status IN ('created', 'submitted', 'partially_
 UPDATE positions SET status = 'monitoring'
 WHERE id = %(position_id)s AND status = 'open'
 RETURNING id
+
+-- name: start_monitoring_many
+-- start_monitoring for many positions at once: the ids that moved.
+UPDATE positions SET status = 'monitoring'
+WHERE id = ANY(%(position_ids)s::uuid[]) AND status = 'open'
+RETURNING id::text

@@ -2,7 +2,7 @@
 position under that position's lock (``locks.py``).
 
 * :meth:`Engine.enter`: a new position is checked and its entry order recorded
-  (``entry.py``);
+  (``entry.py``); :meth:`Engine.enter_many`: many at once (``entry_batch.py``);
 * :meth:`Engine.handle_request`: an exit, partial exit or scale-in makes its order
   (``requests.py``);
 * :meth:`Engine.reconcile`: the watcher's pass over a position with an order in flight;
@@ -24,20 +24,25 @@ process there (``worker/testing/crashpoints.py``, run by ``worker/testing/armed_
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from worker.errors import WorkerError
 from worker.exchanges.base import OrderState
 from worker.exchanges.budget import Priority, urgent
 from worker.execution.context import Context, CrashPoint, no_crash_point
 from worker.execution.entry import Entry
+from worker.execution.entry_batch import EntryBatch
 from worker.execution.locks import (
     find_position,
     load_orders,
     load_position,
+    load_positions,
     locked,
+    locked_many,
     log_foreign_orders,
 )
 from worker.execution.orders import Driver
@@ -61,6 +66,7 @@ class Engine:
         crash_point: CrashPoint = no_crash_point,
         risk: RiskSettings | None = None,
         lost_after_s: float = 300.0,
+        send_concurrency: int = 8,
     ) -> None:
         self.pool, self.router = pool, router
         self.ctx = Context(
@@ -70,6 +76,9 @@ class Engine:
         self.protection = Protection(self.ctx, self.driver)
         self.entry = Entry(self.ctx)
         self.requests = Requests(self.ctx, self.protection)
+        self.entries = EntryBatch(
+            self.ctx, self.entry, self.driver, self.protection, send_concurrency=send_concurrency
+        )
 
     async def enter(self, position_id: str) -> None:
         """A new position: validate, record the entry order, send it, record the outcome."""
@@ -79,6 +88,20 @@ class Engine:
                 with urgent(Priority.ENTRY):  # its price and balance lookups: an entry's
                     position = await self.entry.start(conn, position)
             await self.drive_open_orders(conn, position)
+
+    async def enter_many(self, position_ids: Sequence[str]) -> dict[str, Exception | None]:
+        """:meth:`enter` for many new positions at once (``entry_batch.py``): each one's
+        result, None or what failed it. A position held elsewhere has none: its caller
+        waits for it as for :meth:`enter`."""
+        async with locked_many(self.pool, position_ids) as (conn, held):
+            positions = await load_positions(conn, held)
+            with urgent(Priority.ENTRY):
+                results = await self.entries.run(conn, positions, self.drive_open_orders)
+        missing = set(held) - {str(p.id) for p in positions}
+        out: dict[str, Exception | None] = {str(k): v for k, v in results.items()}
+        for position_id in missing:
+            out[position_id] = WorkerError(f"position {position_id} does not exist")
+        return out
 
     async def handle_request(self, position_id: str, request_id: str) -> None:
         """A request recorded for the position: make its order (refused or nothing to do:

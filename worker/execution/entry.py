@@ -33,7 +33,7 @@ class HasBalances(Protocol):
     async def free_balances(self) -> dict[str, Decimal]: ...
 
 
-class _Checked:
+class Checked:
     """A position that passed the checks before the transaction: what the risk check needs."""
 
     def __init__(self, exchange: Exchange, rules: SymbolRules, price: Decimal, qty: Decimal):
@@ -46,7 +46,7 @@ class Entry:
 
     async def start(self, conn: Conn, position: Position) -> Position:
         """Validate a ``created`` position and record its entry order (or refuse it)."""
-        problem, checked = await self._check(position)
+        problem, checked = await self.check(position)
         async with conn.transaction():
             if checked is not None:
                 problem = await self._risk(conn, position, checked)
@@ -68,15 +68,19 @@ class Entry:
             self.ctx.log.warning("entry_refused", position_id=str(position.id), reason=problem)
         return position
 
-    async def _check(self, position: Position) -> tuple[str | None, _Checked | None]:
-        """Why the entry is refused (None: it is not), and what the risk check needs."""
+    async def check(
+        self, position: Position, prices: dict[str, Decimal] | None = None
+    ) -> tuple[str | None, Checked | None]:
+        """Why the entry is refused (None: it is not), and what the risk check needs.
+        ``prices``: the market prices read so far, by symbol (a batch of entries reads each
+        symbol's once; the price only sizes and checks the entry)."""
         problem = await self.ctx.router.entry_problem(position)
         if problem is not None:
             return problem, None
         try:
             exchange = await self.ctx.router.for_position(position)
             rules = await exchange.symbol_rules(position.symbol)
-            price = position.limit_price or await exchange.price(position.symbol)
+            price = position.limit_price or await _price(exchange, position.symbol, prices)
         except NotConfigured as exc:
             return str(exc), None
         except OrderRejected as exc:
@@ -101,9 +105,9 @@ class Entry:
             check_order(rules, qty, price, quote_quantity=quote)
         except OrderRejected as exc:
             return str(exc), None
-        return None, _Checked(exchange, rules, price, qty)
+        return None, Checked(exchange, rules, price, qty)
 
-    async def _risk(self, conn: Conn, position: Position, checked: _Checked) -> str | None:
+    async def _risk(self, conn: Conn, position: Position, checked: Checked) -> str | None:
         """The user's risk limits (``worker/risk.py``), under the user's lock until commit."""
         user = {"user_id": position.user_id}
         await conn.execute(q("risk_lock_user"), user)
@@ -116,14 +120,26 @@ class Entry:
                     **user,
                     "position_id": position.id,
                     "live": not position.is_paper_trade,
-                    "limit": max(limits.max_open_positions, 1000) + 1,
+                    "limit": exposure_rows(limits),
                 },
             )
             others = await cur.fetchall()
+        return await self.judge(position, checked, limits, others)
+
+    async def judge(
+        self,
+        position: Position,
+        checked: Checked,
+        limits: RiskLimits,
+        others: list[dict[str, Any]],
+        prices: dict[str, Decimal] | None = None,
+    ) -> str | None:
+        """Why the user's risk limits refuse the entry, given ``others`` (their positions
+        not final, this one apart: risk_exposure's rows); None: they do not."""
         price = checked.price
         notional = position.requested_quote or checked.quantity * price
         try:
-            exposure = Exposure(len(others), await self._notional(others, checked.exchange))
+            exposure = Exposure(len(others), await self._notional(others, checked.exchange, prices))
             base_free = await self._base_free(position, checked, limits)
         except ExchangeError as exc:
             return f"risk limits could not be checked: {exc}"
@@ -139,24 +155,24 @@ class Entry:
             base_free=base_free,
         )
 
-    async def _notional(self, rows: list[dict[str, Any]], exchange: Exchange) -> Decimal:
+    async def _notional(
+        self,
+        rows: list[dict[str, Any]],
+        exchange: Exchange,
+        prices: dict[str, Decimal] | None = None,
+    ) -> Decimal:
         """What the user's other open positions are worth: filled value, else requested."""
-        total, prices = Decimal(0), dict[str, Decimal]()
+        total, known = Decimal(0), prices if prices is not None else {}
         for row in rows:
             value = row["entry_value"] or row["requested_quote"]
             if value is None and row["requested_quantity"] is not None:
-                price = row["limit_price"]
-                if price is None:
-                    symbol = row["symbol"]
-                    if symbol not in prices:
-                        prices[symbol] = await exchange.price(symbol)
-                    price = prices[symbol]
+                price = row["limit_price"] or await _price(exchange, row["symbol"], known)
                 value = row["requested_quantity"] * price
             total += value or 0
         return total
 
     async def _base_free(
-        self, position: Position, checked: _Checked, limits: RiskLimits
+        self, position: Position, checked: Checked, limits: RiskLimits
     ) -> Decimal | None:
         """For a live short: the account's free balance of the base asset."""
         if position.side != "short" or position.is_paper_trade:
@@ -167,6 +183,21 @@ class Entry:
             return None
         balances = await checked.exchange.free_balances()
         return balances.get(checked.rules.base_asset, Decimal(0))
+
+
+def exposure_rows(limits: RiskLimits) -> int:
+    """How many of a user's other positions the exposure reads: enough to tell whether
+    ``max_open_positions`` is reached, bounded for a user with very many."""
+    return max(limits.max_open_positions, 1000) + 1
+
+
+async def _price(exchange: Exchange, symbol: str, prices: dict[str, Decimal] | None) -> Decimal:
+    """``symbol``'s market price, read once per ``prices`` (None: read now)."""
+    if prices is None:
+        return await exchange.price(symbol)
+    if symbol not in prices:
+        prices[symbol] = await exchange.price(symbol)
+    return prices[symbol]
 
 
 def entry_problem(

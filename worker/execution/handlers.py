@@ -10,6 +10,7 @@ attempt, so a trade waits out a PostgreSQL restart instead of being parked as de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -46,18 +47,42 @@ async def _patiently(action: Any, *args: Any) -> None:
                     return
                 except PositionBusy:
                     await anyio.sleep(0.05)
-    except RateLimited as exc:
-        raise RetryLater(max(exc.retry_after_s, 1.0), f"exchange rate limit: {exc}") from exc
     except ExchangeError as exc:
-        raise RetryLater(EXCHANGE_RETRY_SECONDS, f"exchange unavailable: {exc}") from exc
+        raise _deferred(exc) from exc
+
+
+def _deferred(exc: ExchangeError) -> RetryLater:
+    """Exchange trouble as the event's deferral: a rate limit by the delay it names."""
+    if isinstance(exc, RateLimited):
+        return RetryLater(max(exc.retry_after_s, 1.0), f"exchange rate limit: {exc}")
+    return RetryLater(EXCHANGE_RETRY_SECONDS, f"exchange unavailable: {exc}")
+
+
+def _as_result(result: Exception | None) -> Exception | None:
+    """One entry's result of a batch, as :func:`_patiently` would have raised it."""
+    if isinstance(result, ExchangeError):
+        deferred = _deferred(result)
+        deferred.__cause__ = result
+        return deferred
+    return result
 
 
 def add_execution_handlers(registry: Registry, engine: Engine) -> None:
     async def enter(event: Event) -> None:
         await _patiently(engine.enter, event.position_id)
 
+    async def enter_many(events: Sequence[Event]) -> dict[int, Exception | None]:
+        """Many entries at once (Engine.enter_many); a position held elsewhere gets no
+        result here: its event waits for it one by one."""
+        results = await engine.enter_many([event.position_id for event in events])
+        return {
+            event.event_id: _as_result(results[event.position_id])
+            for event in events
+            if event.position_id in results
+        }
+
     async def request(event: Event) -> None:
         await _patiently(engine.handle_request, event.position_id, str(event.data["request_id"]))
 
-    registry.add("execution_entry", position_created, enter, slow=True)
+    registry.add("execution_entry", position_created, enter, slow=True, batch=enter_many)
     registry.add("execution_request", request_recorded, request, slow=True)

@@ -9,7 +9,7 @@ position held elsewhere raises :class:`PositionBusy` at once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,6 +39,29 @@ async def locked(pool: AsyncConnectionPool[Any], position_id: str) -> AsyncItera
             yield conn
         finally:
             await fetch_value(conn, "exec_unlock_position", position_id=position_id)
+
+
+@asynccontextmanager
+async def locked_many(
+    pool: AsyncConnectionPool[Any], position_ids: Sequence[str]
+) -> AsyncIterator[tuple[Conn, list[str]]]:
+    """A connection holding the locks of those of ``position_ids`` nobody else holds (the
+    list given with it) until the block ends; the others are left to whoever holds them."""
+    async with pool.connection() as conn:
+        held = [
+            str(i)
+            for i in await fetch_column(conn, "exec_try_lock_positions", position_ids=position_ids)
+        ]
+        try:
+            yield conn, held
+        finally:
+            if held:
+                await fetch_column(conn, "exec_unlock_positions", position_ids=held)
+
+
+async def load_positions(conn: Conn, position_ids: Sequence[str]) -> list[Position]:
+    """The positions of ``position_ids`` that exist, in that order."""
+    return await fetch_all(conn, Position, "exec_positions", position_ids=list(position_ids))
 
 
 async def find_position(conn: Conn, position_id: str | uuid.UUID) -> Position | None:

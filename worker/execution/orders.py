@@ -132,19 +132,25 @@ class Driver:
                 first_send = order.send_attempts == 0
                 state = await self._send(conn, position, order, exchange)
                 self.ctx.crash_point(f"{order.purpose}.sent")
-        except OrderRejected as exc:
-            return await self._rejected(conn, position, (order,), exc)
-        except CredentialsRejected as exc:
-            if first_send and order.purpose == "entry":
-                return await self._entry_not_sent(conn, position, order, exc)
-            self._outcome_unknown(order, exc)  # the key first; the order is looked at again
-            return position
-        except ExchangeError as exc:  # outcome unknown, rate limited: look again later
-            self._outcome_unknown(order, exc)
-            return position
+        except ExchangeError as exc:
+            return await self.send_failed(conn, position, order, exc, first_send=first_send)
         if state is None:
             return position
         return await self.record(conn, exchange, position, order, state)
+
+    async def send_failed(
+        self, conn: Conn, position: Position, order: Order, exc: ExchangeError, *, first_send: bool
+    ) -> Position:
+        """The exchange's error on sending or looking up ``order``: a rejection fails it; a
+        refused key fails an entry at its first send (it cannot have reached the book) and
+        otherwise waits for the key; anything else (outcome unknown, rate limited) leaves
+        the order to be looked at again."""
+        if isinstance(exc, OrderRejected):
+            return await self._rejected(conn, position, (order,), exc)
+        if isinstance(exc, CredentialsRejected) and first_send and order.purpose == "entry":
+            return await self._entry_not_sent(conn, position, order, exc)
+        self._outcome_unknown(order, exc)
+        return position
 
     async def record(
         self, conn: Conn, exchange: Exchange, position: Position, order: Order, state: OrderState
@@ -265,6 +271,10 @@ class Driver:
     ) -> OrderState:
         self.ctx.crash_point(f"{order.purpose}.committed")
         await conn.execute(q("exec_bump_send"), {"order_id": order.id})
+        return await self.place(position, order, exchange)
+
+    async def place(self, position: Position, order: Order, exchange: Exchange) -> OrderState:
+        """Send ``order`` (its ``send_attempts`` already bumped and committed)."""
         request = order_request(order)
         self.ctx.log.info(
             "order_sending",

@@ -41,6 +41,26 @@ class Outcome:
     figures: PositionFigures
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the exchange said of one order, with what recording it needs."""
+
+    exchange: Exchange
+    position: Position
+    order: Order
+    state: OrderState
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An answer's reads done before its transaction: its new fills and their market."""
+
+    fills: list[ExchangeFill]
+    market: Market
+    third: dict[str, Decimal]
+    dust: Decimal
+
+
 async def record_answer(
     conn: Conn,
     exchange: Exchange,
@@ -50,27 +70,81 @@ async def record_answer(
     crash_point: CrashPoint,
 ) -> Outcome | None:
     """Record ``state`` of ``order``; None when the exchange says nothing new (no write)."""
-    if _unchanged(order, state):
+    answer = Answer(exchange, position, order, state)
+    prepared = await _prepare(conn, answer, fresh=False)
+    if prepared is None:
         return None  # nothing new on the exchange: no write, no row lock
-    fills = await _new_fills(conn, exchange, order, state)
+    async with conn.transaction():
+        return await _write(conn, answer, prepared, crash_point)
+
+
+async def record_fresh_answers(
+    conn: Conn, answers: list[Answer], crash_point: CrashPoint
+) -> list[Outcome | Exception | None]:
+    """:func:`record_answer` for the first answers to orders sent once, by this caller (a
+    batch of entries: no fill of theirs can be recorded yet), their writes in ONE
+    transaction. If that fails, each is recorded in a transaction of its own, as one
+    order's would be, and what failed is returned in its place."""
+    prepared: list[_Prepared | Exception | None] = []
+    for answer in answers:
+        try:
+            prepared.append(await _prepare(conn, answer, fresh=True))
+        except Exception as exc:  # e.g. LookLater: the trade list lags
+            prepared.append(exc)
+    try:
+        async with conn.transaction():
+            return [
+                await _write(conn, a, p, crash_point) if isinstance(p, _Prepared) else p
+                for a, p in zip(answers, prepared, strict=True)
+            ]
+    except Exception:  # one answer's write failed (it rolled back all): one at a time
+        if conn.broken:
+            raise
+    outcomes: list[Outcome | Exception | None] = []
+    for answer, p in zip(answers, prepared, strict=True):
+        if p is None or isinstance(p, Exception):
+            outcomes.append(p)
+            continue
+        try:
+            async with conn.transaction():
+                outcomes.append(await _write(conn, answer, p, crash_point))
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def _prepare(conn: Conn, answer: Answer, *, fresh: bool) -> _Prepared | None:
+    """The reads before recording ``answer``; None when it says nothing new. ``fresh``: the
+    order was just sent for the first time by the caller (none of its fills is recorded)."""
+    order, state, exchange = answer.order, answer.state, answer.exchange
+    if _unchanged(order, state):
+        return None
+    fills = await _new_fills(conn, exchange, order, state, known=None if not fresh else {})
     rules = await exchange.symbol_rules(order.symbol)
     market = Market(rules.base_asset, rules.quote_asset)
     third = await _third_prices(exchange, fills, market)
-    async with conn.transaction():
-        outcome = await record(
-            conn,
-            position,
-            order,
-            state,
-            fills,
-            market,
-            third,
-            dust=rules.step_size,
-            crash_point=crash_point,
-        )
-        if outcome.order_status in FINAL_ORDER:
-            error = None if state.executed_qty > 0 else f"order {state.status.lower()}"
-            await finish_request(conn, order.request_id, "done", error, order_id=order.id)
+    return _Prepared(fills, market, third, rules.step_size)
+
+
+async def _write(
+    conn: Conn, answer: Answer, prepared: _Prepared, crash_point: CrashPoint
+) -> Outcome:
+    """Record ``answer`` in the caller's transaction; the request it settles too."""
+    order, state = answer.order, answer.state
+    outcome = await record(
+        conn,
+        answer.position,
+        order,
+        state,
+        prepared.fills,
+        prepared.market,
+        prepared.third,
+        dust=prepared.dust,
+        crash_point=crash_point,
+    )
+    if outcome.order_status in FINAL_ORDER:
+        error = None if state.executed_qty > 0 else f"order {state.status.lower()}"
+        await finish_request(conn, order.request_id, "done", error, order_id=order.id)
     return outcome
 
 
@@ -221,14 +295,20 @@ def _unchanged(order: Order, state: OrderState) -> bool:
 
 
 async def _new_fills(
-    conn: Conn, exchange: Exchange, order: Order, state: OrderState
+    conn: Conn,
+    exchange: Exchange,
+    order: Order,
+    state: OrderState,
+    known: dict[str, Decimal] | None = None,
 ) -> list[ExchangeFill]:
-    """The order's fills not recorded yet. Fetched from after the last recorded trade
+    """The order's fills not recorded yet (``known``: its recorded trades, when the caller
+    knows them; else they are read). Fetched from after the last recorded trade
     (the whole list again if those fall short: a trade listed late, out of order); the
     trade list can lag the order, so an order is never settled on fewer fills than it
     executed: look again later."""
-    cur = await conn.execute(q("exec_trades_of_order"), {"order_id": order.id})
-    known = {str(r[0]): Decimal(r[1]) for r in await cur.fetchall()}
+    if known is None:
+        cur = await conn.execute(q("exec_trades_of_order"), {"order_id": order.id})
+        known = {str(r[0]): Decimal(r[1]) for r in await cur.fetchall()}
     recorded = sum(known.values(), Decimal(0))
 
     def fresh(fills: list[ExchangeFill]) -> list[ExchangeFill]:

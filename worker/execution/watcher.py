@@ -88,8 +88,7 @@ class Watcher:
         ]
         for position_id in dict.fromkeys(to_drive):
             await self._guarded(self.engine.reconcile, position_id)
-        for position_id in await self._ids("exec_stuck_positions", grace):
-            await self._guarded(self.engine.enter, position_id)
+        await self._enter_stuck(await self._ids("exec_stuck_positions", grace))
         for position_id, request_id in await self._rows("exec_pending_requests", grace):
             await self._guarded(self.engine.handle_request, position_id, request_id)
         if self.engine.router.trades_live:  # exchange-side protection: Binance only
@@ -165,19 +164,44 @@ class Watcher:
         try:
             async with translated_errors():
                 await action(position_id, *args)
-        except PositionBusy:
-            return  # somebody is on it right now; the next pass looks again
         except DatabaseUnavailable:
             raise
-        except ExchangeError as exc:  # the exchange's trouble, not the engine's: one line
-            self.log.warning("reconcile_exchange_error", position_id=position_id, error=str(exc))
         except Exception as exc:
-            self.log.error(
-                "reconcile_failed",
-                position_id=position_id,
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=True,
-            )
+            self._trouble(position_id, exc)
+
+    async def _enter_stuck(self, position_ids: list[str]) -> None:
+        """Positions created and never entered (a crash before their entry order was
+        recorded), entered together (``Engine.enter_many``); one's trouble is logged, as
+        :meth:`_guarded` logs it, and skipped."""
+        if len(position_ids) < 2:
+            for position_id in position_ids:
+                await self._guarded(self.engine.enter, position_id)
+            return
+        try:
+            async with translated_errors():
+                results = await self.engine.enter_many(position_ids)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            self._trouble(f"{len(position_ids)} positions", exc)
+            return
+        for position_id, result in results.items():
+            if result is not None:
+                self._trouble(position_id, result)
+
+    def _trouble(self, position_id: str, exc: Exception) -> None:
+        """Log what one position's pass met (somebody else on it: nothing to say)."""
+        if isinstance(exc, PositionBusy):
+            return  # somebody is on it right now; the next pass looks again
+        if isinstance(exc, ExchangeError):  # the exchange's trouble, not the engine's: one line
+            self.log.warning("reconcile_exchange_error", position_id=position_id, error=str(exc))
+            return
+        self.log.error(
+            "reconcile_failed",
+            position_id=position_id,
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
 
     async def paper_protection_once(self) -> None:
         if self.paper is None:

@@ -4,6 +4,7 @@ a repeat (crash, replay) or a position that moved on meanwhile is a harmless no-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -22,3 +23,21 @@ def make_start_monitoring(pool: AsyncConnectionPool[Any], log: Any) -> Any:
             log.info("monitoring_started", event_id=event.event_id, position_id=event.position_id)
 
     return start_monitoring
+
+
+def make_start_monitoring_many(pool: AsyncConnectionPool[Any], log: Any) -> Any:
+    """start_monitoring for many opened positions at once: one statement."""
+
+    async def start_monitoring_many(events: Sequence[Event]) -> dict[int, Exception | None]:
+        async with translated_errors(), pool.connection() as conn:
+            ids = [event.position_id for event in events]
+            cur = await conn.execute(q("start_monitoring_many"), {"position_ids": ids})
+            moved = {row[0] for row in await cur.fetchall()}
+        for event in events:
+            if event.position_id in moved:
+                log.info(
+                    "monitoring_started", event_id=event.event_id, position_id=event.position_id
+                )
+        return {event.event_id: None for event in events}
+
+    return start_monitoring_many
