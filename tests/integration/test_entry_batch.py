@@ -245,3 +245,30 @@ async def test_a_rejected_order_in_a_batch_fails_its_position_alone(
     reason = position(db_url, failed)["failure_reason"]
     assert reason.startswith("entry rejected by the exchange: -2010"), reason
     assert [o["status"] for o in orders(db_url, failed)] == ["failed"]
+
+
+async def test_partly_filled_entries_of_a_batch_record_what_one_by_one_entries_record(
+    db_url: str, redis_url: str
+) -> None:
+    """The book holds 0.3 per order: market entries of 0.5 fill 0.3 and EXPIRE (the order
+    cancelled, the position open with what filled); one of 0.2 fills whole."""
+    shapes = [
+        (0, {"requested_quantity": D("0.5")}),
+        (1, {"requested_quantity": D("0.2")}),
+        (1, {"requested_quote": D("80")}),
+    ]
+    runs = []
+    for batched in (True, False):
+        router = paper_router()
+        assert isinstance(router.paper, PaperExchange)
+        router.paper.set_liquidity("BTCUSDT", D("0.3"))
+        ids, logs = await enter(db_url, redis_url, shapes, batched=batched, router=router)
+        assert batches(logs) == ([3] if batched else [])
+        runs.append(ids)
+    for i, (a, b) in enumerate(zip(*runs, strict=True)):
+        assert outcome(db_url, a) == outcome(db_url, b), shapes[i]
+    first = runs[0][0]
+    assert position(db_url, first)["held_quantity"] == D("0.3")
+    assert [(o["status"], o["filled_quantity"]) for o in orders(db_url, first)] == [
+        ("cancelled", D("0.3"))
+    ]

@@ -185,6 +185,91 @@ SET entry_price = %(entry_price)s, entry_quantity = %(entry_quantity)s,
     fees_paid = %(fees_paid)s, held_quantity = %(held_quantity)s, entry_cost = %(entry_cost)s
 WHERE id = %(position_id)s
 
+-- name: exec_set_orders_status
+-- exec_set_order_status for many orders making the same move: the ids that moved.
+UPDATE orders SET status = %(status)s
+WHERE id = ANY(%(order_ids)s::uuid[]) AND status = %(old)s
+RETURNING id
+
+-- name: exec_set_positions_status
+-- exec_set_position_status for many positions making the same move: the ids that moved.
+UPDATE positions
+SET status = %(new)s,
+    failure_reason = coalesce(%(reason)s, failure_reason),
+    close_reason = coalesce(%(close_reason)s, close_reason)
+WHERE id = ANY(%(position_ids)s::uuid[]) AND status = %(old)s
+RETURNING id
+
+-- name: exec_insert_trades
+-- exec_insert_trade for many fills, one per array element.
+INSERT INTO trades (order_id, position_id, binance_trade_id, symbol, side, price, quantity,
+                    value, fee, fee_asset, fee_quote, is_paper_trade, executed_at)
+SELECT * FROM unnest(%(order_id)s::uuid[], %(position_id)s::uuid[], %(trade_id)s::text[],
+                     %(symbol)s::text[], %(side)s::text[], %(price)s::numeric[],
+                     %(quantity)s::numeric[], %(value)s::numeric[], %(fee)s::numeric[],
+                     %(fee_asset)s::text[], %(fee_quote)s::numeric[],
+                     %(is_paper_trade)s::boolean[], %(executed_at)s::timestamptz[])
+ON CONFLICT (order_id, binance_trade_id) DO NOTHING
+
+-- name: exec_orders_fill_totals
+-- exec_order_fill_totals for many orders (those with no trade have no row).
+SELECT order_id, coalesce(sum(quantity), 0) AS quantity, coalesce(sum(value), 0) AS value,
+       coalesce(sum(fee_quote), 0) AS fees
+FROM trades WHERE order_id = ANY(%(order_ids)s::uuid[])
+GROUP BY order_id
+
+-- name: exec_update_orders_fills
+-- exec_update_order_fills for many orders, one per array element.
+UPDATE orders o
+SET binance_order_id = coalesce(x.exchange_order_id, o.binance_order_id),
+    exchange_status = x.exchange_status,
+    filled_quantity = x.filled_quantity,
+    avg_fill_price = x.avg_fill_price,
+    total_value = x.total_value,
+    fees = x.fees,
+    raw_response = x.raw,
+    filled_at = CASE WHEN x.filled THEN coalesce(o.filled_at, now()) ELSE o.filled_at END,
+    missing_lookups = 0, missing_since = NULL
+FROM unnest(%(order_id)s::uuid[], %(exchange_order_id)s::text[], %(exchange_status)s::text[],
+            %(filled_quantity)s::numeric[], %(avg_fill_price)s::numeric[],
+            %(total_value)s::numeric[], %(fees)s::numeric[], %(raw)s::jsonb[],
+            %(filled)s::boolean[])
+     AS x(order_id, exchange_order_id, exchange_status, filled_quantity, avg_fill_price,
+          total_value, fees, raw, filled)
+WHERE o.id = x.order_id
+
+-- name: exec_fills_of_positions
+-- exec_fills_of_position for many positions: each one's in the order they are folded.
+SELECT t.position_id, t.side, t.price, t.quantity, t.fee, t.fee_asset, t.fee_quote,
+       t.binance_trade_id, t.executed_at, o.purpose AS order_purpose,
+       o.binance_order_id AS exchange_order_id
+FROM trades t JOIN worker_orders o ON o.id = t.order_id AND o.position_id = t.position_id
+WHERE t.position_id = ANY(%(position_ids)s::uuid[])
+ORDER BY t.position_id, t.executed_at, o.created_at, t.binance_trade_id
+
+-- name: exec_update_figures_many
+-- exec_update_figures for many positions, one per array element.
+UPDATE positions p
+SET entry_price = x.entry_price, entry_quantity = x.entry_quantity,
+    entry_value = x.entry_value, entry_time = x.entry_time,
+    entry_order_id = coalesce(x.entry_order_id, p.entry_order_id),
+    exit_price = x.exit_price, exit_quantity = x.exit_quantity,
+    exit_value = x.exit_value, exit_time = x.exit_time,
+    exit_order_id = coalesce(x.exit_order_id, p.exit_order_id),
+    realized_pnl = x.realized_pnl, realized_pnl_percent = x.realized_pnl_percent,
+    fees_paid = x.fees_paid, held_quantity = x.held_quantity, entry_cost = x.entry_cost
+FROM unnest(%(position_id)s::uuid[], %(entry_price)s::numeric[], %(entry_quantity)s::numeric[],
+            %(entry_value)s::numeric[], %(entry_time)s::timestamptz[],
+            %(entry_order_id)s::text[], %(exit_price)s::numeric[],
+            %(exit_quantity)s::numeric[], %(exit_value)s::numeric[],
+            %(exit_time)s::timestamptz[], %(exit_order_id)s::text[],
+            %(realized_pnl)s::numeric[], %(realized_pnl_percent)s::numeric[],
+            %(fees_paid)s::numeric[], %(held_quantity)s::numeric[], %(entry_cost)s::numeric[])
+     AS x(position_id, entry_price, entry_quantity, entry_value, entry_time, entry_order_id,
+          exit_price, exit_quantity, exit_value, exit_time, exit_order_id, realized_pnl,
+          realized_pnl_percent, fees_paid, held_quantity, entry_cost)
+WHERE p.id = x.position_id
+
 -- name: exec_request
 -- A Request (worker/execution/rows.py).
 SELECT id, position_id, kind, quantity, quote_quantity, reason, status FROM position_requests WHERE id = %(request_id)s

@@ -13,8 +13,8 @@ thousand followers is a thousand entries committed at once):
    ``submitting``; the refused failed with their reason;
 3. every order's ``send_attempts`` bumped in one statement (committed: from now on it may
    exist on the exchange), then the orders sent, ``send_concurrency`` at a time;
-4. **one transaction** recording every answer (``recording.record_fresh_answers``: the
-   same writes as the per-order path, which takes over if that transaction fails), then
+4. **one transaction** recording every answer (``recording_batch.py``: the same writes as
+   the per-order path, a statement per step; one by one if that transaction fails), then
    each position's follow-ups (``after_settled``: protection).
 
 The crash-safety rules are the one-position path's: the intent is committed before the
@@ -44,7 +44,8 @@ from worker.execution.context import Context
 from worker.execution.entry import Checked, Entry, exposure_rows
 from worker.execution.orders import Driver
 from worker.execution.protection import Protection
-from worker.execution.recording import Answer, record_fresh_answers
+from worker.execution.recording import Answer
+from worker.execution.recording_batch import record_fresh_answers
 from worker.execution.rows import Conn, Order, Position, fetch_all
 from worker.execution.transitions import set_position_status
 from worker.risk import RiskLimits

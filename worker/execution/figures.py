@@ -3,8 +3,11 @@ recorded fills (``worker.accounting``) and stored on its row."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
+
+from psycopg.rows import dict_row
 
 from worker.accounting import Fill, Market, PositionFigures, fold, quantize_money, quantize_percent
 from worker.db.queries import q
@@ -16,6 +19,36 @@ ADDING: tuple[str, ...] = ("entry", "scale_in")  # purposes of the orders that a
 async def refold(conn: Conn, position: Position, market: Market) -> PositionFigures:
     """Recompute the position's figures from all of its fills and store them."""
     trades = await fetch_all(conn, Trade, "exec_fills_of_position", position_id=position.id)
+    figures, params = figures_of(position, trades, market)
+    await conn.execute(q("exec_update_figures"), params)
+    return figures
+
+
+async def refold_many(
+    conn: Conn, positions: Sequence[tuple[Position, Market]]
+) -> list[PositionFigures]:
+    """:func:`refold` for many positions: their fills read and their figures stored with one
+    statement each. In the caller's transaction."""
+    ids = [position.id for position, _ in positions]
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(q("exec_fills_of_positions"), {"position_ids": ids})
+    by_position: dict[Any, list[Trade]] = {}
+    for row in await cur.fetchall():
+        by_position.setdefault(row.pop("position_id"), []).append(Trade(**row))
+    done = [figures_of(p, by_position.get(p.id, []), market) for p, market in positions]
+    columns: dict[str, list[Any]] = {}
+    for _, params in done:
+        for key, value in params.items():
+            columns.setdefault(key, []).append(value)
+    await conn.execute(q("exec_update_figures_many"), columns)
+    return [figures for figures, _ in done]
+
+
+def figures_of(
+    position: Position, trades: list[Trade], market: Market
+) -> tuple[PositionFigures, dict[str, Any]]:
+    """The position's figures folded from ``trades`` (all of its fills, in fold order), and
+    the parameters that store them."""
     fills = [
         Fill(
             side=t.side,
@@ -31,8 +64,7 @@ async def refold(conn: Conn, position: Position, market: Market) -> PositionFigu
     figures = fold(position.side, market, fills)
     entries = [t for t in trades if t.order_purpose in ADDING]
     exits = [t for t in trades if t.order_purpose not in ADDING]
-    await conn.execute(q("exec_update_figures"), _figure_params(position, figures, entries, exits))
-    return figures
+    return figures, _figure_params(position, figures, entries, exits)
 
 
 def _figure_params(

@@ -52,7 +52,7 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
-class _Prepared:
+class Prepared:
     """An answer's reads done before its transaction: its new fills and their market."""
 
     fills: list[ExchangeFill]
@@ -71,49 +71,14 @@ async def record_answer(
 ) -> Outcome | None:
     """Record ``state`` of ``order``; None when the exchange says nothing new (no write)."""
     answer = Answer(exchange, position, order, state)
-    prepared = await _prepare(conn, answer, fresh=False)
+    prepared = await prepare_answer(conn, answer, fresh=False)
     if prepared is None:
         return None  # nothing new on the exchange: no write, no row lock
     async with conn.transaction():
-        return await _write(conn, answer, prepared, crash_point)
+        return await write_answer(conn, answer, prepared, crash_point)
 
 
-async def record_fresh_answers(
-    conn: Conn, answers: list[Answer], crash_point: CrashPoint
-) -> list[Outcome | Exception | None]:
-    """:func:`record_answer` for the first answers to orders sent once, by this caller (a
-    batch of entries: no fill of theirs can be recorded yet), their writes in ONE
-    transaction. If that fails, each is recorded in a transaction of its own, as one
-    order's would be, and what failed is returned in its place."""
-    prepared: list[_Prepared | Exception | None] = []
-    for answer in answers:
-        try:
-            prepared.append(await _prepare(conn, answer, fresh=True))
-        except Exception as exc:  # e.g. LookLater: the trade list lags
-            prepared.append(exc)
-    try:
-        async with conn.transaction():
-            return [
-                await _write(conn, a, p, crash_point) if isinstance(p, _Prepared) else p
-                for a, p in zip(answers, prepared, strict=True)
-            ]
-    except Exception:  # one answer's write failed (it rolled back all): one at a time
-        if conn.broken:
-            raise
-    outcomes: list[Outcome | Exception | None] = []
-    for answer, p in zip(answers, prepared, strict=True):
-        if p is None or isinstance(p, Exception):
-            outcomes.append(p)
-            continue
-        try:
-            async with conn.transaction():
-                outcomes.append(await _write(conn, answer, p, crash_point))
-        except Exception as exc:
-            outcomes.append(exc)
-    return outcomes
-
-
-async def _prepare(conn: Conn, answer: Answer, *, fresh: bool) -> _Prepared | None:
+async def prepare_answer(conn: Conn, answer: Answer, *, fresh: bool) -> Prepared | None:
     """The reads before recording ``answer``; None when it says nothing new. ``fresh``: the
     order was just sent for the first time by the caller (none of its fills is recorded)."""
     order, state, exchange = answer.order, answer.state, answer.exchange
@@ -123,11 +88,11 @@ async def _prepare(conn: Conn, answer: Answer, *, fresh: bool) -> _Prepared | No
     rules = await exchange.symbol_rules(order.symbol)
     market = Market(rules.base_asset, rules.quote_asset)
     third = await _third_prices(exchange, fills, market)
-    return _Prepared(fills, market, third, rules.step_size)
+    return Prepared(fills, market, third, rules.step_size)
 
 
-async def _write(
-    conn: Conn, answer: Answer, prepared: _Prepared, crash_point: CrashPoint
+async def write_answer(
+    conn: Conn, answer: Answer, prepared: Prepared, crash_point: CrashPoint
 ) -> Outcome:
     """Record ``answer`` in the caller's transaction; the request it settles too."""
     order, state = answer.order, answer.state
@@ -177,7 +142,7 @@ async def record(
     goal = position_target(position.status, order.purpose, target, state.executed_qty, flat)
     new_status = None
     if goal is not None:
-        reason = _failure_reason(order, state, goal)
+        reason = failure_reason(order, state, goal)
         # an exit keeps the reason it was requested for; a stop fired on its own
         close = order.purpose if order.purpose in ("stop_loss", "take_profit") else None
         position = await set_position_status(
@@ -187,7 +152,7 @@ async def record(
     return Outcome(target, new_status, position, figures)
 
 
-def _failure_reason(order: Order, state: OrderState, goal: str) -> str | None:
+def failure_reason(order: Order, state: OrderState, goal: str) -> str | None:
     if goal == "failed":
         return f"entry order {state.status.lower()} with nothing filled"
     if goal == "open" and order.purpose == "exit":
