@@ -243,3 +243,50 @@ async def test_two_worker_processes_fill_each_resting_paper_entry_once(
     for pid in pids:
         assert len(rows(db_url, "SELECT 1 FROM trades WHERE position_id = %s", pid)) == 2
         assert position(db_url, pid)["entry_price"] == D("95")
+
+
+async def test_orders_placed_together_are_answered_and_recorded_as_one_by_one(
+    db_url: str,
+) -> None:
+    """place_orders (a batch of entries): the same answers, balances and order rows as
+    place_order one at a time; an order its account cannot pay (two of one user's that
+    together overdraw) is refused alone with -2010, the others placed."""
+    feed = FixedPrices({"BTCUSDT": D("100")})
+    start = {"USDT": D("100")}
+    shapes = [("m", "0.5"), ("m", "0.4"), ("l", "0.3")]  # per user: 50.05 + 40.04 + 30.03
+
+    def requests(prefix: str) -> list[OrderRequest]:
+        return [
+            OrderRequest("BTCUSDT", "buy", "market", f"{prefix}{n}", D(qty))
+            if kind == "m"
+            else limit_buy(f"{prefix}{n}", qty, "101")
+            for n, (kind, qty) in enumerate(shapes)
+        ]
+
+    together, alone = new_user(db_url), new_user(db_url)
+    async with replica(db_url, feed, "A", start) as paper:
+        batch = await paper.place_orders([(together, r) for r in requests("t")])
+        single: list[Any] = []
+        for r in requests("s"):
+            try:
+                single.append(await paper.for_account(alone).place_order(r))
+            except OrderRejected as exc:
+                single.append(exc)
+    assert [type(a).__name__ for a in batch] == ["OrderState", "OrderState", "OrderRejected"]
+    assert [type(a).__name__ for a in single] == [type(a).__name__ for a in batch]
+    refused = batch[2]
+    assert isinstance(refused, OrderRejected) and refused.code == -2010
+
+    def shape(answer: Any) -> tuple[Any, ...]:
+        if isinstance(answer, Exception):
+            return (str(answer),)
+        fills = [(f.price, f.qty, f.commission) for f in answer.fills]
+        return (answer.status, answer.executed_qty, answer.cumulative_quote, fills)
+
+    assert [shape(a) for a in batch] == [shape(a) for a in single]
+    assert balances(db_url, together) == balances(db_url, alone)
+    placed = "SELECT client_order_id, status, quantity, locked FROM paper_orders"
+    mine = rows(db_url, placed + " WHERE user_id = %s ORDER BY client_order_id", together)
+    theirs = rows(db_url, placed + " WHERE user_id = %s ORDER BY client_order_id", alone)
+    assert [r[1:] for r in mine] == [r[1:] for r in theirs]
+    assert [r[0] for r in mine] == ["t0", "t1"]

@@ -90,3 +90,45 @@ WHERE status IN ('NEW', 'PARTIALLY_FILLED')
   AND (%(symbol)s::text IS NULL OR symbol = %(symbol)s::text)
   AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
 ORDER BY seq
+
+-- name: paper_accounts_with_open
+-- Which of the accounts have an order of the symbol still resting (a batch's placing
+-- matches only theirs against the book first).
+SELECT DISTINCT user_id::text FROM paper_orders
+WHERE symbol = %(symbol)s AND status IN ('NEW', 'PARTIALLY_FILLED')
+  AND user_id = ANY(%(user_ids)s::uuid[])
+
+-- name: paper_seed_balances_many
+-- paper_seed_balances for many accounts at once.
+INSERT INTO paper_balances (user_id, asset, free)
+SELECT u.user_id, s.asset, s.amount
+FROM unnest(%(user_ids)s::uuid[]) AS u (user_id)
+CROSS JOIN unnest(%(assets)s::text[], %(amounts)s::numeric[]) AS s (asset, amount)
+WHERE NOT EXISTS (SELECT 1 FROM paper_balances b WHERE b.user_id = u.user_id)
+ON CONFLICT DO NOTHING
+
+-- name: paper_touch_balances_many
+INSERT INTO paper_balances (user_id, asset)
+SELECT * FROM unnest(%(user_ids)s::uuid[], %(assets)s::text[])
+ON CONFLICT DO NOTHING
+
+-- name: paper_change_balances_many
+-- paper_change_balances for many accounts: one element per (account, asset), sorted by both
+-- (every transaction locks balance rows in that order). A change that overdraws fails the
+-- table's CHECK, and with it the whole statement.
+UPDATE paper_balances b
+SET free = b.free + c.free, locked = b.locked + c.locked, updated_at = now()
+FROM unnest(%(user_ids)s::uuid[], %(assets)s::text[], %(free)s::numeric[],
+            %(locked)s::numeric[]) AS c (user_id, asset, free, locked)
+WHERE b.user_id = c.user_id AND b.asset = c.asset
+
+-- name: paper_insert_orders
+-- paper_insert_order for many orders, one per array element.
+INSERT INTO paper_orders (id, user_id, symbol, client_order_id, side, type, quote_quantity,
+  quantity, price, stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms)
+SELECT * FROM unnest(%(id)s::text[], %(user_id)s::uuid[], %(symbol)s::text[],
+  %(client_order_id)s::text[], %(side)s::text[], %(type)s::text[],
+  %(quote_quantity)s::numeric[], %(quantity)s::numeric[], %(price)s::numeric[],
+  %(stop_price)s::numeric[], %(status)s::text[], %(triggered)s::boolean[],
+  %(hold_asset)s::text[], %(locked)s::numeric[], %(fills)s::jsonb[], %(time_ms)s::bigint[],
+  %(update_ms)s::bigint[])

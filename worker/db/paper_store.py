@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from decimal import Decimal
 from typing import Any
@@ -31,7 +31,7 @@ from worker.driver_errors import translated_errors
 from worker.exchanges.base import DuplicateOrder, ExchangeFill, OrderRejected, OrderRequest
 from worker.exchanges.paper_book import PaperOrder
 from worker.exchanges.paper_funds import Balance, Changes, Hold, insufficient_balance
-from worker.exchanges.paper_store import Claim, Resting
+from worker.exchanges.paper_store import Claim, Placing, Resting
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -65,6 +65,61 @@ class PgPaperStore:
             except psycopg.errors.UniqueViolation:  # the transaction rolls back
                 raise DuplicateOrder("Duplicate order sent.", -2010) from None
         self._seeded.add(user_id)  # bounded by the number of users
+
+    async def place_many(self, items: Sequence[Placing]) -> list[Exception | None]:
+        """Every order of ``items`` in one transaction; if that is refused (an account that
+        cannot pay, a client id open already: the whole statement fails), each one placed
+        in its own (:meth:`place`), so the refusal is only its own order's."""
+        rows = [(_account(account), resting, changes) for account, resting, changes in items]
+        try:
+            async with translated_errors(), self.pool.connection() as conn, conn.transaction():
+                await self._place_all(conn, rows)
+        except (OrderRejected, DuplicateOrder):
+            results: list[Exception | None] = []
+            for account, resting, changes in rows:
+                try:
+                    await self.place(account, resting, changes)
+                    results.append(None)
+                except (OrderRejected, DuplicateOrder) as exc:
+                    results.append(exc)
+            return results
+        self._seeded.update(user_id for user_id, _, _ in rows)
+        return [None] * len(rows)
+
+    async def _place_all(self, conn: Conn, rows: list[tuple[str, Resting, Changes]]) -> None:
+        unseeded = sorted({user_id for user_id, _, _ in rows} - self._seeded)
+        if unseeded:
+            starting = {"assets": list(self.starting), "amounts": list(self.starting.values())}
+            await conn.execute(q("paper_seed_balances_many"), {"user_ids": unseeded, **starting})
+        totals: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        for user_id, _, changes in rows:
+            for asset, (free, locked) in changes.items():
+                if free or locked:
+                    was = totals.get((user_id, asset), (Decimal(0), Decimal(0)))
+                    totals[(user_id, asset)] = (was[0] + free, was[1] + locked)
+        keys = sorted(totals)  # the order every transaction locks balance rows in
+        if keys:
+            pairs = {"user_ids": [u for u, _ in keys], "assets": [a for _, a in keys]}
+            await conn.execute(q("paper_touch_balances_many"), pairs)
+            change = {"free": [totals[k][0] for k in keys], "locked": [totals[k][1] for k in keys]}
+            try:
+                await conn.execute(q("paper_change_balances_many"), {**pairs, **change})
+            except psycopg.errors.CheckViolation:
+                raise insufficient_balance() from None
+        columns: dict[str, list[Any]] = {}
+        for user_id, resting, _ in rows:
+            for key, value in _row(user_id, resting).items():
+                columns.setdefault(key, []).append(value)
+        try:
+            await conn.execute(q("paper_insert_orders"), columns)
+        except psycopg.errors.UniqueViolation:
+            raise DuplicateOrder("Duplicate order sent.", -2010) from None
+
+    async def accounts_with_open(self, symbol: str, accounts: Sequence[str]) -> set[str]:
+        async with translated_errors(), self.pool.connection() as conn:
+            params = {"symbol": symbol, "user_ids": list(accounts)}
+            cur = await conn.execute(q("paper_accounts_with_open"), params)
+            return {row[0] for row in await cur.fetchall()}
 
     async def latest(
         self, account: str | None, symbol: str, client_order_id: str

@@ -51,7 +51,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -61,6 +61,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from worker.exchanges.base import (
+    ExchangeError,
     ExchangeFill,
     OcoRequest,
     OrderRejected,
@@ -86,6 +87,7 @@ from worker.exchanges.paper_book import (
 from worker.exchanges.paper_funds import (
     INSUFFICIENT_BALANCE,
     Balance,
+    Changes,
     Hold,
     closing,
     hold_for,
@@ -93,7 +95,13 @@ from worker.exchanges.paper_funds import (
     opening,
     settle,
 )
-from worker.exchanges.paper_store import Claim, MemoryPaperStore, PaperStore, Resting
+from worker.exchanges.paper_store import (
+    Claim,
+    MemoryPaperStore,
+    PaperStore,
+    Placing,
+    Resting,
+)
 from worker.exchanges.prices import (
     BinancePublicPrices,
     PriceFeedStale,
@@ -203,18 +211,74 @@ class PaperExchange:
         """Validate, then fill what can fill now. The answer carries this call's fills."""
         rules = await self.symbol_rules(req.symbol)
         quote = await self._fresh_quote(rules)  # resting orders first see the market
+        resting, changes, state = await self._new_resting(req, quote)
+        # the store checks the client id and the balance, and records all or nothing
+        await self.store.place(self.account, resting, changes)
+        return state
+
+    async def place_orders(
+        self, orders: Sequence[tuple[str, OrderRequest]]
+    ) -> list[OrderState | Exception]:
+        """:meth:`place_order` for many accounts' orders, ``(account, request)``, each
+        answered as it would have been (its state, or what it raised): each symbol's book
+        read once, the resting orders on it of the accounts that have any matched first,
+        and the orders recorded together (``PaperStore.place_many``)."""
+        answers: list[OrderState | Exception] = [Exception("not placed")] * len(orders)
+        placing: list[tuple[int, Placing, OrderState]] = []
+        quotes = await self._batch_quotes(orders)
+        for i, (account, req) in enumerate(orders):
+            try:
+                quote = quotes[req.symbol]
+                if isinstance(quote, Exception):
+                    raise quote
+                resting, changes, state = await self._new_resting(req, quote)
+            except ExchangeError as exc:
+                answers[i] = exc
+                continue
+            placing.append((i, (account, resting, changes), state))
+        results = await self.store.place_many([p for _, p, _ in placing])
+        for (i, _, state), result in zip(placing, results, strict=True):
+            answers[i] = state if result is None else result
+        return answers
+
+    async def _batch_quotes(
+        self, orders: Sequence[tuple[str, OrderRequest]]
+    ) -> dict[str, Quote | Exception]:
+        """Each symbol's book now (or why it cannot be used), its resting orders of the
+        placing accounts matched against it first (as :meth:`_fresh_quote` does)."""
+        quotes: dict[str, Quote | Exception] = {}
+        for symbol in dict.fromkeys(req.symbol for _, req in orders):
+            try:
+                rules = await self.symbol_rules(symbol)
+                quote = await read_quote(self._feed, rules, self.config.spread_bps)
+                age = self._age_ms(quote)
+                if age is not None:
+                    raise PriceFeedStale(symbol, age)
+            except ExchangeError as exc:
+                quotes[symbol] = exc
+                continue
+            accounts = list(dict.fromkeys(a for a, req in orders if req.symbol == symbol))
+            for account in await self.store.accounts_with_open(symbol, accounts):
+                await self.for_account(account).on_quote(symbol, quote)
+            quotes[symbol] = quote
+        return quotes
+
+    async def _new_resting(
+        self, req: OrderRequest, quote: Quote
+    ) -> tuple[Resting, Changes, OrderState]:
+        """A valid new order filled as far as ``quote`` fills it now (:meth:`place_order`'s
+        rules): how it rests, its balance changes, and the answer."""
+        rules = await self.symbol_rules(req.symbol)
         bnb_price = await self._bnb_price(rules)
         self._scripted_rejection(req.symbol)
         order = new_order(
             rules, req, quote, self.config, exchange_order_id="", now_ms=self._clock()
         )
-        order.exchange_order_id = self.store.new_order_id(self._prefix)  # a valid order's id
+        order.exchange_order_id = self.store.new_order_id(self._prefix)
         hold = hold_for(order, rules, self.config, quote.touch(order.side))
         fills = self._match(order, rules, quote, bnb_price, placing=True)
         changes, left = settle(order, rules, hold, fills)
-        # the store checks the client id and the balance, and records all or nothing
-        await self.store.place(self.account, Resting(order, left), merge(opening(hold), changes))
-        return order.state(fills)
+        return Resting(order, left), merge(opening(hold), changes), order.state(fills)
 
     async def place_oco(self, req: OcoRequest) -> tuple[OrderState, ...]:
         """Both legs as two independent orders, each holding its own quantity: the paper

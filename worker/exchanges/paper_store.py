@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,6 +30,10 @@ class Resting:
 
     order: PaperOrder
     hold: Hold
+
+
+# one order to place: its account, the order as it rests, its account's balance changes
+Placing = tuple[str | None, Resting, Changes]
 
 
 class Claim(Protocol):
@@ -51,6 +55,15 @@ class PaperStore(Protocol):
     async def place(self, account: str | None, resting: Resting, changes: Changes) -> None:
         """Record a new order with its balance changes, atomically, or nothing: DuplicateOrder
         (its client id is open already), OrderRejected(-2010) (the account cannot pay)."""
+        ...
+
+    async def place_many(self, items: Sequence[Placing]) -> list[Exception | None]:
+        """:meth:`place` for many orders, of any accounts: each one's result (None: placed;
+        else what :meth:`place` raised for it, and nothing of it recorded)."""
+        ...
+
+    async def accounts_with_open(self, symbol: str, accounts: Sequence[str]) -> set[str]:
+        """Which of ``accounts`` have an order of ``symbol`` still resting."""
         ...
 
     async def latest(
@@ -107,6 +120,19 @@ class MemoryPaperStore:
         self._pay(key, changes)
         self._by_client_id[(key, order.symbol, order.req.client_order_id)] = order.exchange_order_id
         self._store(key, resting)
+
+    async def place_many(self, items: Sequence[Placing]) -> list[Exception | None]:
+        results: list[Exception | None] = []
+        for account, resting, changes in items:
+            try:
+                await self.place(account, resting, changes)
+                results.append(None)
+            except (OrderRejected, DuplicateOrder) as exc:
+                results.append(exc)
+        return results
+
+    async def accounts_with_open(self, symbol: str, accounts: Sequence[str]) -> set[str]:
+        return {a for a in accounts if self._resting(a, symbol)}
 
     async def latest(
         self, account: str | None, symbol: str, client_order_id: str

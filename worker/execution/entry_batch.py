@@ -12,7 +12,9 @@ thousand followers is a thousand entries committed at once):
    the entry orders of those accepted inserted and their positions moved to
    ``submitting``; the refused failed with their reason;
 3. every order's ``send_attempts`` bumped in one statement (committed: from now on it may
-   exist on the exchange), then the orders sent, ``send_concurrency`` at a time;
+   exist on the exchange), then the orders sent: paper orders placed together
+   (``PaperExchange.place_orders``: one transaction), live ones ``send_concurrency`` at a
+   time;
 4. **one transaction** recording every answer (``recording_batch.py``: the same writes as
    the per-order path, a statement per step; one by one if that transaction fails), then
    each position's follow-ups (``after_settled``: protection).
@@ -39,6 +41,7 @@ from psycopg.rows import dict_row
 
 from worker.db.queries import q
 from worker.exchanges.base import Exchange, ExchangeError, OrderState
+from worker.exchanges.paper import PaperExchange
 from worker.execution.client_ids import client_order_id
 from worker.execution.context import Context
 from worker.execution.entry import Checked, Entry, exposure_rows
@@ -219,7 +222,25 @@ class EntryBatch:
                 results[pid] = await _caught(self.driver.after_settled(conn, done.order, outcome))
 
     async def _send_all(self, started: list[Started]) -> list[OrderState | Exception]:
+        """Every order sent: paper ones placed together (``PaperExchange.place_orders``),
+        the others ``send_concurrency`` at a time."""
         answers: list[OrderState | Exception] = [Exception("not sent")] * len(started)
+        paper = [i for i, s in enumerate(started) if _paper_account(s.exchange) is not None]
+        if paper:
+            book = started[paper[0]].exchange
+            assert isinstance(book, PaperExchange)
+            orders = []
+            for i in paper:
+                item = started[i]
+                account = _paper_account(item.exchange)
+                assert account is not None
+                orders.append((account, self.driver.sending(item.position, item.order)))
+            try:
+                placed = await book.place_orders(orders)
+            except Exception as exc:  # the store's database: every one's outcome unknown
+                placed = [exc] * len(paper)
+            for i, answer in zip(paper, placed, strict=True):
+                answers[i] = answer
         limiter = anyio.CapacityLimiter(self.send_concurrency)
 
         async def send(i: int, item: Started) -> None:
@@ -231,7 +252,8 @@ class EntryBatch:
 
         async with anyio.create_task_group() as tg:
             for i, item in enumerate(started):
-                tg.start_soon(send, i, item)
+                if i not in paper:
+                    tg.start_soon(send, i, item)
         return answers
 
     async def _log_foreign(self, conn: Conn, positions: Sequence[Position]) -> None:
@@ -262,6 +284,11 @@ def _rows(accepted: list[tuple[Position, Checked]]) -> dict[str, list[Any]]:
         "price": [p.limit_price for p, _ in accepted],
         "is_paper_trade": [p.is_paper_trade for p, _ in accepted],
     }
+
+
+def _paper_account(exchange: Exchange) -> str | None:
+    """The paper account ``exchange`` is a view of (None: not a paper account's)."""
+    return exchange.account if isinstance(exchange, PaperExchange) else None
 
 
 async def _caught(step: Awaitable[Any]) -> Exception | None:

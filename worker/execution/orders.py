@@ -275,6 +275,10 @@ class Driver:
 
     async def place(self, position: Position, order: Order, exchange: Exchange) -> OrderState:
         """Send ``order`` (its ``send_attempts`` already bumped and committed)."""
+        return await exchange.place_order(self.sending(position, order))
+
+    def sending(self, position: Position, order: Order) -> OrderRequest:
+        """What is sent for ``order``, logged as sent now (``order_sending``)."""
         request = order_request(order)
         self.ctx.log.info(
             "order_sending",
@@ -285,7 +289,7 @@ class Driver:
             side=order.side,
             quantity=str(order.quantity),
         )
-        return await exchange.place_order(request)
+        return request
 
     # -- OCO pairs (a stop-loss and a take-profit placed as one order list) -----------------
     async def _drive_leg(
