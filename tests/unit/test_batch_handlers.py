@@ -86,9 +86,11 @@ def test_only_each_positions_first_event_and_at_most_per_user_of_one_users() -> 
         event(6, "c1", "C", "open"),  # the first of its position, but not matched
     ]
     handler = registry.handlers[0]
-    got = [e.event_id for e in batchable(handler, in_turns(items), per_user=2)]
-    assert got == [1, 5, 3]  # in turns: A's first, B's first, A's second; A's third waits
-    assert [e.event_id for e in batchable(handler, in_turns(items), per_user=0)] == [1, 5, 3, 4]
+    events, beyond = batchable(handler, in_turns(items), per_user=2)
+    assert [e.event_id for e in events] == [1, 5, 3]  # in turns: A's 1st, B's 1st, A's 2nd
+    assert beyond == ["a3"]  # A's third: the next claim's
+    events, beyond = batchable(handler, in_turns(items), per_user=0)
+    assert [e.event_id for e in events] == [1, 5, 3, 4] and beyond == []
 
 
 @pytest.mark.anyio
@@ -133,3 +135,18 @@ async def test_batch_handlers_off_handles_every_event_one_by_one() -> None:
             claim(), [event(1, "a1", "A"), event(2, "b1", "B")]
         )
     assert rec.batches == [] and sorted(rec.one) == [1, 2]
+
+
+@pytest.mark.anyio
+async def test_a_users_positions_beyond_their_share_of_the_batch_go_to_the_next_claim() -> None:
+    """A's six entries and B's one, user_concurrency 2: A's first two and B's go in the batch,
+    A's other four are neither batched nor handled one by one: the claim leaves them."""
+    rec = Recorder()
+    registry = Registry()
+    registry.add("enter", created, rec.handle, slow=True, batch=rec.many)
+    items = [event(i, f"a{i}", "A") for i in range(1, 7)] + [event(7, "b1", "B")]
+    b = claim()
+    with anyio.fail_after(5):
+        handled = await runner(registry, user_concurrency=2).run(b, items)
+    assert rec.batches == [[1, 7, 2]] and rec.one == []
+    assert (handled, b.left) == (3, 4)

@@ -31,7 +31,7 @@ from worker.driver_errors import outage_of
 from worker.errors import Outage, RetryLater
 from worker.events import Event, MalformedEvent, event_from_row, retry_delay
 from worker.metrics import Metrics
-from worker.pipeline.batches import Prepared, prepare
+from worker.pipeline.batches import Batched, Prepared, prepare
 from worker.pipeline.handlers import Registry
 from worker.pipeline.outages import Outages, OutageState
 from worker.pipeline.turns import Run, in_turns
@@ -133,11 +133,15 @@ class HandlerRunner:
         left (``batch.left``) go back to the outbox when the claim commits, and the next
         claim takes them in turn with other users' events."""
         runs = in_turns(items)
-        prepared: Prepared = {}
+        batched = Batched()
         if self.cfg.batch_handlers and not self.outages.by_target:  # else each event first
             # asks whether to wait an outage out
-            prepared = await prepare(self.handlers, runs, self.cfg.user_concurrency, self.log)
+            batched = await prepare(self.handlers, runs, self.cfg.user_concurrency, self.log)
+        prepared = batched.results
         turns = Turns(time.monotonic() + self.cfg.batch_budget_seconds, prepared=prepared)
+        if batched.left:  # a user's beyond their share of the batch: the next claim's
+            turns.left += len(batched.left)
+            runs = [run for run in runs if run.position_id not in batched.left]
         slow: list[Run[Event | Unreadable]] = []
         quick: list[Run[Event | Unreadable]] = []
         for run in runs:
