@@ -19,10 +19,12 @@ in USDT):
 
 from __future__ import annotations
 
+import json
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -377,10 +379,13 @@ async def _crash_then_restart(
     before_crash: Callable[[], Awaitable[None]],
     *,
     logged_first: str | None = None,
+    first_env: dict[str, str] | None = None,
 ) -> WorkerProcess:
-    """Run a worker armed with ``point`` until it SIGKILLs itself there (having logged
-    ``logged_first`` before, when given); start a clean one."""
-    first = armed_worker({**env, CRASH_AT: point}, tmp_path / "first.log").start()
+    """Run a worker armed with ``point`` (``env`` with ``first_env`` over it) until it
+    SIGKILLs itself there (having logged ``logged_first`` before, when given); start a
+    clean one on ``env``."""
+    armed = {**env, **(first_env or {}), CRASH_AT: point}
+    first = armed_worker(armed, tmp_path / "first.log").start()
     try:
         await before_crash()
         code = first.wait(20)
@@ -430,54 +435,107 @@ async def _nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["entry.committed", "entry.sent", "entry.recording", "entry.settled"]
+    ("point", "quote_fails"),
+    [
+        ("entry.committed", False),
+        ("entry.sent", False),
+        ("entry.sent", True),
+        ("entry.recording", False),
+        ("entry.settled", False),
+    ],
+    ids=["committed", "sent", "sent-paper-quote-503", "recording", "settled"],
 )
 async def test_kill_9_in_a_batch_of_entries_then_restart_converges(
-    db_url: str, redis_url: str, fake: FakeBinance, tmp_path: Path, point: str
+    db_url: str,
+    redis_url: str,
+    fake: FakeBinance,
+    tmp_path: Path,
+    point: str,
+    quote_fails: bool,
 ) -> None:
     """Five positions (three live, two paper) committed before the worker starts: its first
     claim enters them together (worker/execution/entry_batch.py), and it is killed at
-    ``point``, reached once for the whole batch (at ``entry.settled``: after the first
-    position's recording, before its protection). A clean worker brings every one of them
-    to what one position alone reaches, with one exchange order per intent."""
+    ``point``, reached once for the whole batch once every send is answered (at
+    ``entry.settled``: after the first position's recording, before its protection). A
+    clean worker brings every one of them to what one position alone reaches, with one
+    exchange order per intent.
+
+    With ``quote_fails`` the paper book's price read answers 503 once, so the batch's paper
+    orders are not placed (outcome unknown) when the kill comes: the clean worker places
+    them, once each. The killed worker's reconciliation waits a minute before it takes up
+    positions not entered, so that the claim's batch is the only one it runs."""
     pids: dict[uuid.UUID, bool] = {}
     for paper in (False, False, False, True, True):
         pids[new_position(db_url, **(PAPER if paper else LIVE))[1]] = paper
+    if quote_fails:
+        fake.faults.push(Fault.server_error(method="GET", path="/api/v3/ticker/bookTicker"))
     env = live_env(db_url, redis_url, fake)
-    second = await _crash_then_restart(env, tmp_path, point, _nothing, logged_first="entry_batch")
+    second = await _crash_then_restart(
+        env,
+        tmp_path,
+        point,
+        _nothing,
+        logged_first="entry_batch",
+        first_env={"POSITION_WORKER__EXECUTION__RECONCILE_GRACE_SECONDS": "60"},
+    )
     try:
         await _converge(db_url, fake, pids, "entry", second)
     finally:
         second.kill()
+    killed_at = _killed_at(tmp_path / "first.log")
     for pid, paper in pids.items():
         _assert_figures(db_url, pid, _outcome("entry", paper))
         if paper:
-            _assert_paper_fills(db_url, fake, pid, point)
+            placed = _assert_paper_fills(db_url, fake, pid, point, killed_at)
+            placed_by_second = quote_fails or point == "entry.committed"
+            assert all(at > killed_at for at in placed) == placed_by_second, (placed, killed_at)
         else:
             assert_matches_exchange(db_url, fake, pid)
     assert set(posts_by_client_id(fake).values()) == {1}
 
 
-def _assert_paper_fills(db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str) -> None:
+def _assert_paper_fills(
+    db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str, killed_at: datetime | None = None
+) -> list[datetime]:
     """Paper orders never reach the fake; each fills exactly once in our records. The paper
     exchange keeps its orders in PostgreSQL: an order sent by the killed worker outlives it,
     and the restarted worker finds it by its client id and never sends it again
-    (``send_attempts`` 1, and one paper order per order row)."""
+    (``send_attempts`` 1, and one paper order per order row).
+
+    With ``killed_at`` (a batch: its crash point is reached once all its sends have been
+    answered, refusals and errors included), an order whose paper placement is younger than
+    the kill was not placed by the killed worker: the restarted one rightly sends it once
+    more (``send_attempts`` 2 when the killed worker had counted its send). Returns when
+    each paper order was placed."""
     rows = orders(db_url, pid)
     assert not set(posts_by_client_id(fake)) & {o["client_order_id"] for o in rows}
     fills = trades(db_url, pid)
     assert sorted(t["order_id"] for t in fills) == sorted(o["id"] for o in rows)
+    with psycopg.connect(db_url) as conn:
+        paper = conn.execute(
+            "SELECT client_order_id, status, created_at FROM paper_orders"
+            " WHERE client_order_id = ANY(%s) ORDER BY client_order_id",
+            ([o["client_order_id"] for o in rows],),
+        ).fetchall()
+    assert [p[:2] for p in paper] == sorted((o["client_order_id"], "FILLED") for o in rows)
+    placed_at = {p[0]: p[2] for p in paper}
     for order in rows:
         assert order["status"] == "filled"
         assert order["filled_quantity"] == order["quantity"]
-        assert order["send_attempts"] == 1, (order["purpose"], point)
-    with psycopg.connect(db_url) as conn:
-        paper = conn.execute(
-            "SELECT client_order_id, status FROM paper_orders WHERE client_order_id = ANY(%s)"
-            " ORDER BY client_order_id",
-            ([o["client_order_id"] for o in rows],),
-        ).fetchall()
-    assert paper == sorted((o["client_order_id"], "FILLED") for o in rows)
+        after_kill = killed_at is not None and placed_at[order["client_order_id"]] > killed_at
+        # past "entry.committed", the killed worker had counted its send (exec_bump_sends)
+        want = 2 if after_kill and point != "entry.committed" else 1
+        assert order["send_attempts"] == want, (order["purpose"], point, after_kill)
+    return list(placed_at.values())
+
+
+def _killed_at(log: Path) -> datetime:
+    """When the worker logging to ``log`` reached its crash point (it is killed there)."""
+    for line in log.read_text().splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("event") == "crash_point_reached":
+            return datetime.fromisoformat(entry["timestamp"])
+    raise AssertionError(f"{log} never reached its crash point")
 
 
 # -- three workers on one database, one of them killed between send and record ---------------
