@@ -94,22 +94,51 @@ async def test_a_chained_claim_commits_the_batch_before_it_in_the_same_round_tri
     assert processed(db_url) == {a1, b1}  # the open batch committed at the end
 
 
-async def test_a_second_claimer_skips_locked_events_and_holds_back_their_successors(
+async def test_a_second_claimer_skips_locked_events_and_leaves_their_successors_alone(
     db_url: str, pool: AsyncConnectionPool[Any]
 ) -> None:
+    """Whoever holds a position's first pending event holds the right to its next ones: a
+    second claimer neither handles nor locks them (schema/0017)."""
     a, b = two_positions_with_events(db_url)
     a1, a2, a3 = event_ids(db_url, a)
     outbox = Outbox(pool, lease_seconds=30)
     async with outbox.claim(1) as first:  # holds a1 only
         assert ids(first) == [a1]
         async with outbox.claim(10) as second:
-            # a2, a3 would overtake a1: left alone; b's event is free to go.
+            # a2, a3 would overtake a1: not claimed; b's event is free to go
             assert ids(second) == event_ids(db_url, b)
-            assert (second.claimed, second.held_back, second.retry_soon) == (3, 2, True)
+            assert (second.claimed, second.held_back, second.busy) == (1, 0, False)
+            with psycopg.connect(db_url) as other:  # not locked: anyone may lock them
+                locked = "SELECT id FROM position_events WHERE id = ANY(%s) FOR UPDATE NOWAIT"
+                assert {r[0] for r in other.execute(locked, ([a2, a3],))} == {a2, a3}
+            await second.handled(event_ids(db_url, b)[0])
         await first.handled(a1)
     async with outbox.claim(10) as third:
-        assert ids(third) == sorted([a2, a3, *event_ids(db_url, b)])  # b's was not marked
+        assert ids(third) == [a2, a3]
         assert third.held_back == 0
+
+
+async def test_a_claim_that_may_take_nothing_of_what_is_pending_says_so(
+    db_url: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """Every pending event another claim's (or following one): the claim comes back empty
+    and ``busy`` (the worker waits for a claim to end instead of claiming again at every
+    notification). Nothing pending: empty, not busy."""
+    a, b = two_positions_with_events(db_url)
+    outbox = Outbox(pool, lease_seconds=30)
+    async with outbox.claim(2) as first:  # a1 and b1: a2, a3 follow a1
+        assert ids(first) == sorted([event_ids(db_url, a)[0], *event_ids(db_url, b)])
+        async with outbox.claim(10) as second:
+            assert (ids(second), second.claimed, second.busy) == ([], 0, True)
+            assert second.min_pending == event_ids(db_url, a)[0]
+            assert not second.retry_soon
+        for event_id in ids(first):
+            await first.handled(event_id)
+    async with outbox.claim(10) as third:
+        for event_id in ids(third):
+            await third.handled(event_id)
+    async with outbox.claim(10) as idle:
+        assert (ids(idle), idle.busy, idle.min_pending) == ([], False, None)
 
 
 async def test_a_rolled_back_claim_gives_its_events_back_untouched(
@@ -269,37 +298,51 @@ def claimable_now(db_url: str, event_id: int) -> bool:
         return bool(row and row[0])
 
 
-def _claim_query(source: str, function: str) -> str:
-    """The statement of the installed claim function that reads the waiting set."""
-    if function == "outbox_claim":
-        return source.split("RETURN QUERY", 1)[1].rsplit(";", 1)[0]
-    first = source[source.index("WITH waiting") :].split(";", 1)[0]
-    return first.replace("INTO ids", "")
-
-
-@pytest.mark.parametrize("function", ["outbox_claim", "outbox_claim_fair"])
-def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
-    db_url: str, function: str
-) -> None:
-    """On a fresh backlog, before ANALYZE, the planner may read the claim's waiting set
-    through the pending index (a filter over every pending event, on every claim). Even
-    with every other access path made expensive, that index must not answer it. (The
-    claim's query is read out of the installed function, as the worker runs it.)"""
+def _claim_plan(db_url: str, function: str, start: str) -> list[dict[str, Any]]:
+    """The plan nodes of the installed claim function's statement that begins with
+    ``start`` (read out of the function, as the worker runs it), on a fresh backlog before
+    ANALYZE, every access path but indexes made expensive."""
     two_positions_with_events(db_url)
     with psycopg.connect(db_url) as conn:
         query_source = "SELECT prosrc FROM pg_proc WHERE proname = %s"
         row = conn.execute(query_source, (function,)).fetchone()
         assert row is not None, f"no {function} function"
-        query = _claim_query(str(row[0]), function)
+        source = str(row[0])
+        if start == "RETURN QUERY":  # its one statement, comments with semicolons in it
+            query = source.split(start, 1)[1].rsplit(";", 1)[0]
+        else:
+            query = source[source.index(start) :].split(";", 1)[0].replace("INTO ids", "")
         query = query.replace("p_floor", "0").replace("p_limit", "10")
         conn.execute("SET enable_seqscan = off")
         conn.execute("SET enable_bitmapscan = off")
         plan = conn.execute(f"EXPLAIN (FORMAT JSON) {query}".encode()).fetchone()
     assert plan is not None
-    nodes = plan_nodes(plan[0][0]["Plan"])
+    return plan_nodes(plan[0][0]["Plan"])
+
+
+def test_the_waiting_lookup_cannot_be_planned_as_a_scan_of_the_pending_events(
+    db_url: str,
+) -> None:
+    """The planner may read outbox_claim's waiting set through the pending index (a filter
+    over every pending event, on every claim): that index must not answer it."""
+    nodes = _claim_plan(db_url, "outbox_claim", "RETURN QUERY")
     (waiting,) = [n for n in nodes if n.get("Subplan Name") == "CTE waiting"]
     indexes = {n.get("Index Name") for n in plan_nodes(waiting)} - {None}
     assert indexes == {"idx_position_events_waiting"}
+
+
+def test_the_fair_claims_predecessor_check_is_one_index_probe_per_event(db_url: str) -> None:
+    """outbox_claim_fair takes an event only if its predecessor is handled or dead
+    (schema/0017): that check must read the predecessor through the position's index (one
+    probe), never the pending events (every pending event, for every one it looks at)."""
+    nodes = _claim_plan(db_url, "outbox_claim_fair", "SELECT coalesce(array_agg")
+    (outer,) = [n for n in nodes if n.get("Node Type") == "LockRows"]
+    (scan,) = outer["Plans"]
+    assert scan.get("Index Name") == "idx_position_events_pending"
+    subplans = [n for n in plan_nodes(scan) if n.get("Parent Relationship") == "SubPlan"]
+    assert subplans, "the predecessor check is no longer a subplan of the scan"
+    inner = {n.get("Index Name") for s in subplans for n in plan_nodes(s)} - {None}
+    assert inner == {"idx_position_events_position"}
 
 
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from worker.pipeline.claim_schedule import (
+    BUSY_PAUSE_MAX,
     FIRST_PAUSE,
     HURRY_AFTER,
     LINGER_MIN_EVENTS,
@@ -322,6 +323,18 @@ def test_a_drainer_behind_another_claim_pauses_longer_each_time_up_to_the_poll()
         pauses.append(pause)
     assert pauses[:3] == [FIRST_PAUSE, 2 * FIRST_PAUSE, 4 * FIRST_PAUSE]
     assert pauses[-1] == POLL and pauses == sorted(pauses)
+
+
+def test_a_drainer_with_nothing_to_take_pauses_longer_each_time_up_to_a_short_cap() -> None:
+    """Every pending event another claim's: the pause doubles, but stays short (only a
+    claim of its own process ending cuts it, so it bounds how late a new event may be)."""
+    s = schedule()
+    pauses, pause = [], 0.0
+    for _ in range(10):
+        pause = s.busy_pause_after(pause)
+        pauses.append(pause)
+    assert pauses[:3] == [FIRST_PAUSE, 2 * FIRST_PAUSE, 4 * FIRST_PAUSE]
+    assert pauses[-1] == BUSY_PAUSE_MAX < POLL and pauses == sorted(pauses)
 
 
 # -- backoff -------------------------------------------------------------------------------

@@ -51,6 +51,9 @@ class Batch:
     behind_floor: bool = False  # an event held back waits for one below the claim's floor
     settled: bool = False  # its commit was sent
     left: int = 0  # positions not started within the batch's time budget (they go back)
+    # nothing claimed, yet events are pending: other claims hold them (or their positions'
+    # earlier events); worth a claim again once one of them ends
+    busy: bool = False
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -208,8 +211,13 @@ class ClaimChain:
         for _ in range(before):
             cur.nextset()
         rows: list[dict[str, Any]] = await cur.fetchall()
+        busy = rows[-1] if rows and rows[-1]["id"] is None else None
+        if busy is not None:
+            rows = []
         kept, held_back, retry_soon = in_position_order(rows)
         batch = Batch(self.conn, kept, len(rows), held_back, retry_soon, self.touch_every)
+        if busy is not None:
+            batch.busy, batch.min_pending = True, busy["min_pending"]
         if rows:
             batch.min_pending, batch.newest = rows[0]["min_pending"], int(rows[-1]["id"])
         batch.behind_floor = held_back > 0 and any(

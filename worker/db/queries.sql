@@ -7,8 +7,8 @@
 -- psycopg.sql literals (composing those cost more than the rest of a small claim).
 
 -- name: claim_begin
--- Open the claim's transaction and claim a batch: the oldest events and, in a backlog, other
--- users' oldest (schema/0016: outbox_claim_fair).
+-- Open the claim's transaction and claim a batch: the oldest events it may handle and, in a
+-- backlog, other users' oldest (schema/0016, 0017: outbox_claim_fair).
 BEGIN; SELECT * FROM outbox_claim_fair(%(floor)d, %(limit)d, %(others)d)
 
 -- name: mark_processed

@@ -12,8 +12,10 @@ transaction still open when the claim looked may later commit an id below what i
 waiting ``settle`` seconds covers every transaction shorter than that. An event of a longer
 one (or a dead event replayed by an operator) is found by a *full* claim, from id 0, which
 the dispatcher makes at start, on every periodic poll (``pipeline.poll_interval``) and right
-after a claim that held back an event whose predecessor is below the floor. Per-position
-order never depends on the floor: the claim checks each event's predecessor whatever it is.
+after a claim that held back an event whose predecessor is below the floor (the claim
+returns no such event: it takes a position's later events only with its first one, schema/
+0017; the check stays as a safety net). Per-position order never depends on the floor: the
+claim checks each event's predecessor whatever it is.
 """
 
 from __future__ import annotations

@@ -104,6 +104,11 @@ class Failure:
 # A drainer whose batch held back an event that another claim holds pauses this long before
 # claiming again, twice as long each time in a row, up to ``poll_interval``.
 FIRST_PAUSE: Final = 0.005
+# A drainer whose claim found nothing it may take while events are pending (other claims
+# hold them) pauses the same way, up to this long: until then only a claim of its own
+# process ending cuts the pause short (a new event's notification does not: most are of
+# events the other claims will take).
+BUSY_PAUSE_MAX: Final = 0.25
 # The dispatcher's backoff after its own claims fail: the first delay, doubled per failure
 # in a row, capped at ``reconnect_max_seconds``.
 BACKOFF_BASE: Final = 0.1
@@ -298,6 +303,11 @@ class ClaimSchedule:
         """How long a drainer pauses when its batch held back an event another claim holds,
         ``previous`` being its last pause in a row (0 for the first)."""
         return min(max(2 * previous, FIRST_PAUSE), self.poll_interval)
+
+    def busy_pause_after(self, previous: float) -> float:
+        """How long a drainer pauses when every pending event is another claim's,
+        ``previous`` being its last pause in a row (0 for the first)."""
+        return min(max(2 * previous, FIRST_PAUSE), BUSY_PAUSE_MAX, self.poll_interval)
 
     def linger_left(self, now: float) -> float:
         """Seconds before the next claim may go (a stop ends the wait)."""

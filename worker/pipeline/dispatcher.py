@@ -72,6 +72,7 @@ class Dispatcher:
         self.processed = 0
         self.chained = 0  # claims sent with the commit of the batch before them
         self._wake = anyio.Event()
+        self._released = anyio.Event()  # set when a batch of this process commits, or a stop
         self.stopped = anyio.Event()
         # told when polling starts (True) and ends (False): the listener pauses and resumes
         self.on_polling: Callable[[bool], None] = lambda polling: None
@@ -102,12 +103,19 @@ class Dispatcher:
         """Stop claiming; the batch in hand is finished first."""
         self.schedule.stopping = True
         self._signal()
+        self._release()
 
     def _signal(self) -> None:
         """Wake whoever waits now (the serve loop, a paused or lingering drainer). The event
         is swapped before it is set, so a drainer that signals and then waits is not woken
         by its own signal. Waiters re-check the schedule, never the event."""
         event, self._wake = self._wake, anyio.Event()
+        event.set()
+
+    def _release(self) -> None:
+        """Wake the drainers waiting for a claim of this process to end (:meth:`_drain_one`),
+        swapped before it is set as :meth:`_signal` does."""
+        event, self._released = self._released, anyio.Event()
         event.set()
 
     async def run(self) -> None:
@@ -157,9 +165,18 @@ class Dispatcher:
         try:
             while not self.schedule.stopping:
                 batch, full = await self._drain_chain(tg)
-                self._committed()  # a batch went all the way (not just its claim)
-                if self.schedule.drainers > 1:
+                # a batch went all the way (not just its claim); one that found nothing
+                # released nothing
+                self._committed(released=not batch.busy)
+                if self.schedule.drainers > 1 and not batch.busy:
                     self._signal()  # committed: a claim held back behind ours may go now
+                if batch.busy:  # every pending event is another claim's (or follows one)
+                    # notifications do not end this wait: they are of events another claim
+                    # will take; one of this process's claims ending, or the pause, does
+                    pause = self.schedule.busy_pause_after(pause)
+                    with anyio.move_on_after(pause):
+                        await self._released.wait()
+                    continue
                 if batch.retry_soon:  # a position's earlier event is held by another claim
                     pause = self.schedule.pause_after(pause)
                     with self.schedule.pausing.waiting(), anyio.move_on_after(pause):
@@ -185,7 +202,8 @@ class Dispatcher:
                 await self._process(batch)
                 full = full or batch.left > 0  # positions went back: claim again at once
                 now = time.monotonic()
-                if not self.schedule.chain_next(now, full=full, retry_soon=batch.retry_soon):
+                wait = batch.retry_soon or batch.busy
+                if not self.schedule.chain_next(now, full=full, retry_soon=wait):
                     return batch, full
 
     async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool]:
@@ -217,10 +235,13 @@ class Dispatcher:
             tg.start_soon(self._drain_one, tg)  # claims the next batch while this one runs
         return batch, after.full
 
-    def _committed(self) -> None:
+    def _committed(self, *, released: bool = True) -> None:
         """A batch committed: the dispatcher's backoff starts over, and an outage that only
-        the dispatcher met is over."""
+        the dispatcher met is over. ``released``: it held events (their positions' next
+        ones may be claimed now)."""
         self.schedule.committed()
+        if released:
+            self._release()
         if self.outages:
             self.handling.succeeded(DISPATCHER)
 
