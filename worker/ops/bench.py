@@ -83,7 +83,9 @@ class Bench:
         self.admin_url, self.redis_url, self.plan, self.say = admin_url, redis_url, plan, say
         # another checkout's interpreter (``bench --worker-python``): its workers are measured,
         # on databases its own ``migrate`` made
-        self.worker_python = worker_python
+        # absolute, not resolved: the workers run in the bench's own directory, and a venv's
+        # python is a symlink that must stay the venv's
+        self.worker_python = os.path.abspath(worker_python) if worker_python else None
         self.redis = redis.Redis.from_url(redis_url)
         self.tmp = Path(tempfile.mkdtemp(prefix="pw-bench-"))
         self._n = 0
