@@ -167,6 +167,10 @@ async def test_a_batch_of_entries_records_what_one_by_one_entries_record(
 ) -> None:
     batched, logs = await enter(db_url, redis_url, SHAPES, batched=True, resting=frozenset({4}))
     assert batches(logs) == [len(SHAPES)]
+    (recorded,) = [e for e in logs if e["event"] == "entry_batch_recorded"]
+    # the refused stop-loss is never sent; the rest are sent and their answers recorded
+    assert (recorded["orders"], recorded["recorded"]) == (len(SHAPES) - 1, len(SHAPES) - 1)
+    assert all(isinstance(recorded[k], int) for k in ("send_ms", "record_ms"))
     alone, alone_logs = await enter(
         db_url, redis_url, SHAPES, batched=False, resting=frozenset({4})
     )

@@ -30,6 +30,7 @@ failure of a shared step is every position's of that step, and their events are 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -111,6 +112,7 @@ class EntryBatch:
     ) -> list[Started]:
         prices: dict[str, Decimal] = {}
         judged: list[_Judged] = []
+        began = time.monotonic()
         for position in positions:
             try:
                 problem, checked = await self.entry.check(position, prices)
@@ -120,6 +122,7 @@ class EntryBatch:
             judged.append(_Judged(position, problem, checked))
         if not judged:
             return []
+        checks_done = time.monotonic()
         try:
             async with conn.transaction():
                 judged = await self._judge(conn, judged, prices)
@@ -128,7 +131,13 @@ class EntryBatch:
             for item in judged:
                 results[item.position.id] = exc
             return []
-        self.ctx.log.info("entry_batch", positions=len(judged), started=len(started))
+        self.ctx.log.info(
+            "entry_batch",
+            positions=len(judged),
+            started=len(started),
+            check_ms=_ms(checks_done - began),
+            intents_ms=_ms(time.monotonic() - checks_done),
+        )
         for item in judged:
             if item.problem is not None:
                 results[item.position.id] = None
@@ -195,9 +204,11 @@ class EntryBatch:
 
     async def _send_and_record(self, conn: Conn, started: list[Started], results: Results) -> None:
         self.ctx.crash_point("entry.committed")
+        began = time.monotonic()
         await conn.execute(q("exec_bump_sends"), {"order_ids": [s.order.id for s in started]})
         answers = await self._send_all(started)
         self.ctx.crash_point("entry.sent")
+        sent = time.monotonic()
         recorded: list[Answer] = []
         for item, answer in zip(started, answers, strict=True):
             if isinstance(answer, ExchangeError):
@@ -212,6 +223,13 @@ class EntryBatch:
         if not recorded:
             return
         outcomes = await record_fresh_answers(conn, recorded, self.ctx.crash_point)
+        self.ctx.log.info(
+            "entry_batch_recorded",
+            orders=len(started),
+            recorded=len(recorded),
+            send_ms=_ms(sent - began),
+            record_ms=_ms(time.monotonic() - sent),
+        )
         for done, outcome in zip(recorded, outcomes, strict=True):
             pid = done.position.id
             if isinstance(outcome, Exception):
@@ -284,6 +302,10 @@ def _rows(accepted: list[tuple[Position, Checked]]) -> dict[str, list[Any]]:
         "price": [p.limit_price for p, _ in accepted],
         "is_paper_trade": [p.is_paper_trade for p, _ in accepted],
     }
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 def _paper_account(exchange: Exchange) -> str | None:
