@@ -339,6 +339,7 @@ class App:
                 tg.start_soon(self.watcher.run)
             if router is not None and isinstance(router.paper, PaperExchange):
                 await tg.start(router.paper.run_feed)  # paper.feed = "binance": its streams
+                tg.start_soon(router.paper.keep_symbols)  # loaded now, not at the first order
             if router is not None and router.accounts is not None:
                 tg.start_soon(self._keep_accounts, router.accounts)
             self.log.info(

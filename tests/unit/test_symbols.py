@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -196,6 +197,56 @@ async def test_fetched_list_is_cached_and_the_cache_serves_until_its_ttl(tmp_pat
     assert (await again.rules("NEWUSDT")).tick_size == D("0.001")
     assert (await first.rules("NEWUSDT")).tick_size == D("0.001")
     assert len(binance.calls) == 2
+
+
+class Sleeps:
+    """The keeper's sleep: each one asked for is recorded and lasts until ``wake()``."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.asleep = anyio.Event()
+        self._wake = anyio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.asked.append(seconds)
+        self.asleep.set()
+        await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def wake_and_wait_for_the_next(self) -> None:
+        self.asleep = anyio.Event()
+        self._wake.set()
+        with anyio.fail_after(5):
+            await self.asleep.wait()
+
+
+async def test_a_kept_table_is_loaded_at_once_and_no_lookup_waits_for_a_reload(
+    tmp_path: Path,
+) -> None:
+    """The worker keeps the listing (``keep``): loaded before any order asks, reloaded as
+    it expires by the keeper alone, so an order never waits on exchangeInfo."""
+    binance, clock, sleeps = Binance(), Clock(), Sleeps()
+    kept = source(tmp_path, binance, clock, sleep=sleeps)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(kept.keep)
+        with anyio.fail_after(5):
+            await sleeps.asleep.wait()
+        assert len(binance.calls) == 1 and sleeps.asked == [100.0]  # until the TTL
+
+        binance.body = answer(info("NEWUSDT", tick="0.001"))
+        clock.now += 101  # expired: a lookup still takes the table in hand, no request
+        assert (await kept.rules("NEWUSDT")).tick_size == D("0.01")
+        assert len(binance.calls) == 1
+
+        await sleeps.wake_and_wait_for_the_next()  # the keeper reloads
+        assert (await kept.rules("NEWUSDT")).tick_size == D("0.001")
+        assert len(binance.calls) == 2
+        tg.cancel_scope.cancel()
+
+    binance.body = answer(info("NEWUSDT", tick="0.1"))
+    clock.now += 101  # nobody keeps it any more: the lookup reloads, as without a keeper
+    assert (await kept.rules("NEWUSDT")).tick_size == D("0.1")
+    assert len(binance.calls) == 3
 
 
 async def test_offline_falls_back_to_the_snapshot_and_waits_before_trying_again(

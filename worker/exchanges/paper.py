@@ -332,6 +332,13 @@ class PaperExchange:
             await self.on_quote(symbol, quote)
         return quote.last
 
+    async def keep_symbols(self) -> None:
+        """Keep the symbols' rules loaded and fresh while this task runs
+        (:meth:`SymbolSource.keep`), so no order waits for exchangeInfo; returns at once for
+        a fixed list."""
+        if isinstance(self._symbols, SymbolSource):
+            await self._symbols.keep()
+
     async def run_feed(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the feed's connection (Binance market streams) while this task runs; returns
         at once for a feed without one (synthetic, fixed)."""

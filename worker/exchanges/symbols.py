@@ -10,7 +10,10 @@ freshest source that answers.
 The table serves until its data is older than the TTL; after a failed fetch, the table in
 hand (cache or snapshot) serves for ``retry_s`` before the next try, so no order waits on a
 timeout twice. Without a URL the snapshot (or cache) is read again every ``retry_s``.
-Nothing is read or fetched before the first lookup.
+Nothing is read or fetched before the first lookup, unless :meth:`SymbolSource.keep` runs
+(the worker runs it): it loads the table at once and reloads it as it expires, and while
+it runs a lookup never waits for a reload (the table in hand serves until the new one is
+there).
 
 Rules are read by :func:`~worker.exchanges.filters.rules_from_symbol_info`, the parser the live
 client uses, so a paper order is checked as a live one is. Only symbols whose status is
@@ -26,7 +29,7 @@ import gzip
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
@@ -239,15 +242,17 @@ class SymbolSource:
         clock: Clock = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
         listing_url: str | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self._base_url, self._cache_dir = base_url, cache_dir
         listing = listing_url or base_url
         self._cache_origin = None if listing is None else listing.rstrip("/") + EXCHANGE_INFO_PATH
         self._ttl_s, self._timeout_s, self._retry_s = ttl_s, timeout_s, retry_s
-        self._clock, self._transport = clock, transport
+        self._clock, self._transport, self._sleep = clock, transport, sleep
         self._table: SymbolTable | None = None
         self._expires_at = 0.0
         self._lock = anyio.Lock()
+        self._kept = False  # keep() runs: it reloads the table, lookups never do
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -263,11 +268,34 @@ class SymbolSource:
     async def table(self) -> SymbolTable:
         """The table in hand, reloaded once its data is older than the TTL (or, after a
         failed fetch, once ``retry_s`` passed)."""
-        if self._table is not None and self._clock() < self._expires_at:
+        if self._table is not None and (self._kept or self._clock() < self._expires_at):
             return self._table
         async with self._lock:
             if self._table is None or self._clock() >= self._expires_at:
                 self._table, self._expires_at = await self._load()
+        return self._table
+
+    async def keep(self) -> None:
+        """Load the table now, then reload it each time it expires, for as long as this
+        runs; meanwhile lookups take the table in hand and never wait for a fetch."""
+        load: Callable[[], Awaitable[SymbolTable]] = self.table  # first: unless one is fresh
+        try:
+            while True:
+                try:
+                    await load()
+                except Exception as exc:  # e.g. an unreadable snapshot: lookups load alone
+                    self._kept = False
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    await self._sleep(self._retry_s)
+                    continue
+                self._kept, load = True, self._reload
+                await self._sleep(max(self._expires_at - self._clock(), 1.0))
+        finally:
+            self._kept = False
+
+    async def _reload(self) -> SymbolTable:
+        async with self._lock:
+            self._table, self._expires_at = await self._load()
         return self._table
 
     async def refresh(self, out: Path | None = None) -> SymbolTable:
