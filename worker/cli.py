@@ -190,6 +190,7 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         say,
         execution=execution,
         worker_python=args.worker_python,
+        keep_logs=args.keep_logs,
     )
     print(render(results))
     if args.out is not None:
@@ -351,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the workers with this interpreter (another checkout's venv: a baseline);"
         " its own migrate makes the bench databases",
     )
+    _flag(bench, "--keep-logs", "keep the workers' logs (their directory is printed at the end)")
     bench.add_argument(
         "--out",
         metavar="PATH",

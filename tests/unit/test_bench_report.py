@@ -114,6 +114,7 @@ def fake_bench(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[bool]:
         *,
         execution: str = "off",
         worker_python: str | None = None,
+        keep_logs: bool = False,
     ) -> dict[str, Any]:
         calls.append(quick)
         if execution == "only":

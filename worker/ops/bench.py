@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -312,11 +313,13 @@ def run_bench(
     *,
     execution: str = "off",
     worker_python: str | None = None,
+    keep_logs: bool = False,
 ) -> dict[str, Any]:
     """Run every phase; start embedded servers for whatever URL is not given.
     ``execution``: ``off``, ``also`` (the execution phase after the others) or ``only``
     (the commit ceiling and the execution phase); ``worker_python``: measure the workers
-    of the checkout whose interpreter this is."""
+    of the checkout whose interpreter this is; ``keep_logs``: leave the workers' logs (and
+    the load generator's commit times) in the bench's directory, else it is removed."""
     pg = None if database_url else EmbeddedPostgres(durable=True).start()
     rd = None if redis_url else EmbeddedRedis().start()
     try:
@@ -334,6 +337,10 @@ def run_bench(
                 results["execution"] = runner.run()
         finally:
             bench.drop_dbs()
+            if keep_logs:
+                say(f"the workers' logs: {bench.tmp}")
+            else:
+                shutil.rmtree(bench.tmp, ignore_errors=True)
         results["servers"] = _server_versions(admin, bench.redis)
         return results
     finally:
