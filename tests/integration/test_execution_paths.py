@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from typing import Any
 
+import psycopg
 import pytest
 
 from tests.execution_support import (
@@ -19,6 +21,7 @@ from tests.execution_support import (
     wait_status,
 )
 from tests.pipeline_support import eventually
+from tests.support import insert_position, seed_owner
 from worker.app import App
 from worker.exchanges.paper import PaperExchange
 from worker.exchanges.prices import FixedPrices
@@ -185,3 +188,43 @@ async def test_paper_max_loss_closes_the_position_when_the_loss_reaches_the_limi
         prices.set("BTCUSDT", D("94"))
         await wait_status(db_url, pid, "closed")
     assert position(db_url, pid)["close_reason"] == "max_loss"
+
+
+async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
+    db_url: str, redis_url: str
+) -> None:
+    """A user's many resting paper orders cost a pass one match and one listing, not a
+    lookup each: when the price fills another user's order, that position alone is
+    driven (issue 20: one user's resting orders held up another user's fill)."""
+    prices = WatchedPrices({"BTCUSDT": D("100")})
+    paper = PaperExchange(prices, clock=lambda: 1_760_000_000_000)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        flooder, other = seed_owner(conn), seed_owner(conn)
+        resting = [
+            insert_position(conn, flooder, limit_price=D("50"), is_paper_trade=True)
+            for _ in range(30)
+        ]
+        filled = insert_position(conn, other, limit_price=D("90"), is_paper_trade=True)
+    async with paper_worker(exec_settings(db_url, redis_url), paper) as app:
+        for pid in [*resting, filled]:
+            await eventually(lambda pid=pid: _entry_status(db_url, pid) == "submitted", 20)
+        assert app.engine is not None
+        driven: list[str] = []
+        reconcile = app.engine.reconcile
+
+        async def counted(position_id: str) -> None:
+            driven.append(position_id)
+            await reconcile(position_id)
+
+        app.engine.reconcile = counted  # type: ignore[method-assign]
+        await wait_passes(app, 2)
+        assert driven == [], "unchanged resting orders were looked up"
+        prices.set("BTCUSDT", D("85"))  # crosses the other user's 90, not the flooder's 50
+        await wait_status(db_url, filled, "open", "monitoring")
+        await wait_passes(app, 2)
+    assert set(driven) == {str(filled)}
+    assert {_entry_status(db_url, pid) for pid in resting} == {"submitted"}
+
+
+def _entry_status(db_url: str, pid: Any) -> str | None:
+    return call(db_url, "SELECT status FROM orders WHERE position_id = %s", pid)  # type: ignore[no-any-return]

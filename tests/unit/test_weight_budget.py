@@ -19,7 +19,13 @@ from worker.exchanges.budget import (
     used_now,
     window_left,
 )
-from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
+from worker.execution.reconcile_plan import (
+    InFlight,
+    due,
+    in_turns,
+    needs_lookup,
+    open_orders_calls,
+)
 
 D = Decimal
 
@@ -75,7 +81,8 @@ def test_due() -> None:
 
 def order(status: str = "submitted", **fields: object) -> InFlight:
     values: dict[str, object] = {
-        "position_id": "p1", "client_order_id": "c1", "symbol": "BTCUSDT", "status": status,
+        "position_id": "p1", "user_id": "u1", "client_order_id": "c1", "symbol": "BTCUSDT",
+        "status": status,
         "exchange_status": "NEW", "filled_quantity": D(0), "missing_lookups": 0,
     }  # fmt: skip
     return InFlight(**{**values, **fields})  # type: ignore[arg-type]
@@ -121,3 +128,14 @@ def test_the_limits_are_read_from_exchange_info() -> None:
     }  # fmt: skip
     assert (rate_limit(info, "REQUEST_WEIGHT"), rate_limit(info, "ORDERS")) == (6000, 50)
     assert rate_limit({}, "ORDERS") is None
+
+
+def test_the_positions_to_drive_go_in_turns_across_users_oldest_first() -> None:
+    """One user's many changed orders cannot hold up another's (issue 20: 210 resting
+    orders of one user held another user's fill for minutes)."""
+    flood = [order(position_id=f"a{i}", user_id="A") for i in range(1000)]
+    late = order(position_id="b1", user_id="B")
+    drive = in_turns([*flood, late, order(position_id="a0", user_id="A")])
+    assert drive[:3] == ["a0", "b1", "a1"]  # B's one comes in the first turn
+    assert len(drive) == 1001 and drive[3:] == [f"a{i}" for i in range(2, 1000)]
+    assert in_turns([]) == []

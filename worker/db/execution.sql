@@ -296,17 +296,17 @@ ORDER BY created_at
 LIMIT 200
 
 -- name: exec_orders_in_flight
--- The worker's own orders not final, with the account they trade on (the REST safety net
--- lists each account's open orders once and looks up only what left that list). A fresh
--- 'created' order is left to the actor that is sending it right now.
-SELECT o.position_id::text AS position_id, o.client_order_id, o.symbol, o.status,
-       o.exchange_status, coalesce(o.filled_quantity, 0) AS filled_quantity,
+-- Every one of the worker's own orders not final, with the account they trade on (the
+-- REST safety net lists each account's open orders once and looks up only what left that
+-- list): no limit, so no order is left out of a pass however many another user has. A
+-- fresh 'created' order is left to the actor that is sending it right now.
+SELECT o.position_id::text AS position_id, o.user_id::text AS user_id, o.client_order_id,
+       o.symbol, o.status, o.exchange_status, coalesce(o.filled_quantity, 0) AS filled_quantity,
        o.missing_lookups, o.is_paper_trade, p.account_id
 FROM worker_orders o JOIN positions p ON p.id = o.position_id
 WHERE o.status IN ('created', 'submitted', 'partially_filled')
   AND (o.status <> 'created' OR o.created_at < now() - make_interval(secs => %(grace)s))
 ORDER BY o.created_at
-LIMIT 2000
 
 -- name: exec_stuck_positions
 -- Positions waiting for the worker with no order in flight (e.g. a crash right after the

@@ -7,7 +7,12 @@
   seconds, each live account's open orders are listed (``GET /api/v3/openOrders``, one
   call per symbol or one for all: ``reconcile_plan``); only an order that left that list,
   or that it shows changed, is looked up on its own. Between listings only orders still to
-  be sent are driven. Paper orders are looked up every pass (no weight to save).
+  be sent are driven. Paper orders are listed every pass (no weight to save), once the
+  paper book has matched every resting order against the feed (``PaperExchange.poll``):
+  a pass costs one match per symbol and one listing, plus a lookup per order that changed.
+  Every order in flight is in every pass (no limit), and the positions to drive go in
+  turns across users (``reconcile_plan.in_turns``): one user's thousand resting orders
+  cannot hold up another user's fill.
   A stop that fired on Binance while the worker was down is recorded
   here, and the position closed. An order the exchange reports nothing new about is left
   as it is: a pass writes only what changed. Binance positions held without the stop-loss /
@@ -43,10 +48,17 @@ from worker.driver_errors import translated_errors
 from worker.errors import DatabaseUnavailable
 from worker.exchanges.base import Exchange, ExchangeError, ListsOpenOrders, OrderState
 from worker.exchanges.budget import Priority, urgent
+from worker.exchanges.paper import PaperExchange
 from worker.execution.context import PositionBusy
 from worker.execution.engine import Engine
 from worker.execution.protection_plan import effective_stop, protection_trigger
-from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
+from worker.execution.reconcile_plan import (
+    InFlight,
+    due,
+    in_turns,
+    needs_lookup,
+    open_orders_calls,
+)
 from worker.execution.rows import Position, fetch_all
 from worker.settings import ExecutionSettings
 
@@ -82,11 +94,9 @@ class Watcher:
         flights = await self._in_flight(grace)
         views = await self._open_order_views(flights)
         to_drive = [
-            order.position_id
-            for key, order in flights
-            if key not in views or needs_lookup(order, views[key])
+            order for key, order in flights if key not in views or needs_lookup(order, views[key])
         ]
-        for position_id in dict.fromkeys(to_drive):
+        for position_id in in_turns(to_drive):
             await self._guarded(self.engine.reconcile, position_id)
         await self._enter_stuck(await self._ids("exec_stuck_positions", grace))
         for position_id, request_id in await self._rows("exec_pending_requests", grace):
@@ -110,9 +120,10 @@ class Watcher:
     async def _open_order_views(
         self, flights: list[tuple[AccountKey, InFlight]]
     ) -> dict[AccountKey, Mapping[str, OrderState] | None]:
-        """Each live account's open orders by client order id, when listed this pass (None:
-        not due, or the listing failed). An account that cannot list them (paper) is absent:
-        its orders are looked up one by one."""
+        """Each account's open orders by client order id, when listed this pass (None: not
+        due, or the listing failed). An account that cannot list them is absent: its orders
+        are looked up one by one. The paper book (every user's paper orders: one key) is
+        matched against the feed, then listed, every pass."""
         views: dict[AccountKey, Mapping[str, OrderState] | None] = {}
         now = time.monotonic()
         symbols_of: dict[AccountKey, set[str]] = {}
@@ -123,9 +134,12 @@ class Watcher:
             if exchange is None:
                 continue
             views[key] = None
-            if not due(self._listed_at.get(key), now, self.cfg.open_orders_interval):
+            interval = 0.0 if key[0] else self.cfg.open_orders_interval  # paper: no weight
+            if not due(self._listed_at.get(key), now, interval):
                 continue
             try:
+                if isinstance(exchange, PaperExchange):
+                    await exchange.poll()  # what the feed filled leaves the list
                 states = [
                     state
                     for symbol in open_orders_calls(symbols)
@@ -140,8 +154,8 @@ class Watcher:
 
     async def _lister(self, key: AccountKey) -> ListsOpenOrders | None:
         paper, account_id = key
-        if paper:
-            return None
+        if paper:  # the shared paper book: every user's paper orders
+            return self.paper if isinstance(self.paper, PaperExchange) else None
         try:
             exchange = await self.engine.router.for_account(account_id)
         except Exception:  # not configured, account unusable: the engine says why
