@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -207,7 +208,7 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
         filled = insert_position(conn, other, limit_price=D("90"), is_paper_trade=True)
     async with paper_worker(exec_settings(db_url, redis_url), paper) as app:
         for pid in [*resting, filled]:
-            await eventually(lambda pid=pid: _entry_status(db_url, pid) == "submitted", 20)
+            await eventually(partial(_entry_is, db_url, pid, "submitted"), 20)
         assert app.engine is not None
         driven: list[str] = []
         reconcile = app.engine.reconcile
@@ -228,3 +229,7 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
 
 def _entry_status(db_url: str, pid: Any) -> str | None:
     return call(db_url, "SELECT status FROM orders WHERE position_id = %s", pid)  # type: ignore[no-any-return]
+
+
+def _entry_is(db_url: str, pid: Any, status: str) -> bool:
+    return _entry_status(db_url, pid) == status
