@@ -194,6 +194,20 @@ async def test_market_order_by_quote_quantity() -> None:
 # -- limit, stop-loss, take-profit ---------------------------------------------------------------
 
 
+async def test_a_poll_matches_every_symbol_it_can_price_when_one_cannot_be() -> None:
+    """The reconcile pass polls the whole paper book: one symbol without a price (its
+    feed down, delisted) must not keep the others' resting orders from filling."""
+    feed, paper, _ = make({"BTCUSDT": "100", "ETHUSDT": "3000"})
+    await paper.place_order(order("eth", kind="limit", price="2900", symbol="ETHUSDT"))
+    await paper.place_order(order("btc", kind="limit", price="95"))
+    del feed._prices["ETHUSDT"]  # the feed no longer knows it: unknown_symbol (-1121)
+    feed.set("BTCUSDT", D(94))
+    (fill,) = await paper.poll()
+    assert fill.price == D(95)
+    eth = await paper.open_orders("ETHUSDT")
+    assert [(o.client_order_id, o.status) for o in eth] == [("eth", "NEW")]
+
+
 async def test_limit_order_rests_then_fills_at_its_limit_as_maker() -> None:
     feed, paper, clock = make(maker_fee=D("0.0005"))
     placed = await paper.place_order(order("l", kind="limit", price="95"))

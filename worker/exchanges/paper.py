@@ -399,13 +399,18 @@ class PaperExchange:
         return []
 
     async def poll(self) -> list[ExchangeFill]:
-        """Read the feed for every symbol with open orders and match them; the new fills."""
+        """Read the feed for every symbol with open orders and match them; the new fills.
+        A symbol whose rules or price cannot be had now (delisted, the feed unreachable) is
+        left for the next poll or its orders' own lookups; the others are matched."""
         open_orders = await self.store.open_orders(self.account, None)
         symbols = dict.fromkeys(o.symbol for o in open_orders)
         fills: list[ExchangeFill] = []
         for symbol in symbols:
-            rules = await self.symbol_rules(symbol)
-            quote = await read_quote(self._feed, rules, self.config.spread_bps)
+            try:
+                rules = await self.symbol_rules(symbol)
+                quote = await read_quote(self._feed, rules, self.config.spread_bps)
+            except ExchangeError:
+                continue
             if self._age_ms(quote) is None:
                 fills += await self.on_quote(symbol, quote)
         return fills
