@@ -214,7 +214,9 @@ def test_nobody_but_the_owner_truncates_sets_sequences_or_references(owner_conn:
 @pytest.mark.parametrize("role", ["anon", "authenticated", "service_role"])
 def test_api_roles_cannot_break_the_platform(db_url: str, role: str) -> None:
     """setval on the event sequence (every later state change fails), rewriting the migration
-    ledger (migrate and run refuse to start), TRUNCATE."""
+    ledger (migrate and run refuse to start), TRUNCATE, and the outbox's claim functions
+    (PostgREST's /rpc/outbox_claim_fair with values of the caller's choosing would read and
+    lock every user's events; outbox_mark_processed would drop them unhandled)."""
     attacks = {
         "setval": "SELECT setval('position_events_id_seq', 9223372036854775807)",
         "nextval": "SELECT nextval('position_events_id_seq')",
@@ -224,6 +226,9 @@ def test_api_roles_cannot_break_the_platform(db_url: str, role: str) -> None:
         "truncate positions": "TRUNCATE positions CASCADE",
         "truncate events": "TRUNCATE position_events",
         "truncate orders": "TRUNCATE orders CASCADE",
+        "claim fair": "SELECT * FROM outbox_claim_fair(0, 2147483647, 2147483647)",
+        "claim": "SELECT * FROM outbox_claim(0, 2147483647)",
+        "mark processed": "SELECT outbox_mark_processed(ARRAY[1, 2, 3]::bigint[])",
     }
     outcomes = {}
     with psycopg.connect(db_url, autocommit=True) as conn:
