@@ -19,13 +19,8 @@ from worker.exchanges.budget import (
     used_now,
     window_left,
 )
-from worker.execution.reconcile_plan import (
-    InFlight,
-    due,
-    in_turns,
-    needs_lookup,
-    open_orders_calls,
-)
+from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
+from worker.pipeline.turns import in_turns
 
 D = Decimal
 
@@ -135,7 +130,10 @@ def test_the_positions_to_drive_go_in_turns_across_users_oldest_first() -> None:
     orders of one user held another user's fill for minutes)."""
     flood = [order(position_id=f"a{i}", user_id="A") for i in range(1000)]
     late = order(position_id="b1", user_id="B")
-    drive = in_turns([*flood, late, order(position_id="a0", user_id="A")])
+    drive = [
+        run.position_id for run in in_turns([*flood, late, order(position_id="a0", user_id="A")])
+    ]
     assert drive[:3] == ["a0", "b1", "a1"]  # B's one comes in the first turn
     assert len(drive) == 1001 and drive[3:] == [f"a{i}" for i in range(2, 1000)]
-    assert in_turns([]) == []
+    nothing: list[InFlight] = []
+    assert [run.position_id for run in in_turns(nothing)] == []

@@ -7,13 +7,13 @@ an account's open orders per symbol and pass replaces a lookup per order: an ord
 open as the database has it needs nothing; only an order that left the list (filled,
 cancelled, expired, or forgotten by the exchange), or that the list shows changed, is
 looked up. Paper orders are listed too, every pass (no weight), once the paper book has
-matched them against the feed. What is driven goes in turns across users (``in_turns``).
-No I/O.
+matched them against the feed. What is driven goes in turns across users (the watcher,
+with ``worker.pipeline.turns``). No I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -71,20 +71,3 @@ def needs_lookup(order: InFlight, listed: Mapping[str, OrderState] | None) -> bo
         and state.status == order.exchange_status
         and state.executed_qty == order.filled_quantity
     )
-
-
-def in_turns(orders: Sequence[InFlight]) -> list[str]:
-    """The positions of ``orders`` (oldest first) to drive, in turns across users: every
-    user's first, then every user's second, ...; each position once. One user's thousand
-    changed orders cannot hold up another user's one."""
-    queues: dict[str, list[str]] = {}
-    seen: set[str] = set()
-    for order in orders:
-        if order.position_id not in seen:
-            seen.add(order.position_id)
-            queues.setdefault(order.user_id, []).append(order.position_id)
-    turns = [list(queue) for queue in queues.values()]
-    out: list[str] = []
-    for k in range(max((len(t) for t in turns), default=0)):
-        out += [t[k] for t in turns if k < len(t)]
-    return out

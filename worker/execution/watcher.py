@@ -11,7 +11,7 @@
   paper book has matched every resting order against the feed (``PaperExchange.poll``):
   a pass costs one match per symbol and one listing, plus a lookup per order that changed.
   Every order in flight is in every pass (no limit), and the positions to drive go in
-  turns across users (``reconcile_plan.in_turns``): one user's thousand resting orders
+  turns across users (``worker.pipeline.turns``): one user's thousand resting orders
   cannot hold up another user's fill.
   A stop that fired on Binance while the worker was down is recorded
   here, and the position closed. An order the exchange reports nothing new about is left
@@ -52,14 +52,9 @@ from worker.exchanges.paper import PaperExchange
 from worker.execution.context import PositionBusy
 from worker.execution.engine import Engine
 from worker.execution.protection_plan import effective_stop, protection_trigger
-from worker.execution.reconcile_plan import (
-    InFlight,
-    due,
-    in_turns,
-    needs_lookup,
-    open_orders_calls,
-)
+from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
 from worker.execution.rows import Position, fetch_all
+from worker.pipeline.turns import in_turns
 from worker.settings import ExecutionSettings
 
 AccountKey = tuple[bool, uuid.UUID | None]  # (paper, exchange account: None the operator's)
@@ -96,8 +91,8 @@ class Watcher:
         to_drive = [
             order for key, order in flights if key not in views or needs_lookup(order, views[key])
         ]
-        for position_id in in_turns(to_drive):
-            await self._guarded(self.engine.reconcile, position_id)
+        for run in in_turns(to_drive):  # a batch's turns: every user's first, then second ...
+            await self._guarded(self.engine.reconcile, run.position_id)
         await self._enter_stuck(await self._ids("exec_stuck_positions", grace))
         for position_id, request_id in await self._rows("exec_pending_requests", grace):
             await self._guarded(self.engine.handle_request, position_id, request_id)
