@@ -494,6 +494,56 @@ async def test_kill_9_in_a_batch_of_entries_then_restart_converges(
     assert set(posts_by_client_id(fake).values()) == {1}
 
 
+@pytest.mark.parametrize(
+    "point",
+    ["exit.protection_cancelled", "exit.committed", "exit.sent", "exit.recording", "exit.settled"],
+)
+async def test_kill_9_in_a_batch_of_exits_then_restart_converges(
+    db_url: str, redis_url: str, fake: FakeBinance, tmp_path: Path, point: str
+) -> None:
+    """Five positions (three live, their stop-loss and take-profit resting on the exchange;
+    two paper) entered, then their exits committed in one transaction: one claim takes them
+    together (worker/execution/request_batch.py), the live ones' protection is cancelled
+    one position at a time, and the worker is killed at ``point``, reached once for the
+    whole batch (at ``exit.settled``: after the first position's close, before its
+    follow-ups). A clean worker closes every one as one exit alone does, with one exchange
+    order per intent. The killed worker's reconciliation waits a minute before it looks at
+    orders in flight, so that the claim's batch is the only thing that exits them."""
+    pids: dict[uuid.UUID, bool] = {}
+    for paper in (False, False, False, True, True):
+        pids[new_position(db_url, **(PAPER if paper else LIVE))[1]] = paper
+
+    async def exit_all() -> None:
+        for pid, paper in pids.items():
+            await _wait_protected(db_url, pid, paper)
+        fake.set_price("BTCUSDT", "120")
+        with psycopg.connect(db_url) as conn, conn.transaction():
+            for pid in pids:
+                conn.execute("SELECT request_position_exit(%s)", (pid,))
+
+    env = live_env(db_url, redis_url, fake)
+    second = await _crash_then_restart(
+        env,
+        tmp_path,
+        point,
+        exit_all,
+        logged_first=None if point == "exit.protection_cancelled" else "request_batch",
+        first_env={"POSITION_WORKER__EXECUTION__RECONCILE_GRACE_SECONDS": "60"},
+    )
+    try:
+        await _converge(db_url, fake, pids, "exit", second)
+    finally:
+        second.kill()
+    killed_at = _killed_at(tmp_path / "first.log")
+    for pid, paper in pids.items():
+        _assert_figures(db_url, pid, _outcome("exit", paper))
+        if paper:
+            _assert_paper_fills(db_url, fake, pid, point, killed_at)
+        else:
+            assert_matches_exchange(db_url, fake, pid)
+    assert set(posts_by_client_id(fake).values()) == {1}
+
+
 def _assert_paper_fills(
     db_url: str, fake: FakeBinance, pid: uuid.UUID, point: str, killed_at: datetime | None = None
 ) -> list[datetime]:
@@ -523,8 +573,10 @@ def _assert_paper_fills(
         assert order["status"] == "filled"
         assert order["filled_quantity"] == order["quantity"]
         after_kill = killed_at is not None and placed_at[order["client_order_id"]] > killed_at
-        # past "entry.committed", the killed worker had counted its send (exec_bump_sends)
-        want = 2 if after_kill and point != "entry.committed" else 1
+        # past "<purpose>.committed", the killed worker had counted its sends
+        # (exec_bump_sends); before it, the orders were never sent
+        counted = point.split(".")[1] not in ("committed", "protection_cancelled")
+        want = 2 if after_kill and counted else 1
         assert order["send_attempts"] == want, (order["purpose"], point, after_kill)
     return list(placed_at.values())
 

@@ -279,6 +279,47 @@ UPDATE position_requests SET status = %(status)s, error = %(error)s,
        order_id = coalesce(%(order_id)s, order_id)
 WHERE id = %(request_id)s AND status = 'pending'
 
+-- name: exec_requests
+-- exec_request for many requests at once (a batch of them: worker/execution/request_batch.py).
+SELECT id, position_id, kind, quantity, quote_quantity, reason, status FROM position_requests
+WHERE id = ANY(%(request_ids)s::uuid[])
+
+-- name: exec_requests_started
+-- Which of the requests an order has been made for already (exec_order_of_request).
+SELECT DISTINCT request_id FROM worker_orders WHERE request_id = ANY(%(request_ids)s::uuid[])
+
+-- name: exec_positions_with_orders_in_flight
+-- Which of the positions have one of the worker's orders not final yet.
+SELECT DISTINCT position_id FROM worker_orders
+WHERE position_id = ANY(%(position_ids)s::uuid[])
+  AND status IN ('created', 'submitted', 'partially_filled')
+
+-- name: exec_insert_request_orders
+-- exec_insert_order for many requests' market orders, one row per array element (the ids
+-- drawn by the worker), in the order given.
+INSERT INTO orders (id, position_id, user_id, client_order_id, symbol, side, type, quantity,
+                    quote_quantity, status, purpose, is_paper_trade, request_id)
+SELECT id, position_id, user_id, client_order_id, symbol, side, 'market', quantity,
+       quote_quantity, 'created', purpose, is_paper_trade, request_id
+FROM unnest(%(id)s::uuid[], %(position_id)s::uuid[], %(user_id)s::uuid[],
+            %(client_order_id)s::text[], %(symbol)s::text[], %(side)s::text[],
+            %(quantity)s::numeric[], %(quote_quantity)s::numeric[], %(purpose)s::text[],
+            %(is_paper_trade)s::boolean[], %(request_id)s::uuid[])
+     WITH ORDINALITY AS x(id, position_id, user_id, client_order_id, symbol, side, quantity,
+                          quote_quantity, purpose, is_paper_trade, request_id, n)
+ORDER BY n
+RETURNING id, position_id, client_order_id, binance_order_id, symbol, side, type, quantity,
+          quote_quantity, price, stop_price, status, exchange_status, filled_quantity, purpose,
+          is_paper_trade, request_id, send_attempts, missing_lookups, created_at
+
+-- name: exec_finish_requests
+-- exec_finish_request for many requests, one per array element.
+UPDATE position_requests r
+SET status = x.status, error = x.error, order_id = coalesce(x.order_id, r.order_id)
+FROM unnest(%(request_id)s::uuid[], %(status)s::text[], %(error)s::text[],
+            %(order_id)s::uuid[]) AS x(request_id, status, error, order_id)
+WHERE r.id = x.request_id AND r.status = 'pending'
+
 -- name: exec_pending_requests_of_position
 SELECT id, position_id, kind, quantity, quote_quantity, reason, status FROM position_requests
 WHERE position_id = %(position_id)s AND status = 'pending'

@@ -4,7 +4,7 @@ position under that position's lock (``locks.py``).
 * :meth:`Engine.enter`: a new position is checked and its entry order recorded
   (``entry.py``); :meth:`Engine.enter_many`: many at once (``entry_batch.py``);
 * :meth:`Engine.handle_request`: an exit, partial exit or scale-in makes its order
-  (``requests.py``);
+  (``requests.py``); :meth:`Engine.handle_requests`: many at once (``request_batch.py``);
 * :meth:`Engine.reconcile`: the watcher's pass over a position with an order in flight;
 * :meth:`Engine.record_pushed`: an order update the exchange pushed (the user data stream,
   ``live_fills.py``), recorded as a lookup's answer would be;
@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker.errors import WorkerError
 from worker.exchanges.base import OrderState
 from worker.exchanges.budget import Priority, urgent
+from worker.execution.batch_sends import BatchSends
 from worker.execution.context import Context, CrashPoint, no_crash_point
 from worker.execution.entry import Entry
 from worker.execution.entry_batch import EntryBatch
@@ -48,6 +49,7 @@ from worker.execution.locks import (
 from worker.execution.orders import Driver
 from worker.execution.protection import Protection
 from worker.execution.recording import Outcome
+from worker.execution.request_batch import RequestBatch
 from worker.execution.requests import Requests
 from worker.execution.routing import ExchangeRouter
 from worker.execution.rows import Conn, Order, Position
@@ -76,9 +78,9 @@ class Engine:
         self.protection = Protection(self.ctx, self.driver)
         self.entry = Entry(self.ctx)
         self.requests = Requests(self.ctx, self.protection)
-        self.entries = EntryBatch(
-            self.ctx, self.entry, self.driver, self.protection, send_concurrency=send_concurrency
-        )
+        sends = BatchSends(self.ctx, self.driver, send_concurrency=send_concurrency)
+        self.entries = EntryBatch(self.ctx, self.entry, self.driver, self.protection, sends)
+        self.request_batch = RequestBatch(self.ctx, self.requests, self.protection, sends)
 
     async def enter(self, position_id: str) -> None:
         """A new position: validate, record the entry order, send it, record the outcome."""
@@ -109,6 +111,26 @@ class Engine:
         async with locked(self.pool, position_id) as conn:
             await self.requests.start(conn, request_id)
             await self.drive_open_orders(conn, await load_position(conn, position_id))
+
+    async def handle_requests(
+        self, requests: Sequence[tuple[str, str]]
+    ) -> dict[str, Exception | None]:
+        """:meth:`handle_request` for many ``(position id, request id)`` at once, one per
+        position (``request_batch.py``): each position's result, None or what failed it. A
+        position held elsewhere has none: its caller waits for it as for
+        :meth:`handle_request`."""
+        async with locked_many(self.pool, [p for p, _ in requests]) as (conn, held):
+            positions = {str(p.id): p for p in await load_positions(conn, held)}
+            items = [(positions[p], r) for p, r in requests if p in positions]
+            results = await self.request_batch.run(conn, items, self._handle_request)
+        out: dict[str, Exception | None] = {str(k): v for k, v in results.items()}
+        for position_id in set(held) - set(positions):
+            out[position_id] = WorkerError(f"position {position_id} does not exist")
+        return out
+
+    async def _handle_request(self, conn: Conn, position: Position, request_id: str) -> None:
+        await self.requests.start(conn, request_id)
+        await self.drive_open_orders(conn, await load_position(conn, position.id))
 
     async def reconcile(self, position_id: str) -> None:
         """Bring the position's orders in flight up to date with the exchange."""

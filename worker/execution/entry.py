@@ -80,7 +80,7 @@ class Entry:
         try:
             exchange = await self.ctx.router.for_position(position)
             rules = await exchange.symbol_rules(position.symbol)
-            price = position.limit_price or await _price(exchange, position.symbol, prices)
+            price = position.limit_price or await read_price(exchange, position.symbol, prices)
         except NotConfigured as exc:
             return str(exc), None
         except OrderRejected as exc:
@@ -166,7 +166,7 @@ class Entry:
         for row in rows:
             value = row["entry_value"] or row["requested_quote"]
             if value is None and row["requested_quantity"] is not None:
-                price = row["limit_price"] or await _price(exchange, row["symbol"], known)
+                price = row["limit_price"] or await read_price(exchange, row["symbol"], known)
                 value = row["requested_quantity"] * price
             total += value or 0
         return total
@@ -191,7 +191,7 @@ def exposure_rows(limits: RiskLimits) -> int:
     return max(limits.max_open_positions, 1000) + 1
 
 
-async def _price(exchange: Exchange, symbol: str, prices: dict[str, Decimal] | None) -> Decimal:
+async def read_price(exchange: Exchange, symbol: str, prices: dict[str, Decimal] | None) -> Decimal:
     """``symbol``'s market price, read once per ``prices`` (None: read now)."""
     if prices is None:
         return await exchange.price(symbol)

@@ -11,13 +11,8 @@ thousand followers is a thousand entries committed at once):
    position refused earlier in the batch no longer counts (as when committed one by one);
    the entry orders of those accepted inserted and their positions moved to
    ``submitting``; the refused failed with their reason;
-3. every order's ``send_attempts`` bumped in one statement (committed: from now on it may
-   exist on the exchange), then the orders sent: paper orders placed together
-   (``PaperExchange.place_orders``: one transaction), live ones ``send_concurrency`` at a
-   time;
-4. **one transaction** recording every answer (``recording_batch.py``: the same writes as
-   the per-order path, a statement per step; one by one if that transaction fails), then
-   each position's follow-ups (``after_settled``: protection).
+3. the orders sent (paper orders placed together, live ones side by side), their answers
+   recorded in one transaction, then each position's follow-ups (``batch_sends.py``).
 
 The crash-safety rules are the one-position path's: the intent is committed before the
 send, the outcome recorded after it, and the crash points have the same names (each hit
@@ -37,34 +32,20 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-import anyio
 from psycopg.rows import dict_row
 
 from worker.db.queries import q
-from worker.exchanges.base import Exchange, ExchangeError, OrderState
-from worker.exchanges.paper import PaperExchange
+from worker.execution.batch_sends import BatchSends, Results, Started, caught, log_foreign, ms
 from worker.execution.client_ids import client_order_id
 from worker.execution.context import Context
 from worker.execution.entry import Checked, Entry, exposure_rows
 from worker.execution.orders import Driver
 from worker.execution.protection import Protection
-from worker.execution.recording import Answer
-from worker.execution.recording_batch import record_fresh_answers
 from worker.execution.rows import Conn, Order, Position, fetch_all
 from worker.execution.transitions import set_position_status
 from worker.risk import RiskLimits
 
-Results = dict[uuid.UUID, Exception | None]
 DriveOne = Callable[[Conn, Position], Awaitable[Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """A position whose entry order is recorded (committed), and where it goes."""
-
-    position: Position
-    order: Order
-    exchange: Exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +62,10 @@ class EntryBatch:
         entry: Entry,
         driver: Driver,
         protection: Protection,
-        *,
-        send_concurrency: int,
+        sends: BatchSends,
     ) -> None:
         self.ctx, self.entry, self.driver, self.protection = ctx, entry, driver, protection
-        self.send_concurrency = max(1, send_concurrency)
+        self.sends = sends
 
     async def run(self, conn: Conn, positions: Sequence[Position], drive_one: DriveOne) -> Results:
         """Enter ``positions`` (their locks held on ``conn``); each one's result: None, or
@@ -95,13 +75,13 @@ class EntryBatch:
         created = [p for p in positions if p.status == "created"]
         started = await self._start(conn, created, results) if created else []
         if started:
-            await self._send_and_record(conn, started, results)
+            await self.sends.send_and_record(conn, started, results, "entry_batch_recorded")
         for position in positions:
             if position.status != "created":
-                results[position.id] = await _caught(drive_one(conn, position))
+                results[position.id] = await caught(drive_one(conn, position))
         for item in started:  # what the one-position path ends with (paper: nothing)
             if results.get(item.position.id) is None and not item.position.is_paper_trade:
-                done = await _caught(self.protection.protect(conn, item.position))
+                done = await caught(self.protection.protect(conn, item.position))
                 results[item.position.id] = done
         return results
 
@@ -135,8 +115,8 @@ class EntryBatch:
             "entry_batch",
             positions=len(judged),
             started=len(started),
-            check_ms=_ms(checks_done - began),
-            intents_ms=_ms(time.monotonic() - checks_done),
+            check_ms=ms(checks_done - began),
+            intents_ms=ms(time.monotonic() - checks_done),
         )
         for item in judged:
             if item.problem is not None:
@@ -200,89 +180,8 @@ class EntryBatch:
                 await set_position_status(conn, item.position, "failed", reason=item.problem)
         return started
 
-    # -- 3 and 4: the sends, then their answers recorded in one transaction --------------------
-
-    async def _send_and_record(self, conn: Conn, started: list[Started], results: Results) -> None:
-        self.ctx.crash_point("entry.committed")
-        began = time.monotonic()
-        await conn.execute(q("exec_bump_sends"), {"order_ids": [s.order.id for s in started]})
-        answers = await self._send_all(started)
-        self.ctx.crash_point("entry.sent")
-        sent = time.monotonic()
-        recorded: list[Answer] = []
-        for item, answer in zip(started, answers, strict=True):
-            if isinstance(answer, ExchangeError):
-                failed = self.driver.send_failed(
-                    conn, item.position, item.order, answer, first_send=True
-                )
-                results[item.position.id] = await _caught(failed)
-            elif isinstance(answer, Exception):
-                results[item.position.id] = answer
-            else:
-                recorded.append(Answer(item.exchange, item.position, item.order, answer))
-        if not recorded:
-            return
-        outcomes = await record_fresh_answers(conn, recorded, self.ctx.crash_point)
-        self.ctx.log.info(
-            "entry_batch_recorded",
-            orders=len(started),
-            recorded=len(recorded),
-            send_ms=_ms(sent - began),
-            record_ms=_ms(time.monotonic() - sent),
-        )
-        for done, outcome in zip(recorded, outcomes, strict=True):
-            pid = done.position.id
-            if isinstance(outcome, Exception):
-                results[pid] = outcome
-            elif outcome is None:
-                results[pid] = None
-            else:
-                results[pid] = await _caught(self.driver.after_settled(conn, done.order, outcome))
-
-    async def _send_all(self, started: list[Started]) -> list[OrderState | Exception]:
-        """Every order sent: paper ones placed together (``PaperExchange.place_orders``),
-        the others ``send_concurrency`` at a time."""
-        answers: list[OrderState | Exception] = [Exception("not sent")] * len(started)
-        paper = [i for i, s in enumerate(started) if _paper_account(s.exchange) is not None]
-        if paper:
-            book = started[paper[0]].exchange
-            assert isinstance(book, PaperExchange)
-            orders = []
-            for i in paper:
-                item = started[i]
-                account = _paper_account(item.exchange)
-                assert account is not None
-                orders.append((account, self.driver.sending(item.position, item.order)))
-            try:
-                placed = await book.place_orders(orders)
-            except Exception as exc:  # the store's database: every one's outcome unknown
-                placed = [exc] * len(paper)
-            for i, answer in zip(paper, placed, strict=True):
-                answers[i] = answer
-        limiter = anyio.CapacityLimiter(self.send_concurrency)
-
-        async def send(i: int, item: Started) -> None:
-            async with limiter:
-                try:
-                    answers[i] = await self.driver.place(item.position, item.order, item.exchange)
-                except Exception as exc:
-                    answers[i] = exc
-
-        async with anyio.create_task_group() as tg:
-            for i, item in enumerate(started):
-                if i not in paper:
-                    tg.start_soon(send, i, item)
-        return answers
-
     async def _log_foreign(self, conn: Conn, positions: Sequence[Position]) -> None:
-        """Log the positions' order rows the worker did not write (they are ignored)."""
-        cur = await conn.execute(
-            q("exec_foreign_orders_of_positions"), {"position_ids": [p.id for p in positions]}
-        )
-        for position_id, order_id in await cur.fetchall():
-            self.ctx.log.warning(
-                "foreign_order_ignored", order_id=str(order_id), position_id=str(position_id)
-            )
+        await log_foreign(self.ctx, conn, positions)
 
 
 def _rows(accepted: list[tuple[Position, Checked]]) -> dict[str, list[Any]]:
@@ -302,21 +201,3 @@ def _rows(accepted: list[tuple[Position, Checked]]) -> dict[str, list[Any]]:
         "price": [p.limit_price for p, _ in accepted],
         "is_paper_trade": [p.is_paper_trade for p, _ in accepted],
     }
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
-def _paper_account(exchange: Exchange) -> str | None:
-    """The paper account ``exchange`` is a view of (None: not a paper account's)."""
-    return exchange.account if isinstance(exchange, PaperExchange) else None
-
-
-async def _caught(step: Awaitable[Any]) -> Exception | None:
-    """Run one position's step: None, or what it raised (that position's result)."""
-    try:
-        await step
-    except Exception as exc:
-        return exc
-    return None

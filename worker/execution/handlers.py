@@ -84,5 +84,15 @@ def add_execution_handlers(registry: Registry, engine: Engine) -> None:
     async def request(event: Event) -> None:
         await _patiently(engine.handle_request, event.position_id, str(event.data["request_id"]))
 
+    async def request_many(events: Sequence[Event]) -> dict[int, Exception | None]:
+        """Many requests at once (Engine.handle_requests), as :func:`enter_many`."""
+        pairs = [(event.position_id, str(event.data["request_id"])) for event in events]
+        results = await engine.handle_requests(pairs)
+        return {
+            event.event_id: _as_result(results[event.position_id])
+            for event in events
+            if event.position_id in results
+        }
+
     registry.add("execution_entry", position_created, enter, slow=True, batch=enter_many)
-    registry.add("execution_request", request_recorded, request, slow=True)
+    registry.add("execution_request", request_recorded, request, slow=True, batch=request_many)

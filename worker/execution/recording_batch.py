@@ -11,10 +11,13 @@ per step, in the caller's transaction:
    compare-and-set: a position that moved meanwhile fails the whole batch, which the
    caller then records one by one).
 
+7. the requests the orders were made for settled (one statement).
+
 Each position's rows are written in the order one position's recording writes them, so
 its events come in the same order; the crash point of each purpose is reached once.
-Only for orders nobody recorded anything of yet: their recorded trades are none, and
-their positions' are those of these answers (a new position's single entry).
+Only for orders nobody recorded anything of yet (a batch's new entries, exits and scales:
+their recorded trades are none), one order per position; each position's figures are
+refolded from every fill it has, those of its earlier orders included.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from worker.execution.recording import (
     Outcome,
     Prepared,
     failure_reason,
-    finish_request,
     prepare_answer,
     write_answer,
 )
@@ -120,15 +122,28 @@ async def record_many(
             goals.append((position, goal, failure_reason(order, state, goal), close))
     moved = await move_positions(conn, goals)
     outcomes = []
+    finished: list[tuple[uuid.UUID, str, str | None, uuid.UUID]] = []
     for (answer, _), target, f in zip(items, targets, figures, strict=True):
         new = moved.get(answer.position.id)
         position = answer.position if new is None else replace(answer.position, status=new)
         outcomes.append(Outcome(target, new, position, f))
-        if target in FINAL_ORDER:  # the request the order was made for (an entry has none)
-            state, order = answer.state, answer.order
+        state, order = answer.state, answer.order
+        if target in FINAL_ORDER and order.request_id is not None:  # (an entry has none)
             error = None if state.executed_qty > 0 else f"order {state.status.lower()}"
-            await finish_request(conn, order.request_id, "done", error, order_id=order.id)
+            finished.append((order.request_id, "done", error, order.id))
+    await finish_requests(conn, finished)
     return outcomes
+
+
+async def finish_requests(
+    conn: Conn, finished: Sequence[tuple[uuid.UUID, str, str | None, uuid.UUID | None]]
+) -> None:
+    """``recording.finish_request`` for many requests, ``(request, status, error, order)``,
+    in one statement."""
+    if finished:
+        names = ("request_id", "status", "error", "order_id")
+        columns = {name: [row[i] for row in finished] for i, name in enumerate(names)}
+        await conn.execute(q("exec_finish_requests"), columns)
 
 
 async def move_orders(conn: Conn, moves: list[tuple[Order, str]]) -> None:

@@ -17,6 +17,7 @@ from worker.exchanges.base import OrderRejected
 from worker.exchanges.budget import Priority, urgent
 from worker.exchanges.filters import SymbolRules, check_order, round_quantity
 from worker.execution.context import Context
+from worker.execution.entry import read_price
 from worker.execution.locks import load_position
 from worker.execution.orders import new_order
 from worker.execution.protection import Protection
@@ -57,7 +58,7 @@ class Requests:
                 async with conn.transaction():
                     await finish_request(conn, request.id, "done", error)
                 return
-        problem, quantity, purpose = await self._plan(position, request)
+        problem, quantity, purpose = await self.plan(position, request)
         async with conn.transaction():
             if problem is not None:
                 await finish_request(conn, request.id, "rejected", problem)
@@ -76,16 +77,20 @@ class Requests:
             if purpose == "exit":
                 await set_position_status(conn, position, "closing", close_reason=request.reason)
 
-    async def _plan(self, position: Position, request: Request) -> tuple[str | None, Decimal, str]:
+    async def plan(
+        self, position: Position, request: Request, prices: dict[str, Decimal] | None = None
+    ) -> tuple[str | None, Decimal, str]:
         """Why the request is refused (None: it is not), the quantity and the purpose of
-        its order (``exit`` when it sells all that can be sold, else ``scale_out``)."""
+        its order (``exit`` when it sells all that can be sold, else ``scale_out``).
+        ``prices``: each symbol's price read once for a batch of requests."""
         if position.status not in LIVE_POSITION:
             return f"position is {position.status}", Decimal(0), ""
         exchange = await self.ctx.router.for_position(position)
         rules = await exchange.symbol_rules(position.symbol)
         held = position.held_quantity or Decimal(0)
+
         if request.kind == "scale_in":
-            price = await exchange.price(position.symbol)
+            price = await read_price(exchange, position.symbol, prices)
             wanted = request.quantity
             if wanted is None:
                 assert request.quote_quantity is not None  # the SQL functions ask for one
@@ -95,7 +100,7 @@ class Requests:
         wanted = held if request.quantity is None else min(request.quantity, held)
         qty = round_quantity(rules, wanted)
         everything = request.quantity is None or qty >= round_quantity(rules, held)
-        price = await exchange.price(position.symbol)
+        price = await read_price(exchange, position.symbol, prices)
         return _filters(rules, qty, price), qty, "exit" if everything else "scale_out"
 
 
