@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from worker.execution.entry import exposure_rows
 from worker.risk import Exposure, RiskLimits, risk_problem
 from worker.settings import RiskSettings
 
@@ -89,3 +91,14 @@ def test_zero_means_no_limit() -> None:
         None,
     )
     assert check(none, notional=Decimal("1e9"), exposure=Exposure(10**6, Decimal("1e12"))) is None
+
+
+def test_the_exposure_is_read_only_when_a_limit_looks_at_it() -> None:
+    """A user's other positions are read (at most this many) for the open-positions or the
+    open-notional limit; with both off nothing looks at them, and none are read."""
+    assert exposure_rows(LIMITS) == 1001
+    assert exposure_rows(replace(LIMITS, max_open_positions=5000)) == 5001
+    assert exposure_rows(replace(LIMITS, max_open_positions=0)) == 1001  # the notional limit
+    assert exposure_rows(replace(LIMITS, max_open_notional=Decimal(0))) == 1001
+    off = replace(LIMITS, max_open_positions=0, max_open_notional=Decimal(0))
+    assert exposure_rows(off) == 0

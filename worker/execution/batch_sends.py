@@ -6,8 +6,9 @@ intents are committed, sent, and their answers recorded in one transaction.
    (``PaperExchange.place_orders``: one transaction), live ones ``send_concurrency`` at a
    time, each under its purpose's priority in the weight budget;
 2. **one transaction** recording every answer (``recording_batch.py``: the same writes as
-   the per-order path, a statement per step; one by one if that transaction fails), then
-   each order's follow-ups (``Driver.after_settled``: protection).
+   the per-order path, a statement per step; one by one if that transaction fails); then
+   the sends the exchange refused or left unknown, each as one by one; then each recorded
+   order's follow-ups (``Driver.after_settled``: protection).
 
 An exchange error on a send is that order's alone (``Driver.send_failed``: a rejection, a
 refused key, an outcome unknown), as one by one. The crash points are the one-order path's,
@@ -66,19 +67,23 @@ class BatchSends:
             self.ctx.crash_point(f"{purpose}.sent")
         sent = time.monotonic()
         recorded: list[Answer] = []
+        failed: list[tuple[Started, ExchangeError]] = []
         for item, answer in zip(started, answers, strict=True):
             if isinstance(answer, ExchangeError):
-                failed = self.driver.send_failed(
-                    conn, item.position, item.order, answer, first_send=True
-                )
-                results[item.position.id] = await caught(failed)
+                failed.append((item, answer))
             elif isinstance(answer, Exception):
                 results[item.position.id] = answer
             else:
                 recorded.append(Answer(item.exchange, item.position, item.order, answer))
+        # the fills first: a rejection's own transaction does not hold up anyone's fill
+        outcomes = (
+            await record_fresh_answers(conn, recorded, self.ctx.crash_point) if recorded else []
+        )
+        for item, error in failed:
+            step = self.driver.send_failed(conn, item.position, item.order, error, first_send=True)
+            results[item.position.id] = await caught(step)
         if not recorded:
             return
-        outcomes = await record_fresh_answers(conn, recorded, self.ctx.crash_point)
         self.ctx.log.info(
             event,
             orders=len(started),

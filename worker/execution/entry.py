@@ -114,16 +114,18 @@ class Entry:
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(q("risk_override"), user)
             limits = RiskLimits.of(self.ctx.risk, await cur.fetchone())
-            await cur.execute(
-                q("risk_exposure"),
-                {
-                    **user,
-                    "position_id": position.id,
-                    "live": not position.is_paper_trade,
-                    "limit": exposure_rows(limits),
-                },
-            )
-            others = await cur.fetchall()
+            others: list[dict[str, Any]] = []
+            if exposure_rows(limits):
+                await cur.execute(
+                    q("risk_exposure"),
+                    {
+                        **user,
+                        "position_id": position.id,
+                        "live": not position.is_paper_trade,
+                        "limit": exposure_rows(limits),
+                    },
+                )
+                others = await cur.fetchall()
         return await self.judge(position, checked, limits, others)
 
     async def judge(
@@ -187,7 +189,10 @@ class Entry:
 
 def exposure_rows(limits: RiskLimits) -> int:
     """How many of a user's other positions the exposure reads: enough to tell whether
-    ``max_open_positions`` is reached, bounded for a user with very many."""
+    ``max_open_positions`` is reached, bounded for a user with very many; none when neither
+    that nor ``max_open_notional`` is set (nothing would look at them)."""
+    if not (limits.max_open_positions or limits.max_open_notional):
+        return 0
     return max(limits.max_open_positions, 1000) + 1
 
 

@@ -139,11 +139,13 @@ class EntryBatch:
             await cur.execute(q("risk_overrides"), {"user_ids": users})
             overrides = {str(row["user_id"]): row for row in await cur.fetchall()}
             limits = {u: RiskLimits.of(self.ctx.risk, overrides.get(u)) for u in users}
-            bound = max(exposure_rows(lim) for lim in limits.values()) + 1
-            await cur.execute(q("risk_exposures"), {"user_ids": users, "limit": bound})
             exposure: dict[tuple[str, bool], list[dict[str, Any]]] = {}
-            for row in await cur.fetchall():
-                exposure.setdefault((str(row["user_id"]), row["live"]), []).append(row)
+            counted = [u for u in users if exposure_rows(limits[u])]  # a limit needs them
+            if counted:
+                bound = max(exposure_rows(limits[u]) for u in counted) + 1
+                await cur.execute(q("risk_exposures"), {"user_ids": counted, "limit": bound})
+                for row in await cur.fetchall():
+                    exposure.setdefault((str(row["user_id"]), row["live"]), []).append(row)
         refused: set[uuid.UUID] = set()
         out: list[_Judged] = []
         for item in judged:
