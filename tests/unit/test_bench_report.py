@@ -152,20 +152,39 @@ def test_bench_writes_its_json_and_plot_only_at_out(
     assert list(Path.cwd().iterdir()) == []
 
 
+def _burst(system: str, round_: int, entries: float, exits: float) -> dict[str, Any]:
+    return {
+        "system": system,
+        "round": round_,
+        "positions": 1000,
+        "refused": 0,
+        "entries_per_s": entries,
+        "entry_p50_ms": 1900.0,
+        "entry_p99_ms": 3800.0 + entries,
+        "exits_per_s": exits,
+        "exit_p99_ms": 4900.0,
+    }
+
+
 EXECUTION: dict[str, Any] = {
     "plan": {"positions": 1000, "workers": [1, 3], "flood": 1000, "neighbour_entries": 50},
+    # three rounds, alternating: worker-1's median round is its 250/s one
     "bursts": [
-        {
-            "system": "worker-1",
-            "positions": 1000,
-            "refused": 0,
-            "entries_per_s": 250.0,
-            "entry_p50_ms": 1900.0,
-            "entry_p99_ms": 3800.0,
-            "exits_per_s": 200.0,
-            "exit_p99_ms": 4900.0,
-        }
+        _burst("worker-1", 1, 250.0, 200.0),
+        _burst("worker-3", 1, 300.0, 100.0),
+        _burst("worker-1", 2, 200.0, 200.0),
+        _burst("worker-3", 2, 180.0, 300.0),
+        _burst("worker-1", 3, 260.0, 250.0),
+        _burst("worker-3", 3, 286.0, 250.0),
     ],
+    "request_fairness": {
+        "requests": 1000,
+        "positions": 100,
+        "neighbour_entries": 50,
+        "neighbour_p50_ms": 70.0,
+        "neighbour_p99_ms": 150.0,
+        "flood_seconds": 12.25,
+    },
     "fairness": {
         "flood": 1000,
         "neighbour_entries": 50,
@@ -187,6 +206,15 @@ def test_execution_only_prints_the_bursts_beside_the_ceiling_and_no_plot(
     assert f"commit ceiling: {ceiling:,.0f} events/s" in text
     assert f"{250.0 / ceiling:.4f}" in text  # entries/s over the ceiling
     assert "p99 240 ms" in text and "Saturation" not in text
+    assert "3 alternating rounds, the median round of each system" in text
+    (one,) = [line for line in text.splitlines() if line.startswith("worker-1 ")]
+    assert one.split()[1:4] == ["250", "1,900", "4,050"]  # the median round, whole
+    assert (
+        "worker-3 / worker-1, per round: entries 1.20, 0.90, 1.10 (median 1.10);"
+        " exits 0.50, 1.50, 1.00 (median 1.00)"
+    ) in text
+    assert "one user asks 1,000 scale-ins at once on 100 positions" in text
+    assert "p50 70 ms, p99 150 ms (the requests took 12.25 s)" in text
     assert json.loads(out.read_text())["execution"]["fairness"]["neighbour_p99_ms"] == 240.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "exec.json"]
 

@@ -6,9 +6,14 @@ on paper (the synthetic feed), against the same servers as the commit ceiling:
 * **bursts**: ``positions`` market entries, one per user, committed in one transaction, with
   1 and 3 worker processes: entries/s (from the first commit to the last entry), p50/p99
   created -> entry; then one transaction asks every position to exit: exits/s;
+  The bursts run ``rounds`` times, 1 and 3 workers alternating, so that the machine's drift
+  falls on both alike: the report gives each system's median round and the ratio of 3
+  workers to 1 in each round;
 * **fairness**: one user commits ``flood`` positions at once, then another user commits
   ``neighbour_entries`` plain market entries one after the other (each once the one before
-  it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99.
+  it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99;
+* **request fairness**: the same neighbour, while one user's ``flood`` scale-in requests,
+  committed at once on ``request_positions`` open positions of theirs, are handled.
 
 Every time comes from the database (the events' ``occurred_at``), so the bench's own
 polling does not count. The users' risk limits are lifted (a thousand positions would be
@@ -47,10 +52,12 @@ class ExecutionPlan:
     workers: tuple[int, ...] = (1, 3)
     flood: int = 1000
     neighbour_entries: int = 20  # each committed once the one before it has entered
+    rounds: int = 3
+    request_positions: int = 100  # the request flood's positions (flood / this requests each)
 
     @classmethod
     def for_mode(cls, quick: bool) -> ExecutionPlan:
-        return cls(200, (1,), 200, 10) if quick else cls()
+        return cls(200, (1,), 200, 10, 1, 20) if quick else cls()
 
 
 _USERS = """
@@ -64,7 +71,7 @@ RETURNING user_id, trader_id, id
 _POSITIONS = """
 INSERT INTO positions (user_id, trader_id, signal_id, symbol, side, status,
                        requested_quantity, is_paper_trade)
-SELECT u, t, s, 'BTCUSDT', 'long', 'created', 0.01, true
+SELECT u, t, s, 'BTCUSDT', 'long', 'created', %(quantity)s, true
 FROM unnest(%(u)s::uuid[], %(t)s::uuid[], %(s)s::uuid[]) AS x(u, t, s)
 RETURNING id
 """
@@ -108,12 +115,13 @@ def make_users(conn: psycopg.Connection[Any], n: int) -> Users:
     return Users([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
-def commit_positions(conn: psycopg.Connection[Any], users: Users) -> list[Any]:
-    """One position per entry of ``users``, all in one transaction."""
+def commit_positions(
+    conn: psycopg.Connection[Any], users: Users, quantity: str = "0.01"
+) -> list[Any]:
+    """One position per entry of ``users`` (``quantity`` BTC each), all in one transaction."""
     with conn.transaction():
-        rows = conn.execute(
-            _POSITIONS, {"u": users.user_ids, "t": users.trader_ids, "s": users.signal_ids}
-        ).fetchall()
+        params = {"u": users.user_ids, "t": users.trader_ids, "s": users.signal_ids}
+        rows = conn.execute(_POSITIONS, {**params, "quantity": quantity}).fetchall()
     return [r[0] for r in rows]
 
 
@@ -137,6 +145,22 @@ def wait_for(
 
 
 _COUNT_IN = "SELECT count(*) FROM positions WHERE id = ANY(%(ids)s) AND status = ANY(%(statuses)s)"
+# ``each`` scale-ins on every position of ``ids``, one round over them after another; the
+# request flood's positions and scale-ins are small (0.0002 BTC, 10 USDT at the synthetic
+# feed's 50,000): the paper account's 10,000 USDT pays for all of them
+FLOOD_QUANTITY: Final = "0.0002"
+_SCALE_INS = """
+SELECT request_position_scale_in(x.id, %(quantity)s)
+FROM generate_series(1, %(each)s) AS g(n), unnest(%(ids)s::uuid[]) WITH ORDINALITY AS x(id, i)
+ORDER BY g.n, x.i
+"""
+# how many of the positions' requests are settled (done or rejected), and the span from
+# the first request to the last settled one
+_REQUESTS_SETTLED = """
+SELECT count(*) FILTER (WHERE status <> 'pending'),
+       extract(epoch FROM max(updated_at) FILTER (WHERE status <> 'pending') - min(created_at))
+FROM position_requests WHERE position_id = ANY(%(ids)s)
+"""
 
 
 def spans(pairs: list[tuple[float, float | None]]) -> dict[str, Any]:
@@ -213,34 +237,89 @@ class ExecutionBench:
         db = self.bench.empty_db()
         with psycopg.connect(db, autocommit=True) as conn:
             users = make_users(conn, 2)
-            neighbour = users.one(1)
             self.bench.checkpoint()
             with self.workers(db, 1):
                 flood = commit_positions(conn, users.one(0, self.plan.flood))
-                mine: list[Any] = []
-                for _ in range(self.plan.neighbour_entries):  # one after the other
-                    entry = commit_positions(conn, neighbour)
-                    wait_for(conn, _COUNT_IN, entry, ENTERED, every=0.005)
-                    mine += entry
-                neighbour_times = conn.execute(_ENTRY_TIMES, {"ids": mine}).fetchall()
+                neighbour_times = self._neighbour_enters(conn, users.one(1))
                 wait_for(conn, _COUNT_IN, flood, ENTERED)
                 flood_times = conn.execute(_ENTRY_TIMES, {"ids": flood}).fetchall()
         near = spans([(a, b) for a, b in neighbour_times])
         far = spans([(a, b) for a, b in flood_times])
         return {
             "flood": len(flood),
-            "neighbour_entries": len(mine),
+            "neighbour_entries": len(neighbour_times),
             "neighbour_p50_ms": near["p50_ms"],
             "neighbour_p99_ms": near["p99_ms"],
             "flood_seconds": far.get("seconds", float("nan")),
             "flood_entries_per_s": far["per_s"],
         }
 
+    def request_fairness(self) -> dict[str, Any]:
+        """One user's flood of scale-in requests on their open positions; another user's
+        entries meanwhile, one by one."""
+        db = self.bench.empty_db()
+        each = max(1, self.plan.flood // self.plan.request_positions)
+        with psycopg.connect(db, autocommit=True) as conn:
+            users = make_users(conn, 2)
+            self.bench.checkpoint()
+            with self.workers(db, 1):
+                owner = users.one(0, self.plan.request_positions)
+                held = commit_positions(conn, owner, FLOOD_QUANTITY)
+                wait_for(conn, _COUNT_IN, held, ENTERED)
+                with conn.transaction():
+                    params = {"ids": held, "each": each, "quantity": FLOOD_QUANTITY}
+                    conn.execute(_SCALE_INS, params)
+                neighbour_times = self._neighbour_enters(conn, users.one(1))
+                settled = self._wait_requests(conn, held, each * len(held))
+        near = spans([(a, b) for a, b in neighbour_times])
+        return {
+            "requests": each * len(held),
+            "positions": len(held),
+            "neighbour_entries": len(neighbour_times),
+            "neighbour_p50_ms": near["p50_ms"],
+            "neighbour_p99_ms": near["p99_ms"],
+            "flood_seconds": settled,
+        }
+
+    def _neighbour_enters(
+        self, conn: psycopg.Connection[Any], neighbour: Users
+    ) -> list[tuple[float, float | None]]:
+        """``neighbour_entries`` entries, each committed once the one before it entered;
+        their (created, entered) times."""
+        mine: list[Any] = []
+        for _ in range(self.plan.neighbour_entries):
+            entry = commit_positions(conn, neighbour)
+            wait_for(conn, _COUNT_IN, entry, ENTERED, every=0.005)
+            mine += entry
+        return [(a, b) for a, b in conn.execute(_ENTRY_TIMES, {"ids": mine}).fetchall()]
+
+    @staticmethod
+    def _wait_requests(conn: psycopg.Connection[Any], ids: list[Any], count: int) -> float:
+        """Until ``count`` requests of the positions ``ids`` are settled; how long they took
+        (from the first request's commit to the last one settled, the database's times)."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            row = conn.execute(_REQUESTS_SETTLED, {"ids": ids}).fetchone()
+            if row is not None and int(row[0]) >= count:
+                return float(row[1])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{row[0] if row else 0} of {count} requests settled")
+            time.sleep(0.05)  # a bench process polling the database: nothing to wait on
+
     def run(self) -> dict[str, Any]:
         results: dict[str, Any] = {"plan": self.plan.__dict__, "bursts": []}
-        for workers in self.plan.workers:
-            self.bench.say(f"execution: burst of {self.plan.positions}, {workers} worker(s) ...")
-            results["bursts"].append(self.burst(workers))
+        rounds = self.plan.rounds
+        for r in range(1, rounds + 1):
+            for workers in self.plan.workers:
+                self.bench.say(
+                    f"execution: round {r}/{rounds}: burst of {self.plan.positions},"
+                    f" {workers} worker(s) ..."
+                )
+                results["bursts"].append({**self.burst(workers), "round": r})
         self.bench.say(f"execution: one user floods {self.plan.flood}, a neighbour enters ...")
         results["fairness"] = self.fairness()
+        self.bench.say(
+            f"execution: one user asks {self.plan.flood} scale-ins at once, a neighbour enters ..."
+        )
+        results["request_fairness"] = self.request_fairness()
         return results

@@ -15,25 +15,27 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def median_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per system, its run of median throughput (the lower middle one of an even count),
-    in the order the systems first appear."""
+def median_runs(runs: list[dict[str, Any]], key: str = "events_per_s") -> dict[str, dict[str, Any]]:
+    """Per system, its run of median throughput (``key``; the lower middle one of an even
+    count), in the order the systems first appear."""
     by_system: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_system.setdefault(run["system"], []).append(run)
     chosen = {}
     for system, group in by_system.items():
-        ordered = sorted(group, key=lambda r: r["events_per_s"])
+        ordered = sorted(group, key=lambda r: r[key])
         chosen[system] = ordered[(len(ordered) - 1) // 2]
     return chosen
 
 
-def round_ratios(runs: list[dict[str, Any]], system: str, base: str) -> list[float]:
-    """``system``'s throughput over ``base``'s, per round (each pair ran minutes apart at
-    most, so the machine's drift cancels out better than across rounds)."""
+def round_ratios(
+    runs: list[dict[str, Any]], system: str, base: str, key: str = "events_per_s"
+) -> list[float]:
+    """``system``'s throughput (``key``) over ``base``'s, per round (each pair ran minutes
+    apart at most, so the machine's drift cancels out better than across rounds)."""
     per_round: dict[Any, dict[str, float]] = {}
     for run in runs:
-        per_round.setdefault(run.get("round", 1), {})[run["system"]] = run["events_per_s"]
+        per_round.setdefault(run.get("round", 1), {})[run["system"]] = run[key]
     return [
         rates[system] / rates[base]
         for _, rates in sorted(per_round.items())
@@ -57,21 +59,38 @@ def render(results: dict[str, Any]) -> str:
 
 
 def render_execution(execution: dict[str, Any], ceiling: float) -> str:
-    """Bursts of paper positions, and the fairness figure, beside the commit ceiling."""
+    """Bursts of paper positions (each system's median round, and the ratio of the others
+    to the first in each round), and the fairness figures, beside the commit ceiling."""
     plan = execution["plan"]
+    bursts = execution["bursts"]
+    rounds = len({r.get("round", 1) for r in bursts})
+    how = f"; {rounds} alternating rounds, the median round of each system" if rounds > 1 else ""
     lines = [
         "",
         f"Execution (paper; {plan['positions']:,} positions, one per user, committed in one "
-        "transaction; times from the events' occurred_at)",
+        "transaction; times from the events' occurred_at"
+        f"{how})",
         f"commit ceiling: {_f(ceiling, 0)} events/s",
         f"{'system':<12}{'entries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'refused':>9}"
         f"{'exits/s':>9}{'exit p99':>10}{'entries/ceiling':>17}",
     ]
-    for r in execution["bursts"]:
+    by_system = median_runs(bursts, "entries_per_s")
+    for r in by_system.values():
         lines.append(
             f"{r['system']:<12}{_f(r['entries_per_s'], 0):>10}{_f(r['entry_p50_ms'], 0):>9}"
             f"{_f(r['entry_p99_ms'], 0):>9}{_f(r['refused']):>9}{_f(r['exits_per_s'], 0):>9}"
             f"{_f(r['exit_p99_ms'], 0):>10}{r['entries_per_s'] / ceiling:>17.4f}"
+        )
+    systems = list(by_system)
+    for system in systems[1:]:
+        entries = round_ratios(bursts, system, systems[0], "entries_per_s")
+        exits = round_ratios(bursts, system, systems[0], "exits_per_s")
+        lines.append(
+            f"{system} / {systems[0]}, per round: entries "
+            + ", ".join(f"{x:.2f}" for x in entries)
+            + f" (median {statistics.median(entries):.2f}); exits "
+            + ", ".join(f"{x:.2f}" for x in exits)
+            + f" (median {statistics.median(exits):.2f})"
         )
     f = execution["fairness"]
     lines.append(
@@ -80,6 +99,15 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
         f"{_f(f['neighbour_p50_ms'], 0)} ms, p99 {_f(f['neighbour_p99_ms'], 0)} ms "
         f"(the flood took {_f(f['flood_seconds'], 2)} s)"
     )
+    q = execution.get("request_fairness")
+    if q is not None:
+        lines.append(
+            f"request fairness: one user asks {q['requests']:,} scale-ins at once on "
+            f"{q['positions']:,} positions, another then enters {q['neighbour_entries']} one "
+            f"after the other: the neighbour's created->entry p50 "
+            f"{_f(q['neighbour_p50_ms'], 0)} ms, p99 {_f(q['neighbour_p99_ms'], 0)} ms "
+            f"(the requests took {_f(q['flood_seconds'], 2)} s)"
+        )
     return "\n".join(lines)
 
 
