@@ -79,3 +79,53 @@ async def test_one_user_holds_at_most_user_concurrency_slots() -> None:
         handled = await runner(registry, user_concurrency=2, batch_budget_seconds=0).run(b, items)
     assert handled == 9 and b.left == 0
     assert most <= 3  # two of A's and B's
+
+
+async def test_past_the_budget_a_positions_later_slow_events_wait_for_the_next_claim() -> None:
+    """p1's first request takes the batch past its budget (a clock the test moves): p1's
+    next event, quick, still runs; its request after that waits for the next claim
+    (``left``), in order. p2's first event runs whatever the time: each position moves on
+    by one event at least in every claim."""
+    now = [0.0]
+    seen: list[int] = []
+
+    async def trade(e: Event) -> None:
+        if e.event_id == 1:
+            now[0] += 1.0  # a slow exchange
+        seen.append(e.event_id)
+
+    async def audit(e: Event) -> None:
+        return None
+
+    registry = Registry()
+    registry.add("audit", lambda e: True, audit)
+    registry.add("trade", lambda e: e.kind == "request", trade, slow=True)
+    items = [
+        Event(1, "request", "p1", "A", "BTCUSDT", NOW),
+        Event(2, "position", "p1", "A", "BTCUSDT", NOW),
+        Event(3, "request", "p1", "A", "BTCUSDT", NOW),
+        Event(4, "request", "p1", "A", "BTCUSDT", NOW),
+        Event(5, "request", "p2", "B", "BTCUSDT", NOW),
+    ]
+    cfg = PipelineSettings(batch_budget_seconds=0.1)
+    b = batch()
+    run = HandlerRunner(
+        registry, cfg, metrics=Metrics(), log=get_logger("test"), clock=lambda: now[0]
+    )
+    with anyio.fail_after(5):
+        handled = await run.run(b, items)
+    assert (handled, b.left) == (3, 1)
+    assert sorted(seen) == [1, 5]  # p1's later requests were not handled
+    assert sorted(b._done) == [1, 2, 5]  # marked processed: 3 and 4 stay pending
+
+    # without a budget every event runs
+    seen.clear()
+    now[0] = 0.0
+    unbounded = PipelineSettings(batch_budget_seconds=0)
+    run = HandlerRunner(
+        registry, unbounded, metrics=Metrics(), log=get_logger("test"), clock=lambda: now[0]
+    )
+    b = batch()
+    with anyio.fail_after(5):
+        assert await run.run(b, items) == 5
+    assert sorted(seen) == [1, 3, 4, 5] and b.left == 0

@@ -7,7 +7,8 @@ intents are committed, sent, and their answers recorded in one transaction.
    time, each under its purpose's priority in the weight budget;
 2. **one transaction** recording every answer (``recording_batch.py``: the same writes as
    the per-order path, a statement per step; one by one if that transaction fails); then
-   the sends the exchange refused or left unknown, each as one by one; then each recorded
+   the sends the exchange refused or left unknown, each as one by one (in one transaction,
+   each in a savepoint of its own); then each recorded
    order's follow-ups (``Driver.after_settled``: protection).
 
 An exchange error on a send is that order's alone (``Driver.send_failed``: a rejection, a
@@ -79,9 +80,13 @@ class BatchSends:
         outcomes = (
             await record_fresh_answers(conn, recorded, self.ctx.crash_point) if recorded else []
         )
-        for item, error in failed:
-            step = self.driver.send_failed(conn, item.position, item.order, error, first_send=True)
-            results[item.position.id] = await caught(step)
+        if failed:  # one commit for them all (each one's writes in a savepoint of its own)
+            async with conn.transaction():
+                for item, error in failed:
+                    step = self.driver.send_failed(
+                        conn, item.position, item.order, error, first_send=True
+                    )
+                    results[item.position.id] = await caught(step)
         if not recorded:
             return
         self.ctx.log.info(
