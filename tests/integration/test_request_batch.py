@@ -5,7 +5,8 @@ again with a statement per step, not per request.
 Each test runs the same positions and requests through a worker that batches (the
 default) and through one that does not (``pipeline.batch_handlers = false``: the
 one-request path), and asserts the database ends up the same: statuses, reasons, orders,
-fills, figures and the requests' own status and error, to the last digit.
+fills, figures, the requests' own status and error, and the events in the order they were
+written, to the last digit.
 """
 
 from __future__ import annotations
@@ -89,7 +90,20 @@ def outcome(db_url: str, pid: uuid.UUID) -> tuple[Any, ...]:
         [tuple(o[k] for k in ORDER_FIELDS) for o in orders(db_url, pid)],
         fills,
         requests(db_url, pid),
+        events(db_url, pid),
     )
+
+
+def events(db_url: str, pid: uuid.UUID) -> list[tuple[Any, ...]]:
+    """The position's events in commit order (what the pipeline and its consumers see):
+    kind, the move, and for an order its purpose and what it had filled at that move."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT kind, old_status, new_status, data->>'purpose', data->>'filled_quantity'"
+            " FROM position_events WHERE position_id = %s ORDER BY id",
+            (pid,),
+        ).fetchall()
+    return [tuple(row) for row in rows]
 
 
 def requests(db_url: str, pid: uuid.UUID) -> list[tuple[Any, ...]]:

@@ -219,9 +219,12 @@ FROM trades WHERE order_id = ANY(%(order_ids)s::uuid[])
 GROUP BY order_id
 
 -- name: exec_update_orders_fills
--- exec_update_order_fills for many orders, one per array element.
+-- exec_update_order_fills for many orders, one per array element; an order whose status
+-- takes one legal step to its target moves in the same update (status: the target, NULL
+-- to leave it), so it gets one new row version, not two.
 UPDATE orders o
-SET binance_order_id = coalesce(x.exchange_order_id, o.binance_order_id),
+SET status = coalesce(x.status, o.status),
+    binance_order_id = coalesce(x.exchange_order_id, o.binance_order_id),
     exchange_status = x.exchange_status,
     filled_quantity = x.filled_quantity,
     avg_fill_price = x.avg_fill_price,
@@ -233,9 +236,9 @@ SET binance_order_id = coalesce(x.exchange_order_id, o.binance_order_id),
 FROM unnest(%(order_id)s::uuid[], %(exchange_order_id)s::text[], %(exchange_status)s::text[],
             %(filled_quantity)s::numeric[], %(avg_fill_price)s::numeric[],
             %(total_value)s::numeric[], %(fees)s::numeric[], %(raw)s::jsonb[],
-            %(filled)s::boolean[])
+            %(filled)s::boolean[], %(status)s::text[])
      AS x(order_id, exchange_order_id, exchange_status, filled_quantity, avg_fill_price,
-          total_value, fees, raw, filled)
+          total_value, fees, raw, filled, status)
 WHERE o.id = x.order_id
 
 -- name: exec_fills_of_positions

@@ -4,8 +4,9 @@ per step, in the caller's transaction:
 
 1. the orders accepted (``created -> submitted``), one statement per move;
 2. every fill a ``trades`` row (deduplicated by exchange trade id, as one by one);
-3. the orders' totals summed from their trades, and written with the exchange's status;
-4. the orders to their status (legal moves, grouped by move);
+3. the orders' totals summed from their trades, and written with the exchange's status
+   and, for an order one legal move from its status, that move (one row version);
+4. the other orders to their status (legal moves, grouped by move);
 5. the positions' figures refolded from all of their fills (``figures.refold_many``);
 6. the positions to the status their order's outcome decides (grouped by move, each move
    compare-and-set: a position that moved meanwhile fails the whole batch, which the
@@ -107,8 +108,12 @@ async def record_many(
         for (a, _), t in zip(items, targets, strict=True)
     ]
     await _insert_trades(conn, items)
-    await _update_totals(conn, items, targets)
-    await move_orders(conn, list(zip(orders, targets, strict=True)))
+    # an order one step from its target moves with its totals; the others step by step
+    one_step = [len(order_path(o.status, t)) == 1 for o, t in zip(orders, targets, strict=True)]
+    finals = [t if step else None for t, step in zip(targets, one_step, strict=True)]
+    await _update_totals(conn, items, targets, finals)
+    rest = [(o, t) for o, t, step in zip(orders, targets, one_step, strict=True) if not step]
+    await move_orders(conn, rest)
     for purpose in dict.fromkeys(a.order.purpose for a, _ in items):
         crash_point(f"{purpose}.recording")  # a kill here rolls all of it back
     figures = await refold_many(conn, [(a.position, p.market) for a, p in items])
@@ -227,16 +232,20 @@ async def _insert_trades(conn: Conn, items: Sequence[tuple[Answer, Prepared]]) -
 
 
 async def _update_totals(
-    conn: Conn, items: Sequence[tuple[Answer, Prepared]], targets: list[str]
+    conn: Conn,
+    items: Sequence[tuple[Answer, Prepared]],
+    targets: list[str],
+    finals: list[str | None],
 ) -> None:
-    """The orders' totals from their trades, with what the exchange said."""
+    """The orders' totals from their trades, with what the exchange said, and the status of
+    those with one in ``finals`` (None: left as it is)."""
     ids = [a.order.id for a, _ in items]
     cur = await conn.execute(q("exec_orders_fill_totals"), {"order_ids": ids})
     sums = {
         row[0]: (Decimal(row[1]), Decimal(row[2]), Decimal(row[3])) for row in await cur.fetchall()
     }
     columns: dict[str, list[Any]] = {}
-    for (answer, _), target in zip(items, targets, strict=True):
+    for (answer, _), target, final in zip(items, targets, finals, strict=True):
         qty, value, fees = sums.get(answer.order.id, (Decimal(0), Decimal(0), Decimal(0)))
         state = answer.state
         row = {
@@ -249,6 +258,7 @@ async def _update_totals(
             "fees": quantize_money(fees),
             "raw": Jsonb(state.raw),
             "filled": target == "filled",
+            "status": final,
         }
         for key, v in row.items():
             columns.setdefault(key, []).append(v)
