@@ -109,8 +109,7 @@ class Engine:
         """A request recorded for the position: make its order (refused or nothing to do:
         what follows still puts back protection), then drive it."""
         async with locked(self.pool, position_id) as conn:
-            await self.requests.start(conn, request_id)
-            await self.drive_open_orders(conn, await load_position(conn, position_id))
+            await self._handle_request(conn, position_id, request_id)
 
     async def handle_requests(
         self, requests: Sequence[tuple[str, str]]
@@ -122,15 +121,19 @@ class Engine:
         async with locked_many(self.pool, [p for p, _ in requests]) as (conn, held):
             positions = {str(p.id): p for p in await load_positions(conn, held)}
             items = [(positions[p], r) for p, r in requests if p in positions]
-            results = await self.request_batch.run(conn, items, self._handle_request)
+            results = await self.request_batch.run(
+                conn, items, lambda c, p, r: self._handle_request(c, p.id, r)
+            )
         out: dict[str, Exception | None] = {str(k): v for k, v in results.items()}
         for position_id in set(held) - set(positions):
             out[position_id] = WorkerError(f"position {position_id} does not exist")
         return out
 
-    async def _handle_request(self, conn: Conn, position: Position, request_id: str) -> None:
+    async def _handle_request(
+        self, conn: Conn, position_id: str | uuid.UUID, request_id: str
+    ) -> None:
         await self.requests.start(conn, request_id)
-        await self.drive_open_orders(conn, await load_position(conn, position.id))
+        await self.drive_open_orders(conn, await load_position(conn, position_id))
 
     async def reconcile(self, position_id: str) -> None:
         """Bring the position's orders in flight up to date with the exchange."""

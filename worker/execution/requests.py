@@ -88,7 +88,6 @@ class Requests:
         exchange = await self.ctx.router.for_position(position)
         rules = await exchange.symbol_rules(position.symbol)
         held = position.held_quantity or Decimal(0)
-
         if request.kind == "scale_in":
             price = await read_price(exchange, position.symbol, prices)
             wanted = request.quantity
