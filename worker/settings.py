@@ -72,11 +72,12 @@ class PipelineSettings:
     # those at most this many of one user's: one user's flood cannot take every slot
     position_concurrency: int = 16
     user_concurrency: int = 4
-    # handlers that take many events at once do (a claim's entries: one transaction for
-    # all); false: every event is handled one by one
+    # handlers that take many events at once do (a claim's entries, its requests: one
+    # transaction for all); false: every event is handled one by one
     batch_handlers: bool = True
-    # after this long a batch starts none of a user's positions beyond their first
-    # user_concurrency (0: no limit): those go back to the outbox at its commit, and the
+    # after this long (from the start of the batch's handlers) a batch starts none of a
+    # user's positions beyond their first user_concurrency, nor a position's later event
+    # with a slow handler (0: no limit): those go back to the outbox at its commit, and the
     # next claim takes them in turn with other users' events
     batch_budget_seconds: float = 0.1
     lease_seconds: float = 30.0  # a claim idle this long (hung worker) is ended by PostgreSQL
