@@ -478,20 +478,12 @@ async def test_kill_9_in_a_batch_of_entries_then_restart_converges(
         logged_first="entry_batch",
         first_env={"POSITION_WORKER__EXECUTION__RECONCILE_GRACE_SECONDS": "60"},
     )
-    try:
-        await _converge(db_url, fake, pids, "entry", second)
-    finally:
-        second.kill()
-    killed_at = _killed_at(tmp_path / "first.log")
-    for pid, paper in pids.items():
-        _assert_figures(db_url, pid, _outcome("entry", paper))
-        if paper:
-            placed = _assert_paper_fills(db_url, fake, pid, point, killed_at)
-            placed_by_second = quote_fails or point == "entry.committed"
-            assert all(at > killed_at for at in placed) == placed_by_second, (placed, killed_at)
-        else:
-            assert_matches_exchange(db_url, fake, pid)
-    assert set(posts_by_client_id(fake).values()) == {1}
+    killed_at, placed = await _converged_after_batch_kill(
+        db_url, fake, tmp_path, pids, "entry", point, second
+    )
+    for times in placed.values():
+        placed_by_second = quote_fails or point == "entry.committed"
+        assert all(at > killed_at for at in times) == placed_by_second, (times, killed_at)
 
 
 @pytest.mark.parametrize(
@@ -530,18 +522,37 @@ async def test_kill_9_in_a_batch_of_exits_then_restart_converges(
         logged_first=None if point == "exit.protection_cancelled" else "request_batch",
         first_env={"POSITION_WORKER__EXECUTION__RECONCILE_GRACE_SECONDS": "60"},
     )
+    await _converged_after_batch_kill(db_url, fake, tmp_path, pids, "exit", point, second)
+
+
+async def _converged_after_batch_kill(
+    db_url: str,
+    fake: FakeBinance,
+    tmp_path: Path,
+    pids: dict[uuid.UUID, bool],
+    flow: str,
+    point: str,
+    second: WorkerProcess,
+) -> tuple[datetime, dict[uuid.UUID, list[datetime]]]:
+    """After a batch's worker was killed at ``point``: wait until the clean worker
+    ``second`` brought every position (-> is paper) to the end of ``flow``; assert each
+    one's figures, the paper ones' fills and the live ones against the exchange, and one
+    exchange order per client order id. When the kill came, and when each paper
+    position's orders were placed."""
     try:
-        await _converge(db_url, fake, pids, "exit", second)
+        await _converge(db_url, fake, pids, flow, second)
     finally:
         second.kill()
     killed_at = _killed_at(tmp_path / "first.log")
+    placed: dict[uuid.UUID, list[datetime]] = {}
     for pid, paper in pids.items():
-        _assert_figures(db_url, pid, _outcome("exit", paper))
+        _assert_figures(db_url, pid, _outcome(flow, paper))
         if paper:
-            _assert_paper_fills(db_url, fake, pid, point, killed_at)
+            placed[pid] = _assert_paper_fills(db_url, fake, pid, point, killed_at)
         else:
             assert_matches_exchange(db_url, fake, pid)
     assert set(posts_by_client_id(fake).values()) == {1}
+    return killed_at, placed
 
 
 def _assert_paper_fills(

@@ -21,7 +21,7 @@ import pytest
 import structlog
 
 from tests.execution_support import orders, position, trades
-from tests.integration.test_entry_batch import commit_positions, settings
+from tests.integration.test_entry_batch import ORDER_FIELDS, commit_positions, settings
 from tests.pipeline_support import eventually
 from worker.app import App
 from worker.exchanges.paper import PaperExchange
@@ -64,18 +64,6 @@ FIGURES = (
     "held_quantity",
     "realized_pnl",
     "realized_pnl_percent",
-)
-ORDER_FIELDS = (
-    "purpose",
-    "type",
-    "side",
-    "quantity",
-    "quote_quantity",
-    "status",
-    "filled_quantity",
-    "avg_fill_price",
-    "fees",
-    "send_attempts",
 )
 
 

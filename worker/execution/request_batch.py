@@ -42,11 +42,10 @@ from worker.execution.context import Context
 from worker.execution.locks import load_positions
 from worker.execution.protection import Protection
 from worker.execution.recording_batch import finish_requests, move_positions
-from worker.execution.requests import Requests
+from worker.execution.requests import NOTHING_TO_EXIT, Requests
 from worker.execution.rows import Conn, Order, Position, Request, fetch_all, fetch_column
 
 DriveRequest = Callable[[Conn, Position, str], Awaitable[Any]]
-NOTHING_TO_EXIT = "the entry ended with nothing filled: nothing to exit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +113,9 @@ class RequestBatch:
         self, conn: Conn, fresh: list[tuple[Position, Request]], results: Results
     ) -> list[tuple[Position, Request]]:
         """Cancel what is working on the positions of full exits (a resting entry, the
-        protection), each as :meth:`Requests._make_order` does; those positions re-read.
-        An exit whose entry ended with nothing filled is done (nothing to exit)."""
+        protection: :meth:`Requests.clear_for_exit`), one position at a time; those
+        positions re-read. An exit whose entry ended with nothing filled is done (nothing
+        to exit)."""
         exits = [(p, r) for p, r in fresh if r.kind == "exit"]
         if not exits:
             return fresh
@@ -126,7 +126,7 @@ class RequestBatch:
             if position.id not in busy:
                 continue
             with urgent(Priority.EXIT):
-                error = await caught(self._clear(conn, position))
+                error = await caught(self.requests.clear_for_exit(conn, position))
             if error is not None:
                 results[position.id] = error
                 failed.add(position.id)
@@ -150,11 +150,6 @@ class RequestBatch:
             async with conn.transaction():
                 await finish_requests(conn, done)
         return out
-
-    async def _clear(self, conn: Conn, position: Position) -> None:
-        if position.status == "submitting":  # abandon the entry, sell what it bought
-            position = await self.protection.cancel_entry(conn, position)
-        await self.protection.cancel_protection(conn, position)
 
     async def _make_orders(
         self, conn: Conn, fresh: list[tuple[Position, Request]], results: Results

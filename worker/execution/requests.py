@@ -26,6 +26,8 @@ from worker.execution.rows import Conn, Position, Request, fetch_one, fetch_valu
 from worker.execution.statuses import LIVE_POSITION
 from worker.execution.transitions import set_position_status
 
+NOTHING_TO_EXIT = "the entry ended with nothing filled: nothing to exit"
+
 
 class Requests:
     def __init__(self, ctx: Context, protection: Protection) -> None:
@@ -48,15 +50,12 @@ class Requests:
     async def _make_order(self, conn: Conn, request: Request) -> None:
         position = await load_position(conn, request.position_id)
         if request.kind == "exit":
-            if position.status == "submitting":  # abandon the entry, sell what it bought
-                position = await self.protection.cancel_entry(conn, position)
-            await self.protection.cancel_protection(conn, position)
+            await self.clear_for_exit(conn, position)
             self.ctx.crash_point("exit.protection_cancelled")
             position = await load_position(conn, request.position_id)
             if position.status == "failed":
-                error = "the entry ended with nothing filled: nothing to exit"
                 async with conn.transaction():
-                    await finish_request(conn, request.id, "done", error)
+                    await finish_request(conn, request.id, "done", NOTHING_TO_EXIT)
                 return
         problem, quantity, purpose = await self.plan(position, request)
         async with conn.transaction():
@@ -76,6 +75,13 @@ class Requests:
             )
             if purpose == "exit":
                 await set_position_status(conn, position, "closing", close_reason=request.reason)
+
+    async def clear_for_exit(self, conn: Conn, position: Position) -> None:
+        """What a full exit cancels first: a working entry (the position then opens with
+        what it filled, or fails with nothing to exit) and the protection."""
+        if position.status == "submitting":  # abandon the entry, sell what it bought
+            position = await self.protection.cancel_entry(conn, position)
+        await self.protection.cancel_protection(conn, position)
 
     async def plan(
         self, position: Position, request: Request, prices: dict[str, Decimal] | None = None
