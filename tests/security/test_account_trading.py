@@ -15,6 +15,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 import redis.asyncio as aioredis
@@ -322,3 +323,52 @@ async def test_a_rotated_secrets_key_reseals_every_secret(
     for registry in (first, rotating, only_new):
         await registry.aclose()
         await registry.pool.close()
+
+
+async def test_a_client_opened_while_its_pass_reads_the_key_versions_is_kept(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """The maintenance pass reads the key versions of the clients it holds. A client opened
+    during that read (an entry's first use of its account) is not in the answer, and must
+    not be taken for a deleted account: retiring it closes its user data stream, and that
+    account's fills would then wait for the reconcile pass."""
+    ids = []
+    for name in ("erin", "gus"):
+        acct = fake.add_account(name, key_type="ed25519")
+        user = new_user(db_url)
+        assert acct.private_key_pem is not None
+        ids.append(
+            add_account(db_url, user.user_id, "main", acct.api_key, acct.private_key_pem, "ed25519")
+        )
+    s = settings(db_url, redis_url, fake)
+
+    async def notify(fields: Any) -> None:
+        return None
+
+    async with AsyncConnectionPool(s.database.url, open=False) as pool:
+        await pool.open()
+        registry = AccountRegistry(pool, s, Keyring.parse(KEY), notify, structlog.get_logger())
+        await registry.free_balances(ids[0])  # the first account's client is held
+        opened = await registry._open(ids[1])  # the second's, about to be handed out
+        with psycopg.connect(db_url) as blocker:
+            blocker.execute("LOCK TABLE exchange_accounts IN ACCESS EXCLUSIVE MODE")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(registry._follow_changes)  # maintain()'s step that reads them
+                await eventually(lambda: _waiting_on(db_url, READ_VERSIONS), 10)
+                registry._clients[ids[1]] = opened  # as _client() does, meanwhile
+                blocker.commit()
+        assert registry.open_clients == 2
+        await registry.aclose()
+
+
+READ_VERSIONS = "checked_at FROM exchange_accounts WHERE"  # worker/db/accounts.sql: acct_versions
+
+
+def _waiting_on(db_url: str, text: str) -> bool:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND position(%s in query) > 0",
+            (text,),
+        ).fetchone()
+    return bool(row and row[0])

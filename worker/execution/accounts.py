@@ -397,13 +397,18 @@ class AccountRegistry:
 
     async def _follow_changes(self) -> None:
         """Retire clients whose key was rotated (or account deleted); take up what users
-        changed in the database (disabled, enabled: to be checked again)."""
-        if not self._clients:
+        changed in the database (disabled, enabled: to be checked again). Only the clients
+        held when the rows were read are judged: one opened during the read is not in them,
+        and is not a deleted account."""
+        held = dict(self._clients)
+        if not held:
             return
         async with self.pool.connection() as conn:
-            cur = await conn.execute(q("acct_versions"), {"ids": list(self._clients)})
+            cur = await conn.execute(q("acct_versions"), {"ids": list(held)})
             rows = {row[0]: row[1:] for row in await cur.fetchall()}
-        for account_id, entry in list(self._clients.items()):
+        for account_id, entry in held.items():
+            if self._clients.get(account_id) is not entry:
+                continue  # retired or opened afresh during the read
             found = rows.get(account_id)
             if found is None or found[0] != entry.key_version:
                 self._retire(account_id)
