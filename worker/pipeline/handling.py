@@ -228,10 +228,6 @@ class HandlerRunner:
 
     def _past_budget(self, turns: Turns, event: Event) -> bool:
         """Whether the batch's budget is spent and ``event`` would wait on I/O for long."""
-        import os  # EXPERIMENT
-
-        if os.environ.get("PW_NO_CUT"):
-            return False
         if self.cfg.batch_budget_seconds <= 0 or self.clock() <= turns.until:
             return False
         return any(
