@@ -268,13 +268,17 @@ class Dispatcher:
         return handled
 
     async def _publish(self, events: Sequence[Event]) -> None:
+        """Publish the events; commit-to-stream is observed once per event, when its entry
+        is appended to the events stream (an event a claim left and the next one claims
+        again is deduplicated then, not observed twice)."""
         pubs = [pub for event in events for pub in self.publications(event)]
         started = time.perf_counter()
-        await self.publisher.publish(pubs)
+        appended = await self.publisher.publish(pubs)
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         now = datetime.now(UTC)
+        first = {pub.event_id for pub, new in zip(pubs, appended, strict=True) if new}
         self.metrics.commit_to_stream.observe_many(
-            [(now - event.occurred_at).total_seconds() for event in events]
+            [(now - e.occurred_at).total_seconds() for e in events if e.event_id in first]
         )
 
     def publications(self, event: Event) -> list[Publication]:
