@@ -73,7 +73,7 @@ def runner(registry: Registry, **pipeline: Any) -> HandlerRunner:
     return HandlerRunner(registry, cfg, metrics=Metrics(), log=get_logger("test"))
 
 
-def test_only_each_positions_first_event_and_at_most_per_user_of_one_users() -> None:
+def test_one_event_of_each_position_and_at_most_per_user_of_one_users() -> None:
     registry = Registry()
     rec = Recorder()
     registry.add("enter", created, rec.handle, slow=True, batch=rec.many)
@@ -86,11 +86,11 @@ def test_only_each_positions_first_event_and_at_most_per_user_of_one_users() -> 
         event(6, "c1", "C", "open"),  # the first of its position, but not matched
     ]
     handler = registry.handlers[0]
-    events, beyond = batchable(handler, in_turns(items), per_user=2)
+    events, beyond = batchable(handler, in_turns(items), 2, registry, {})
     assert [e.event_id for e in events] == [1, 5, 3]  # in turns: A's 1st, B's 1st, A's 2nd
-    assert beyond == ["a3"]  # A's third: the next claim's
-    events, beyond = batchable(handler, in_turns(items), per_user=0)
-    assert [e.event_id for e in events] == [1, 5, 3, 4] and beyond == []
+    assert beyond == {"a3": 0}  # A's third: the next claim's
+    events, beyond = batchable(handler, in_turns(items), 0, registry, {})
+    assert [e.event_id for e in events] == [1, 5, 3, 4] and beyond == {}
 
 
 @pytest.mark.anyio
@@ -150,3 +150,71 @@ async def test_a_users_positions_beyond_their_share_of_the_batch_go_to_the_next_
         handled = await runner(registry, user_concurrency=2).run(b, items)
     assert rec.batches == [[1, 7, 2]] and rec.one == []
     assert (handled, b.left) == (3, 4)
+
+
+def status_is(status: str) -> Any:
+    return lambda e: e.new_status == status
+
+
+@pytest.mark.anyio
+async def test_a_later_event_is_batched_once_only_quick_or_batched_handlers_stand_before_it() -> (
+    None
+):
+    """An exit asked while its position's entry events are still in the outbox: the quick
+    audit log does not hold it back, the AI monitoring start batched ahead of it does not
+    either, once it succeeded; a deferred one does, and so does a slow handler that ran in no
+    batch. The audit log still sees each position's events in order."""
+    audited: list[int] = []
+
+    async def audit(e: Event) -> None:
+        audited.append(e.event_id)
+
+    ai = Recorder({"p1": None, "p2": RetryLater(5.0, "AI service busy"), "p3": None})
+    exits = Recorder()
+    lone = Recorder()
+    registry = Registry()
+    registry.add("audit_log", lambda e: True, audit)
+    registry.add("ai_monitoring", status_is("open"), ai.handle, slow=True, batch=ai.many)
+    registry.add("lone", status_is("stopping"), lone.handle, slow=True)  # no batch form
+    registry.add("exit", status_is("closing"), exits.handle, slow=True, batch=exits.many)
+    items = [
+        event(1, "p1", "A", "submitting"),
+        event(2, "p2", "B", "submitting"),
+        event(3, "p3", "C", "open"),
+        event(4, "p1", "A", "open"),
+        event(5, "p2", "B", "open"),
+        event(6, "p4", "D", "stopping"),
+        event(7, "p1", "A", "closing"),
+        event(8, "p2", "B", "closing"),
+        event(9, "p3", "C", "closing"),
+        event(10, "p4", "D", "closing"),
+        event(11, "p5", "E", "closing"),
+    ]
+    b = claim()
+    with anyio.fail_after(5):
+        handled = await runner(registry, max_attempts=5).run(b, items)
+    assert ai.batches == [[4, 5, 3]]
+    assert exits.batches == [[7, 9, 11]]  # p2's waits for its monitoring; p4's for "lone"
+    assert exits.one == [10] and lone.one == [6]  # one by one, in their positions' order
+    assert audited.index(1) < audited.index(4) < audited.index(7)
+    assert audited.index(2) < audited.index(5) and 8 not in audited  # p2 stopped at 5
+    assert b.deferred == [5]
+    assert handled == 9
+
+
+@pytest.mark.anyio
+async def test_a_users_later_events_beyond_their_share_wait_from_there() -> None:
+    """A's three positions each have an audited event, then an exit; user_concurrency 2:
+    two exits go in the batch; the third position's first event is handled and its exit is
+    left for the next claim, neither batched nor handled one by one."""
+    exits = Recorder()
+    registry = Registry()
+    registry.add("audit_log", lambda e: True, Recorder().handle)
+    registry.add("exit", status_is("closing"), exits.handle, slow=True, batch=exits.many)
+    items = [event(i, f"a{i}", "A", "open") for i in (1, 2, 3)]
+    items += [event(i + 3, f"a{i}", "A", "closing") for i in (1, 2, 3)]
+    b = claim()
+    with anyio.fail_after(5):
+        handled = await runner(registry, user_concurrency=2).run(b, items)
+    assert exits.batches == [[4, 5]] and exits.one == []
+    assert (handled, b.left) == (5, 1)

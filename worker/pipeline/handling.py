@@ -70,6 +70,7 @@ class Turns:
     left: int = 0
     by_kind: Counts = field(default_factory=dict)
     prepared: Prepared = field(default_factory=dict)  # batch handlers' results (batches.py)
+    stops: dict[str, int] = field(default_factory=dict)  # position -> its first event left
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -138,7 +139,8 @@ class HandlerRunner:
         ``batch_budget_seconds`` a slow position of a user whose slots are all taken, or
         beyond the user's first ``user_concurrency`` in the batch, does not start: those
         left (``batch.left``) go back to the outbox when the claim commits, and the next
-        claim takes them in turn with other users' events."""
+        claim takes them in turn with other users' events; so do the events a batch left
+        (``batches.py``: a user's beyond their share)."""
         began = self.clock()  # the budget counts the batch handlers' time too
         runs = in_turns(items)
         batched = Batched()
@@ -148,8 +150,10 @@ class HandlerRunner:
         prepared = batched.results
         turns = Turns(began + self.cfg.batch_budget_seconds, prepared=prepared)
         if batched.left:  # a user's beyond their share of the batch: the next claim's
-            turns.left += len(batched.left)
-            runs = [run for run in runs if run.position_id not in batched.left]
+            whole = {p for p, i in batched.left.items() if i == 0}
+            turns.left += len(whole)
+            runs = [run for run in runs if run.position_id not in whole]
+            turns.stops = {p: i for p, i in batched.left.items() if i}
         slow: list[Run[Event | Unreadable]] = []
         quick: list[Run[Event | Unreadable]] = []
         for run in runs:
@@ -212,8 +216,9 @@ class HandlerRunner:
         later event with a slow handler waits for the next claim too (its position's
         first event always runs): a user's position with many requests queued holds the
         claim for one request past the budget, not for all of them."""
+        stop = turns.stops.get(run.position_id, len(run.items))
         for i, item in enumerate(run.items):
-            if i and isinstance(item, Event) and self._past_budget(turns, item):
+            if i >= stop or (i and isinstance(item, Event) and self._past_budget(turns, item)):
                 turns.left += 1
                 return
             if isinstance(item, Unreadable):

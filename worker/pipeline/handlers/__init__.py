@@ -10,9 +10,10 @@ outage's backoff runs out. Handlers must be idempotent: after a crash an event m
 handled again.
 
 A handler may also take many events at once (``batch``: a claimed batch's events it matches,
-each the first of its position's in the claim, at most ``pipeline.user_concurrency`` of one
-user's): it returns each event's result (None, or what its one-event call would have
-raised), and the events it gives none for are handled one by one as usual. The batch runs
+one per position, each with nothing of its position waiting on I/O before it in the claim,
+at most ``pipeline.user_concurrency`` of one user's; ``batches.py``): it returns each
+event's result (None, or what its one-event call would have raised), and the events it
+gives none for are handled one by one as usual. The batch runs
 before the claim's per-event handlers: the batch handler of an event may then run before
 handlers registered ahead of it (all are idempotent and independent).
 """
