@@ -16,9 +16,11 @@ outbox only exist after a commit.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -34,10 +36,12 @@ from worker.db.migrate import migrate
 
 # The paper exchange caches Binance's listing on disk (paper.symbols_cache_dir). The tests'
 # workers (their subprocesses inherit this) keep theirs in a folder of the test run, never in
-# the user's cache, where a fake's short listing would be read by later runs.
-os.environ.setdefault(
-    "POSITION_WORKER__PAPER__SYMBOLS_CACHE_DIR", tempfile.mkdtemp(prefix="pw-symbols-")
-)
+# the user's cache, where a fake's short listing would be read by later runs. The folder
+# goes when the run ends.
+if "POSITION_WORKER__PAPER__SYMBOLS_CACHE_DIR" not in os.environ:
+    _symbols_dir = tempfile.mkdtemp(prefix="pw-symbols-")
+    os.environ["POSITION_WORKER__PAPER__SYMBOLS_CACHE_DIR"] = _symbols_dir
+    atexit.register(shutil.rmtree, _symbols_dir, ignore_errors=True)
 from worker.testing.fake_binance import DEFAULT_SYMBOLS, FakeBinance
 from worker.testing.servers import EmbeddedPostgres, EmbeddedRedis, EmbeddedRedisCluster
 
