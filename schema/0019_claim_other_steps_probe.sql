@@ -40,6 +40,7 @@ DECLARE
   ids bigint[];
   heads uuid[];  -- the positions of ids, element by element
   takers uuid[];  -- their users
+  oldest bigint;  -- min_pending
 BEGIN
   -- the oldest heads: pending, not waiting out a retry delay, first of their position
   SELECT coalesce(array_agg(l.id ORDER BY l.id), '{}'),
@@ -148,6 +149,12 @@ BEGIN
     );
   END IF;
 
+  -- min_pending of every row: the oldest pending event from the floor on, the first entry
+  -- of idx_position_events_pending there
+  oldest := (SELECT m.id FROM position_events m
+             WHERE m.processed_at IS NULL AND m.dead_at IS NULL AND m.id >= p_floor
+             ORDER BY m.id LIMIT 1);
+
   IF cardinality(ids) = 0 THEN
     -- nothing this claim may take: one row of NULLs (but min_pending) says that events are
     -- pending, available and not behind a retry delay all the same, so other claims hold
@@ -157,9 +164,7 @@ BEGIN
     SELECT NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text,
            NULL::text, NULL::text, NULL::text, NULL::text, NULL::text, NULL::integer,
            NULL::bigint, NULL::boolean, NULL::boolean,
-           (SELECT m.id FROM position_events m
-            WHERE m.processed_at IS NULL AND m.dead_at IS NULL AND m.id >= p_floor
-            ORDER BY m.id LIMIT 1)
+           oldest
     WHERE EXISTS (
       SELECT 1 FROM position_events e
       WHERE e.processed_at IS NULL AND e.dead_at IS NULL AND e.id >= p_floor
@@ -176,10 +181,7 @@ BEGIN
   SELECT l.id, l.kind::text, l.position_id::text, l.order_id::text, l.user_id::text,
          l.symbol::text, l.old_status::text, l.new_status::text,
          (l.occurred_at AT TIME ZONE 'UTC')::text, l.actor_role, l.data::text, l.attempts,
-         prev.id, prev.pending, prev.waiting,
-         (SELECT m.id FROM position_events m
-          WHERE m.processed_at IS NULL AND m.dead_at IS NULL AND m.id >= p_floor
-          ORDER BY m.id LIMIT 1)
+         prev.id, prev.pending, prev.waiting, oldest
   FROM unnest(ids) AS c(id)
   -- one probe each: a subquery with a LIMIT is planned on its own, by its id
   CROSS JOIN LATERAL (SELECT r.* FROM position_events r WHERE r.id = c.id LIMIT 1) l
