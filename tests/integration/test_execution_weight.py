@@ -54,6 +54,42 @@ async def test_protected_positions_at_rest_cost_one_listing_per_pass(
         assert {r.params.get("symbol") for r in new_listings} == {"BTCUSDT"}
 
 
+async def test_between_listings_a_pass_reads_only_the_orders_still_to_send(
+    db_url: str, redis_url: str, fake: FakeBinance
+) -> None:
+    """Six protection legs rest at the exchange; the account is listed every second and a
+    pass runs every 0.2 s. Only the listing passes read the resting orders from the
+    database (a pass costs what changed, not what rests), and a leg that fills between
+    listings, with the user data stream off, is still recorded by the next listing."""
+    pids = [
+        new_position(db_url, quantity=D("0.5"), is_paper_trade=False,
+                     stop_loss_price=D("90"), take_profit_price=D("130"))[1]
+        for _ in range(3)
+    ]  # fmt: skip
+    settings = exec_settings(db_url, redis_url, open_orders_interval=1.0)
+    async with live_worker(settings, fake, ws_api_url=None) as app:
+        watcher = app.watcher
+        assert watcher is not None
+        await eventually(
+            lambda: all(position_row(db_url, p)["protection"] == "exchange" for p in pids), 20
+        )
+        await eventually(lambda: len(fake.requests_to("GET", OPEN_ORDERS)) > 0, 10)
+        start, read = watcher.passes, watcher.orders_read
+        listings = len(fake.requests_to("GET", OPEN_ORDERS))
+        await eventually(lambda: watcher.passes >= start + 15, 20)
+        passes, orders_read = watcher.passes - start, watcher.orders_read - read
+        listed = len(fake.requests_to("GET", OPEN_ORDERS)) - listings
+        assert 1 <= listed <= passes // 3
+        # six legs read per listing pass, none in the others (a pass may be in between)
+        assert orders_read % 6 == 0 and abs(orders_read // 6 - listed) <= 1
+        assert orders_read < 6 * passes // 2
+
+        fake.set_price("BTCUSDT", "131")  # the take-profit legs trigger and fill
+        await eventually(
+            lambda: all(position_row(db_url, p)["status"] == "closed" for p in pids), 20
+        )
+
+
 async def test_lookups_wait_for_the_next_minute_before_a_429_and_exits_go_through() -> None:
     now = [999_980.0]  # 20 s into a minute (999,960 = 16,666 x 60): no roll meanwhile
     with FakeBinance(api_key=KEY, api_secret=SECRET, clock=lambda: now[0]) as fake:

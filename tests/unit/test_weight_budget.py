@@ -19,7 +19,13 @@ from worker.exchanges.budget import (
     used_now,
     window_left,
 )
-from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
+from worker.execution.reconcile_plan import (
+    InFlight,
+    due,
+    needs_lookup,
+    next_full_read,
+    open_orders_calls,
+)
 from worker.pipeline.turns import in_turns
 
 D = Decimal
@@ -66,6 +72,12 @@ def test_open_orders_calls_take_the_least_weight() -> None:
     assert open_orders_calls({"ETHUSDT", "BTCUSDT"}) == ["BTCUSDT", "ETHUSDT"]
     assert len(open_orders_calls({f"S{i}USDT" for i in range(13)})) == 13  # 78 <= 80
     assert open_orders_calls({f"S{i}USDT" for i in range(14)}) == [None]  # 84 > 80
+
+
+def test_the_orders_in_flight_are_read_when_an_account_is_next_listed() -> None:
+    assert next_full_read(100.0, [], 10.0) == 110.0  # none in flight: one interval on
+    assert next_full_read(100.0, [108.0, 104.5], 10.0) == 104.5  # the first account due
+    assert next_full_read(100.0, [108.0, 100.0], 10.0) == 100.0  # paper: every pass
 
 
 def test_due() -> None:

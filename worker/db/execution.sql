@@ -352,6 +352,16 @@ WHERE o.status IN ('created', 'submitted', 'partially_filled')
   AND (o.status <> 'created' OR o.created_at < now() - make_interval(secs => %(grace)s))
 ORDER BY o.created_at
 
+-- name: exec_orders_to_send
+-- exec_orders_in_flight's rows of the orders still to be sent (or to be found after a send
+-- whose outcome is unknown): a reconcile pass between two listings drives these alone.
+SELECT o.position_id::text AS position_id, o.user_id::text AS user_id, o.client_order_id,
+       o.symbol, o.status, o.exchange_status, coalesce(o.filled_quantity, 0) AS filled_quantity,
+       o.missing_lookups, o.is_paper_trade, p.account_id
+FROM worker_orders o JOIN positions p ON p.id = o.position_id
+WHERE o.status = 'created' AND o.created_at < now() - make_interval(secs => %(grace)s)
+ORDER BY o.created_at
+
 -- name: exec_stuck_positions
 -- Positions waiting for the worker with no order in flight (e.g. a crash right after the
 -- position was created but before its entry order was recorded).

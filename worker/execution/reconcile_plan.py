@@ -13,7 +13,7 @@ with ``worker.pipeline.turns``). No I/O.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -52,6 +52,18 @@ def open_orders_calls(symbols: Collection[str]) -> list[str | None]:
 def due(last_checked: float | None, now: float, interval: float) -> bool:
     """Whether an account's open orders are listed again this pass."""
     return last_checked is None or now - last_checked >= interval
+
+
+def next_full_read(now: float, due_at: Iterable[float], interval: float) -> float:
+    """When a pass next reads every order in flight, rather than only the orders still to be
+    sent: as soon as one of the accounts with orders in flight is due for its listing
+    (``due_at``: each one's time; now for paper, listed every pass, and for an account that
+    cannot list, whose orders are looked up one by one), or ``interval`` from now when no
+    order is in flight. Between listings an order already at the exchange is driven only
+    once its account's listing shows it changed, so reading it would be wasted: a pass
+    costs what it has to send, and the resting orders are read once per listing, with the
+    list they are compared with."""
+    return min(due_at, default=now + interval)
 
 
 def needs_lookup(order: InFlight, listed: Mapping[str, OrderState] | None) -> bool:

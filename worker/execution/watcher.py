@@ -6,13 +6,16 @@
   are picked up again. The REST safety net: every ``execution.open_orders_interval``
   seconds, each live account's open orders are listed (``GET /api/v3/openOrders``, one
   call per symbol or one for all: ``reconcile_plan``); only an order that left that list,
-  or that it shows changed, is looked up on its own. Between listings only orders still to
-  be sent are driven. Paper orders are listed every pass (no weight to save), once the
-  paper book has matched every resting order against the feed (``PaperExchange.poll``):
-  a pass costs one match per symbol and one listing, plus a lookup per order that changed.
-  Every order in flight is in every pass (no limit), and the positions to drive go in
-  turns across users (``worker.pipeline.turns``): one user's thousand resting orders
-  cannot hold up another user's fill.
+  or that it shows changed, is looked up on its own. Between listings only the orders still
+  to be sent are driven, and only they are read from the database: the orders resting at
+  the exchange are read once per listing, with the list they are compared with
+  (``reconcile_plan.next_full_read``), so a pass costs what changed, not what rests. Paper
+  orders are listed every pass (no weight to save), once the paper book has matched every
+  resting order against the feed (``PaperExchange.poll``): a pass costs one match per
+  symbol and one listing, plus a lookup per order that changed. A pass that reads the
+  orders in flight reads them all (no limit), and the positions to drive go in turns
+  across users (``worker.pipeline.turns``): one user's thousand resting orders cannot hold
+  up another user's fill.
   A stop that fired on Binance while the worker was down is recorded
   here, and the position closed. An order the exchange reports nothing new about is left
   as it is: a pass writes only what changed. Binance positions held without the stop-loss /
@@ -52,7 +55,13 @@ from worker.exchanges.paper import PaperExchange
 from worker.execution.context import PositionBusy
 from worker.execution.engine import Engine
 from worker.execution.protection_plan import effective_stop, protection_trigger
-from worker.execution.reconcile_plan import InFlight, due, needs_lookup, open_orders_calls
+from worker.execution.reconcile_plan import (
+    InFlight,
+    due,
+    needs_lookup,
+    next_full_read,
+    open_orders_calls,
+)
 from worker.execution.rows import Position, fetch_all
 from worker.pipeline.turns import in_turns
 from worker.settings import ExecutionSettings
@@ -71,7 +80,9 @@ class Watcher:
     ) -> None:
         self.engine, self.pool, self.paper, self.cfg, self.log = engine, pool, paper, cfg, log
         self.passes = 0
+        self.orders_read = 0  # orders in flight read from the database, every pass's
         self._listed_at: dict[AccountKey, float] = {}  # last listing of its open orders
+        self._full_read_at = 0.0  # a pass from this time on reads every order in flight
 
     async def run(self) -> None:
         while True:
@@ -86,8 +97,15 @@ class Watcher:
 
     async def reconcile_once(self) -> None:
         grace = self.cfg.reconcile_grace_seconds
-        flights = await self._in_flight(grace)
-        views = await self._open_order_views(flights)
+        now = time.monotonic()
+        read_all = now >= self._full_read_at
+        flights = await self._in_flight(grace, read_all)
+        self.orders_read += len(flights)
+        views: dict[AccountKey, Mapping[str, OrderState] | None] = {}
+        if read_all:
+            views = await self._open_order_views(flights, now)
+            due_at = (self._listing_due(key, views, now) for key in {key for key, _ in flights})
+            self._full_read_at = next_full_read(now, due_at, self.cfg.open_orders_interval)
         to_drive = [
             order for key, order in flights if key not in views or needs_lookup(order, views[key])
         ]
@@ -100,11 +118,13 @@ class Watcher:
             for position_id in await self._ids("exec_unprotected_positions", grace):
                 await self._guarded(self.engine.restore_protection, position_id)
 
-    async def _in_flight(self, grace: float) -> list[tuple[AccountKey, InFlight]]:
-        """The worker's orders not final, each with the account it trades on."""
+    async def _in_flight(self, grace: float, every: bool) -> list[tuple[AccountKey, InFlight]]:
+        """The worker's orders not final (``every``) or only those still to be sent, each
+        with the account it trades on."""
+        query = "exec_orders_in_flight" if every else "exec_orders_to_send"
         async with translated_errors(), self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q("exec_orders_in_flight"), {"grace": grace})
+            await cur.execute(q(query), {"grace": grace})
             rows = await cur.fetchall()
         flights = []
         for row in rows:
@@ -113,14 +133,13 @@ class Watcher:
         return flights
 
     async def _open_order_views(
-        self, flights: list[tuple[AccountKey, InFlight]]
+        self, flights: list[tuple[AccountKey, InFlight]], now: float
     ) -> dict[AccountKey, Mapping[str, OrderState] | None]:
         """Each account's open orders by client order id, when listed this pass (None: not
         due, or the listing failed). An account that cannot list them is absent: its orders
         are looked up one by one. The paper book (every user's paper orders: one key) is
         matched against the feed, then listed, every pass."""
         views: dict[AccountKey, Mapping[str, OrderState] | None] = {}
-        now = time.monotonic()
         symbols_of: dict[AccountKey, set[str]] = {}
         for key, order in flights:
             symbols_of.setdefault(key, set()).add(order.symbol)
@@ -129,8 +148,7 @@ class Watcher:
             if exchange is None:
                 continue
             views[key] = None
-            interval = 0.0 if key[0] else self.cfg.open_orders_interval  # paper: no weight
-            if not due(self._listed_at.get(key), now, interval):
+            if not due(self._listed_at.get(key), now, self._listing_interval(key)):
                 continue
             try:
                 if isinstance(exchange, PaperExchange):
@@ -146,6 +164,19 @@ class Watcher:
             self._listed_at[key] = now
             views[key] = {state.client_order_id: state for state in states}
         return views
+
+    def _listing_due(
+        self, key: AccountKey, views: Mapping[AccountKey, object], now: float
+    ) -> float:
+        """When ``key``'s open orders are next listed: now for an account that cannot list
+        (looked up order by order every pass) or never listed (its listing failed)."""
+        listed = self._listed_at.get(key)
+        if key not in views or listed is None:
+            return now
+        return listed + self._listing_interval(key)
+
+    def _listing_interval(self, key: AccountKey) -> float:
+        return 0.0 if key[0] else self.cfg.open_orders_interval  # paper: no weight
 
     async def _lister(self, key: AccountKey) -> ListsOpenOrders | None:
         paper, account_id = key
