@@ -29,7 +29,7 @@ from tests.waits import wait_until
 from worker.db.paper_store import PgPaperStore
 from worker.exchanges.base import DuplicateOrder, OrderRejected, OrderRequest
 from worker.exchanges.paper import PaperExchange
-from worker.exchanges.paper_book import PaperConfig
+from worker.exchanges.paper_book import PaperConfig, Quote, moved_by
 from worker.exchanges.prices import FixedPrices
 from worker.testing.fake_binance import FakeBinance
 from worker.testing.processes import WorkerProcess
@@ -290,3 +290,45 @@ async def test_orders_placed_together_are_answered_and_recorded_as_one_by_one(
     theirs = rows(db_url, placed + " WHERE user_id = %s ORDER BY client_order_id", alone)
     assert [r[1:] for r in mine] == [r[1:] for r in theirs]
     assert [r[0] for r in mine] == ["t0", "t1"]
+
+
+async def test_a_matching_pass_claims_exactly_the_orders_its_quote_moves(db_url: str) -> None:
+    """worker/db/paper.sql's filter is paper_book.moved_by in SQL: for quotes below, around
+    and above a book of resting limits and untriggered stops on both sides, the claim takes
+    (and locks) exactly the open orders moved_by picks, and the symbols a pass reads are
+    those with open orders."""
+    feed = FixedPrices({"BTCUSDT": D("100"), "ETHUSDT": D("100")})
+    user = new_user(db_url)
+    start = {"USDT": D("100000"), "BTC": D("100"), "ETH": D("100")}
+    book = [
+        ("buy", "limit", "95", None), ("buy", "limit", "99", None),
+        ("sell", "limit", "101", None), ("sell", "limit", "105", None),
+        ("sell", "stop_loss", None, "97"), ("sell", "take_profit", None, "103"),
+        ("buy", "stop_loss", None, "103"), ("buy", "take_profit", None, "97"),
+        ("sell", "stop_loss", "96", "97"), ("buy", "stop_loss", "104", "103"),
+    ]  # fmt: skip
+    async with replica(db_url, feed, "A", start) as paper:
+        account = paper.for_account(user)
+        for n, (side, kind, price, stop) in enumerate(book):
+            req = OrderRequest("BTCUSDT", side, kind, f"b{n}", D("0.5"),  # type: ignore[arg-type]
+                               price=D(price) if price else None,
+                               stop_price=D(stop) if stop else None)  # fmt: skip
+            assert (await account.place_order(req)).status == "NEW"
+        eth = OrderRequest("ETHUSDT", "buy", "limit", "e", D("1"), price=D("90"))
+        await account.place_order(eth)
+        store = paper.store
+        assert await store.open_symbols() == ["BTCUSDT", "ETHUSDT"]
+        resting = await store.open_orders(None, "BTCUSDT")
+        assert len(resting) == len(book)
+        picked = []
+        for bid, ask, last in (
+            ("99.5", "100.5", "100"), ("98.9", "99", "98"), ("94", "94.5", "94"),
+            ("101", "101.1", "102"), ("106", "107", "106"), ("96.9", "103.1", "100"),
+        ):  # fmt: skip
+            quote = Quote(D(bid), D(ask), D(last))
+            expected = {o.req.client_order_id for o in resting if moved_by(o, quote)}
+            async with store.claim(None, "BTCUSDT", quote=quote) as claim:
+                claimed = {r.order.req.client_order_id for r in claim.orders}
+            assert claimed == expected, (bid, ask, last)
+            picked.append(len(claimed))
+        assert picked[0] == 0 and max(picked) >= 4  # a quote that moves nothing, and many

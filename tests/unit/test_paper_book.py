@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from worker.exchanges.base import OrderRequest, OrderType, Side
@@ -22,6 +22,7 @@ from worker.exchanges.paper_book import (
     Quote,
     commission,
     match,
+    moved_by,
     new_order,
     walk,
 )
@@ -183,3 +184,43 @@ def test_every_fill_on_any_symbol_is_on_its_tick_and_step(
     executions = walk(rules, side, quote, quantity, config)
     assert executions and on_grid(rules, executions)
     assert sum(e.quantity for e in executions) <= quantity
+
+
+@settings(max_examples=400)
+@given(
+    side=st.sampled_from(["buy", "sell"]),
+    kind=st.sampled_from(["limit", "stop_loss", "take_profit"]),
+    price=st.one_of(st.none(), st.integers(9_000, 11_000)),
+    stop=st.one_of(st.none(), st.integers(9_000, 11_000)),
+    triggered=st.booleans(),
+    bid=st.integers(9_000, 11_000),
+    spread=st.integers(0, 100),
+    last=st.integers(-100, 100),
+)
+def test_an_order_the_quote_does_not_move_is_left_as_it_is_by_match(
+    side: Side,
+    kind: OrderType,
+    price: int | None,
+    stop: int | None,
+    triggered: bool,
+    bid: int,
+    spread: int,
+    last: int,
+) -> None:
+    """A matching pass claims only the orders ``moved_by`` picks (worker/db/paper.sql holds
+    the same test): every order it leaves out is one that ``match`` leaves unchanged, and
+    every order it picks is one that ``match`` fills or fires. Prices in cents, on BTC's
+    tick."""
+    cents = D("0.01")
+    try:
+        req = OrderRequest("BTCUSDT", side, kind, "c", quantity=D("0.5"),
+                           price=D(price) * cents if price is not None else None,
+                           stop_price=D(stop) * cents if stop is not None else None)  # fmt: skip
+    except ValueError:  # a limit without a price, a stop without a stop price
+        assume(False)
+    order = PaperOrder(req, "1", D("0.5"), req.price, req.stop_price, 0, triggered=triggered)
+    quote = Quote(bid=D(bid) * cents, ask=D(bid + spread) * cents, last=D(bid + last) * cents)
+    before = PaperOrder(req, "1", D("0.5"), req.price, req.stop_price, 0, triggered=triggered)
+    executions, expires = match(order, BTC, quote, PaperConfig(), placing=False)
+    changed = bool(executions) or expires or order.triggered != before.triggered
+    assert moved_by(before, quote) is changed

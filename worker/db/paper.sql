@@ -43,16 +43,36 @@ SELECT 1 FROM paper_orders
 WHERE symbol = %(symbol)s AND status IN ('NEW', 'PARTIALLY_FILLED')
   AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
   AND (%(client_order_id)s::text IS NULL OR client_order_id = %(client_order_id)s::text)
+  -- only what the quote (bid, ask, last) may change, when given: paper_book.moved_by
+  AND (%(last)s::numeric IS NULL OR CASE
+    WHEN NOT triggered THEN stop_price IS NULL OR CASE
+      WHEN (side = 'sell') = (type = 'stop_loss') THEN %(last)s::numeric <= stop_price
+      ELSE %(last)s::numeric >= stop_price END
+    ELSE price IS NULL OR CASE
+      WHEN side = 'buy' THEN %(ask)s::numeric <= price
+      ELSE %(bid)s::numeric >= price END
+  END)
 LIMIT 1
 
 -- name: paper_claim_orders
 -- The open orders of a symbol (one account's, or every account's when user_id is NULL) that
--- no other transaction holds, oldest first: the claim of a matching pass.
+-- no other transaction holds, oldest first: the claim of a matching pass. Given a quote,
+-- only the orders it may change are claimed (and locked): a pass over a book of many
+-- resting orders costs what the price moves, not what rests.
 SELECT id, user_id, symbol, client_order_id, side, type, quote_quantity, quantity, price,
        stop_price, status, triggered, hold_asset, locked, fills, time_ms, update_ms
 FROM paper_orders
 WHERE symbol = %(symbol)s AND status IN ('NEW', 'PARTIALLY_FILLED')
   AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+  -- only what the quote (bid, ask, last) may change, when given: paper_book.moved_by
+  AND (%(last)s::numeric IS NULL OR CASE
+    WHEN NOT triggered THEN stop_price IS NULL OR CASE
+      WHEN (side = 'sell') = (type = 'stop_loss') THEN %(last)s::numeric <= stop_price
+      ELSE %(last)s::numeric >= stop_price END
+    ELSE price IS NULL OR CASE
+      WHEN side = 'buy' THEN %(ask)s::numeric <= price
+      ELSE %(bid)s::numeric >= price END
+  END)
 ORDER BY seq
 FOR UPDATE SKIP LOCKED
 
@@ -90,6 +110,20 @@ WHERE status IN ('NEW', 'PARTIALLY_FILLED')
   AND (%(symbol)s::text IS NULL OR symbol = %(symbol)s::text)
   AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
 ORDER BY seq
+
+-- name: paper_open_symbols
+-- The symbols with an order still resting, one probe of paper_orders_open_by_symbol each
+-- (a skip scan): what a matching pass reads, however many orders rest.
+WITH RECURSIVE s AS (
+  (SELECT symbol FROM paper_orders WHERE status IN ('NEW', 'PARTIALLY_FILLED')
+   ORDER BY symbol LIMIT 1)
+  UNION ALL
+  SELECT (SELECT o.symbol FROM paper_orders o
+          WHERE o.status IN ('NEW', 'PARTIALLY_FILLED') AND o.symbol > s.symbol
+          ORDER BY o.symbol LIMIT 1)
+  FROM s WHERE s.symbol IS NOT NULL
+)
+SELECT symbol FROM s WHERE symbol IS NOT NULL
 
 -- name: paper_accounts_with_open
 -- Which of the accounts have an order of the symbol still resting (a batch's placing

@@ -29,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from worker.db.queries import q
 from worker.driver_errors import translated_errors
 from worker.exchanges.base import DuplicateOrder, ExchangeFill, OrderRejected, OrderRequest
-from worker.exchanges.paper_book import PaperOrder
+from worker.exchanges.paper_book import PaperOrder, Quote
 from worker.exchanges.paper_funds import Balance, Changes, Hold, insufficient_balance
 from worker.exchanges.paper_store import Claim, Placing, Resting
 
@@ -138,16 +138,34 @@ class PgPaperStore:
             await cur.execute(q("paper_open_orders"), {"user_id": account, "symbol": symbol})
             return [_resting(row).order for row in await cur.fetchall()]
 
+    async def open_symbols(self) -> list[str]:
+        async with translated_errors(), self.pool.connection() as conn:
+            cur = await conn.execute(q("paper_open_symbols"))
+            return [row[0] for row in await cur.fetchall()]
+
     def claim(
-        self, account: str | None, symbol: str, client_order_id: str | None = None
+        self,
+        account: str | None,
+        symbol: str,
+        client_order_id: str | None = None,
+        *,
+        quote: Quote | None = None,
     ) -> AbstractAsyncContextManager[Claim]:
-        return self._claim(account, symbol, client_order_id)
+        return self._claim(account, symbol, client_order_id, quote)
 
     @asynccontextmanager
     async def _claim(
-        self, account: str | None, symbol: str, client_order_id: str | None
+        self, account: str | None, symbol: str, client_order_id: str | None, quote: Quote | None
     ) -> AsyncIterator[Claim]:
-        params = {"user_id": account, "symbol": symbol, "client_order_id": client_order_id}
+        params = {
+            "user_id": account,
+            "symbol": symbol,
+            "client_order_id": client_order_id,
+            # the orders the quote may change (paper_book.moved_by); None: every one
+            "bid": quote.bid if quote is not None else None,
+            "ask": quote.ask if quote is not None else None,
+            "last": quote.last if quote is not None else None,
+        }
         async with translated_errors(), self.pool.connection() as conn:
             cur = await conn.execute(q("paper_any_open"), params)
             if (await cur.fetchone()) is None:  # the common case: one statement, no transaction

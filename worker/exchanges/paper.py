@@ -38,9 +38,10 @@ Binance) where they overlap; the pure rules live in :mod:`worker.exchanges.paper
   longer pay (a stop that gapped past its hold, a BNB fee with no BNB left) EXPIRES.
 * Orders and balances live in a :class:`~worker.exchanges.paper_store.PaperStore`: in
   memory (one process, bounded) or PostgreSQL (:class:`worker.db.paper_store.PgPaperStore`:
-  every replica sees the same book). A matching pass *claims* the open orders it looks at
-  (in PostgreSQL: their rows, FOR UPDATE SKIP LOCKED), so two replicas never fill one order
-  twice.
+  every replica sees the same book). A matching pass *claims* the open orders its quote
+  moves (``paper_book.moved_by``: a stop it fires, a limit it crosses; in PostgreSQL their
+  rows, FOR UPDATE SKIP LOCKED), so two replicas never fill one order twice, and a book of
+  many resting orders costs a pass or a placement what the price moves, not what rests.
 
 Over 300 lines on purpose: one adapter implementing the whole exchange port; its matching
 lives in paper_book.py, its balance rules in paper_funds.py, its prices in prices.py.
@@ -55,7 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -121,6 +122,9 @@ if TYPE_CHECKING:
 __all__ = ["PaperConfig", "PaperExchange", "from_settings"]
 
 ClockMs = Callable[[], int]
+# resting orders a match changed that take_moved still remembers (the reconcile pass takes
+# them every pass; beyond this, the oldest are left to its listing)
+MAX_MOVED: Final = 100_000
 
 
 def wall_clock_ms() -> int:
@@ -162,6 +166,8 @@ class PaperExchange:
         self.account: str | None = None  # None: the shared book (see paper_store.py)
         self._rejections: dict[str | None, deque[OrderRejected]] = {}
         self._liquidity: dict[str, Decimal] = {}
+        # client order ids of the resting orders a match changed, until taken (take_moved)
+        self._moved: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"PaperExchange(feed={self._feed!r}, config={self.config!r})"
@@ -369,7 +375,7 @@ class PaperExchange:
         except OrderRejected as exc:  # matters only if an order fills
             bnb_price, missing = None, exc
         fills: list[ExchangeFill] = []
-        async with self.store.claim(self.account, symbol) as claim:
+        async with self.store.claim(self.account, symbol, quote=quote) as claim:
             if claim.orders and missing is not None:
                 raise missing
             for resting in claim.orders:
@@ -391,6 +397,7 @@ class PaperExchange:
         if order == resting.order:
             return []
         changes, left = settle(order, rules, resting.hold, fills)
+        self._note_moved(order.req.client_order_id)
         if await claim.save(Resting(order, left), changes):
             return fills
         expired = replace(resting.order, fills=list(resting.order.fills), status="EXPIRED")
@@ -398,14 +405,28 @@ class PaperExchange:
         await claim.save(Resting(expired, _emptied(resting.hold)), closing(resting.hold))
         return []
 
+    def _note_moved(self, client_order_id: str) -> None:
+        """Remember an order a match changed, for :meth:`take_moved` (the oldest forgotten
+        beyond ``MAX_MOVED``: nobody takes them, and the watcher's listing finds them)."""
+        self._moved[client_order_id] = None
+        if len(self._moved) > MAX_MOVED:
+            del self._moved[next(iter(self._moved))]
+
+    def take_moved(self) -> list[str]:
+        """The client order ids of the resting orders that this process's matches changed
+        (filled, fired, expired) since the last call, every account's; the reconcile pass
+        drives them between two listings. Another process's matches are its own to take."""
+        moved = list(self._moved)
+        self._moved.clear()  # in place: every account's view shares it
+        return moved
+
     async def poll(self) -> list[ExchangeFill]:
-        """Read the feed for every symbol with open orders and match them; the new fills.
+        """Read the feed for every symbol with open orders and match the orders it moves;
+        the new fills.
         A symbol whose rules or price cannot be had now (delisted, the feed unreachable) is
         left for the next poll or its orders' own lookups; the others are matched."""
-        open_orders = await self.store.open_orders(self.account, None)
-        symbols = dict.fromkeys(o.symbol for o in open_orders)
         fills: list[ExchangeFill] = []
-        for symbol in symbols:
+        for symbol in await self._open_symbols():
             try:
                 rules = await self.symbol_rules(symbol)
                 quote = await read_quote(self._feed, rules, self.config.spread_bps)
@@ -414,6 +435,15 @@ class PaperExchange:
             if self._age_ms(quote) is None:
                 fills += await self.on_quote(symbol, quote)
         return fills
+
+    async def _open_symbols(self) -> list[str]:
+        """The symbols with open orders of this account (every account's: the shared
+        exchange, which reads them without reading the orders)."""
+        if self.account is None:
+            return await self.store.open_symbols()
+        return list(
+            dict.fromkeys(o.symbol for o in await self.store.open_orders(self.account, None))
+        )
 
     def _match(
         self,

@@ -283,6 +283,17 @@ def match(
     return [Execution(order.price, quantity, maker=True)], False
 
 
+def moved_by(order: PaperOrder, quote: Quote) -> bool:
+    """Whether :func:`match` may change ``order`` at ``quote``: a stop not yet fired that
+    fires, or a fired one (a plain limit counts as fired) without a limit or whose limit
+    the touch crosses. Every other order is left as it is by ``match``, so a matching pass
+    claims only these (in PostgreSQL: worker/db/paper.sql's ``paper_moved_by`` filter,
+    the same test in SQL): a book of many resting orders costs what the quote moves."""
+    if not order.triggered:
+        return stop_triggered(order.req.type, order.side, order.stop_price, quote.last)
+    return order.price is None or limit_crossed(order.side, order.price, quote.touch(order.side))
+
+
 def walk(
     rules: SymbolRules,
     side: Side,

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Final, Protocol
 
 from worker.exchanges.base import DuplicateOrder, OrderRejected
-from worker.exchanges.paper_book import PaperOrder
+from worker.exchanges.paper_book import PaperOrder, Quote, moved_by
 from worker.exchanges.paper_funds import Balance, Changes, Hold, applied
 
 KEEP_FINAL: Final = 1_000  # final orders the in-memory store still answers lookups for
@@ -76,11 +76,21 @@ class PaperStore(Protocol):
         """Orders still resting, oldest first."""
         ...
 
+    async def open_symbols(self) -> list[str]:
+        """The symbols with an order still resting (any account's), in order."""
+        ...
+
     def claim(
-        self, account: str | None, symbol: str, client_order_id: str | None = None
+        self,
+        account: str | None,
+        symbol: str,
+        client_order_id: str | None = None,
+        *,
+        quote: Quote | None = None,
     ) -> AbstractAsyncContextManager[Claim]:
-        """The open orders of ``symbol`` (of one client id when given) no other claim holds,
-        oldest first; with a client id, waits for another claim of it to end."""
+        """The open orders of ``symbol`` (of one client id when given; only those ``quote``
+        may change when given: :func:`~worker.exchanges.paper_book.moved_by`) no other claim
+        holds, oldest first; with a client id, waits for another claim of it to end."""
         ...
 
     async def balances(self, account: str) -> dict[str, Balance]:
@@ -153,21 +163,30 @@ class MemoryPaperStore:
     async def open_orders(self, account: str | None, symbol: str | None) -> list[PaperOrder]:
         return [r.order for r in self._resting(account, symbol)]
 
+    async def open_symbols(self) -> list[str]:
+        return sorted(symbol for symbol, ids in self._open.items() if ids)
+
     @asynccontextmanager
     async def _claim(
-        self, account: str | None, symbol: str, client_order_id: str | None
+        self, account: str | None, symbol: str, client_order_id: str | None, quote: Quote | None
     ) -> AsyncIterator[Claim]:
         orders = [
             r
             for r in self._resting(account, symbol)
             if client_order_id in (None, r.order.req.client_order_id)
+            and (quote is None or moved_by(r.order, quote))
         ]
         yield _MemoryClaim(self, orders)
 
     def claim(
-        self, account: str | None, symbol: str, client_order_id: str | None = None
+        self,
+        account: str | None,
+        symbol: str,
+        client_order_id: str | None = None,
+        *,
+        quote: Quote | None = None,
     ) -> AbstractAsyncContextManager[Claim]:
-        return self._claim(account, symbol, client_order_id)
+        return self._claim(account, symbol, client_order_id, quote)
 
     async def balances(self, account: str) -> dict[str, Balance]:
         return dict(self._account_balances(account))
