@@ -300,7 +300,9 @@ class App:
                 lost_after_s=s.execution.lost_order_seconds,
                 send_concurrency=max(1, positions_within_pool(s).position_concurrency // 2),
             )
-            self.watcher = Watcher(self.engine, pool, router.paper, s.execution, self.log)
+            self.watcher = Watcher(
+                self.engine, pool, router.paper, s.execution, self.log, self.metrics
+            )
         outbox = Outbox(outbox_pool, s.pipeline.lease_seconds)
         publisher = StreamPublisher(client, s.streams.maxlen, s.streams.dedupe_ttl_seconds)
         self.dispatcher = Dispatcher(

@@ -103,6 +103,17 @@ class Metrics:
         for target in ("database", "redis"):
             self.outage.labels(target).set(0)  # exported before the first outage
             self.outage_deferrals.labels(target)
+        self.reconcile_pass = Histogram(
+            f"{PREFIX}reconcile_pass_seconds",
+            "Time of one reconcile pass over the orders in flight",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+            registry=self.registry,
+        )
+        self.reconcile_orders_read = counter(
+            "reconcile_orders_read",
+            "Orders in flight the reconcile passes read (every one at a listing; between "
+            "listings only those to send and those that moved)",
+        )
         self.positions = gauge(
             "positions",
             f"Positions by status, counted every {POSITIONS_SAMPLE_SECONDS:.0f} s "

@@ -191,12 +191,15 @@ async def test_paper_max_loss_closes_the_position_when_the_loss_reaches_the_limi
     assert position(db_url, pid)["close_reason"] == "max_loss"
 
 
+@pytest.mark.parametrize("listing_every", [0.0, 60.0])
 async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
-    db_url: str, redis_url: str
+    db_url: str, redis_url: str, listing_every: float
 ) -> None:
     """A user's many resting paper orders cost a pass one match and one listing, not a
     lookup each: when the price fills another user's order, that position alone is
-    driven (issue 20: one user's resting orders held up another user's fill)."""
+    driven (issue 20: one user's resting orders held up another user's fill). Between
+    listings (the paper book listed once a minute) a pass does not even read the resting
+    orders: only the one the price moved."""
     prices = WatchedPrices({"BTCUSDT": D("100")})
     paper = PaperExchange(prices, clock=lambda: 1_760_000_000_000)
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -206,10 +209,11 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
             for _ in range(30)
         ]
         filled = insert_position(conn, other, limit_price=D("90"), is_paper_trade=True)
-    async with paper_worker(exec_settings(db_url, redis_url), paper) as app:
+    settings = exec_settings(db_url, redis_url, open_orders_interval=listing_every)
+    async with paper_worker(settings, paper) as app:
         for pid in [*resting, filled]:
             await eventually(partial(_entry_is, db_url, pid, "submitted"), 20)
-        assert app.engine is not None
+        assert app.engine is not None and app.watcher is not None
         driven: list[str] = []
         reconcile = app.engine.reconcile
 
@@ -220,10 +224,17 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
         app.engine.reconcile = counted  # type: ignore[method-assign]
         await wait_passes(app, 2)
         assert driven == [], "unchanged resting orders were looked up"
+        read = app.watcher.orders_read
+        await wait_passes(app, 2)
+        between = app.watcher.orders_read - read
         prices.set("BTCUSDT", D("85"))  # crosses the other user's 90, not the flooder's 50
         await wait_status(db_url, filled, "open", "monitoring")
         await wait_passes(app, 2)
     assert set(driven) == {str(filled)}
+    if listing_every:
+        assert between == 0, "passes between listings read the resting orders"
+    else:  # every pass lists, and reads the 31 orders (a third pass may have begun)
+        assert between in (2 * 31, 3 * 31)
     assert {_entry_status(db_url, pid) for pid in resting} == {"submitted"}
 
 

@@ -83,6 +83,11 @@ async def test_between_listings_a_pass_reads_only_the_orders_still_to_send(
         # six legs read per listing pass, none in the others (a pass may be in between)
         assert orders_read % 6 == 0 and abs(orders_read // 6 - listed) <= 1
         assert orders_read < 6 * passes // 2
+        registry = app.metrics.registry  # what an operator sees of it
+        total = registry.get_sample_value("position_worker_reconcile_orders_read_total")
+        assert total is not None and total >= orders_read
+        timed = registry.get_sample_value("position_worker_reconcile_pass_seconds_count")
+        assert timed is not None and timed >= passes
 
         fake.set_price("BTCUSDT", "131")  # the take-profit legs trigger and fill
         await eventually(

@@ -548,3 +548,20 @@ async def test_from_settings_with_binance_public_market_streams() -> None:
 def test_bad_paper_config(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         PaperConfig(**bad)  # type: ignore[arg-type]  # bad values on purpose
+
+
+async def test_the_orders_a_match_moved_are_taken_once_whichever_account_matched_them() -> None:
+    """The reconcile pass drives what the paper matching moved between two listings
+    (``take_moved``): a fill made while another order of the account was placed (its view
+    of the exchange) is taken from the shared exchange, once; an order the price leaves
+    alone is not."""
+    feed, paper, _ = make()
+    alice = paper.for_account("alice")
+    await alice.place_order(order("near", "buy", "limit", price="95"))
+    await alice.place_order(order("far", "buy", "limit", price="50"))
+    assert paper.take_moved() == []
+    feed.set("BTCUSDT", D("94"))
+    await alice.place_order(order("m", "buy", "market"))  # matches alice's book first
+    assert paper.take_moved() == ["near"]
+    assert paper.take_moved() == []
+    assert (await alice.get_order("BTCUSDT", "near")).status == "FILLED"  # type: ignore[union-attr]

@@ -77,7 +77,7 @@ def test_open_orders_calls_take_the_least_weight() -> None:
 def test_the_orders_in_flight_are_read_when_an_account_is_next_listed() -> None:
     assert next_full_read(100.0, [], 10.0) == 110.0  # none in flight: one interval on
     assert next_full_read(100.0, [108.0, 104.5], 10.0) == 104.5  # the first account due
-    assert next_full_read(100.0, [108.0, 100.0], 10.0) == 100.0  # paper: every pass
+    assert next_full_read(100.0, [108.0, 100.0], 10.0) == 100.0  # cannot list: every pass
 
 
 def test_due() -> None:

@@ -6,9 +6,9 @@ Binance weighs ``GET /api/v3/openOrders`` 6 for one symbol and 80 without a symb
 an account's open orders per symbol and pass replaces a lookup per order: an order listed
 open as the database has it needs nothing; only an order that left the list (filled,
 cancelled, expired, or forgotten by the exchange), or that the list shows changed, is
-looked up. Paper orders are listed too, every pass (no weight), once the paper book has
-matched them against the feed. What is driven goes in turns across users (the watcher,
-with ``worker.pipeline.turns``). No I/O.
+looked up. The paper book is listed the same way, as one account. Between listings only
+what changed is read and driven (:func:`next_full_read`). What is driven goes in turns
+across users (the watcher, with ``worker.pipeline.turns``). No I/O.
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ def due(last_checked: float | None, now: float, interval: float) -> bool:
 
 def next_full_read(now: float, due_at: Iterable[float], interval: float) -> float:
     """When a pass next reads every order in flight, rather than only the orders still to be
-    sent: as soon as one of the accounts with orders in flight is due for its listing
-    (``due_at``: each one's time; now for paper, listed every pass, and for an account that
-    cannot list, whose orders are looked up one by one), or ``interval`` from now when no
-    order is in flight. Between listings an order already at the exchange is driven only
-    once its account's listing shows it changed, so reading it would be wasted: a pass
-    costs what it has to send, and the resting orders are read once per listing, with the
-    list they are compared with."""
+    sent (and the paper orders the paper book's matching moved): as soon as one of the
+    accounts with orders in flight is due for its listing (``due_at``: each one's time; now
+    for an account that cannot list, whose orders are looked up one by one every pass, or
+    whose listing failed), or ``interval`` from now when no order is in flight. Between
+    listings an order already at an exchange is driven only once something says it changed,
+    so reading it would be wasted: a pass costs what changed, and the resting orders are
+    read once per listing, with the list they are compared with."""
     return min(due_at, default=now + interval)
 
 

@@ -4,18 +4,20 @@
   state are brought up to date with the exchange (fills caught up, orders that never arrived
   re-sent with the same client id), and positions left waiting without an order in flight
   are picked up again. The REST safety net: every ``execution.open_orders_interval``
-  seconds, each live account's open orders are listed (``GET /api/v3/openOrders``, one
-  call per symbol or one for all: ``reconcile_plan``); only an order that left that list,
-  or that it shows changed, is looked up on its own. Between listings only the orders still
-  to be sent are driven, and only they are read from the database: the orders resting at
-  the exchange are read once per listing, with the list they are compared with
-  (``reconcile_plan.next_full_read``), so a pass costs what changed, not what rests. Paper
-  orders are listed every pass (no weight to save), once the paper book has matched every
-  resting order against the feed (``PaperExchange.poll``): a pass costs one match per
-  symbol and one listing, plus a lookup per order that changed. A pass that reads the
-  orders in flight reads them all (no limit), and the positions to drive go in turns
-  across users (``worker.pipeline.turns``): one user's thousand resting orders cannot hold
-  up another user's fill.
+  seconds, each account's open orders are listed (on Binance ``GET /api/v3/openOrders``,
+  one call per symbol or one for all: ``reconcile_plan``; the paper book, every user's
+  paper orders, as one account); only an order that left that list, or that it shows
+  changed, is looked up on its own. Between listings a pass drives, and reads from the
+  database, only the orders still to be sent and the paper orders that this process's
+  paper matching moved (every pass first matches the paper book against the feed,
+  ``PaperExchange.poll``, which claims only the orders the price moves): the orders
+  resting at an exchange are read once per listing, with the list they are compared with
+  (``reconcile_plan.next_full_read``), so a pass costs what changed, not what rests. A
+  Binance fill between listings comes over the user data stream; a paper order another
+  process's matching moved is that process's to drive, and the listing is the net under
+  both. A pass that reads the orders in flight reads them all (no limit), and the
+  positions to drive go in turns across users (``worker.pipeline.turns``): one user's
+  thousand resting orders cannot hold up another user's fill.
   A stop that fired on Binance while the worker was down is recorded
   here, and the position closed. An order the exchange reports nothing new about is left
   as it is: a pass writes only what changed. Binance positions held without the stop-loss /
@@ -63,6 +65,7 @@ from worker.execution.reconcile_plan import (
     open_orders_calls,
 )
 from worker.execution.rows import Position, fetch_all
+from worker.metrics import Metrics
 from worker.pipeline.turns import in_turns
 from worker.settings import ExecutionSettings
 
@@ -77,8 +80,10 @@ class Watcher:
         paper: Exchange | None,
         cfg: ExecutionSettings,
         log: Any,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine, self.pool, self.paper, self.cfg, self.log = engine, pool, paper, cfg, log
+        self.metrics = metrics
         self.passes = 0
         self.orders_read = 0  # orders in flight read from the database, every pass's
         self._listed_at: dict[AccountKey, float] = {}  # last listing of its open orders
@@ -87,7 +92,10 @@ class Watcher:
     async def run(self) -> None:
         while True:
             try:
+                started = time.perf_counter()
                 await self.reconcile_once()
+                if self.metrics is not None:
+                    self.metrics.reconcile_pass.observe(time.perf_counter() - started)
                 await self.paper_protection_once()
                 await self.worker_protection_once()
             except DatabaseUnavailable as exc:
@@ -97,17 +105,22 @@ class Watcher:
 
     async def reconcile_once(self) -> None:
         grace = self.cfg.reconcile_grace_seconds
+        moved = await self._paper_moved()
         now = time.monotonic()
         read_all = now >= self._full_read_at
-        flights = await self._in_flight(grace, read_all)
+        flights = await self._in_flight(grace, read_all, moved)
         self.orders_read += len(flights)
+        if self.metrics is not None:
+            self.metrics.reconcile_orders_read.inc(len(flights))
         views: dict[AccountKey, Mapping[str, OrderState] | None] = {}
         if read_all:
             views = await self._open_order_views(flights, now)
             due_at = (self._listing_due(key, views, now) for key in {key for key, _ in flights})
             self._full_read_at = next_full_read(now, due_at, self.cfg.open_orders_interval)
         to_drive = [
-            order for key, order in flights if key not in views or needs_lookup(order, views[key])
+            order
+            for key, order in flights
+            if key not in views or needs_lookup(order, views[key]) or order.client_order_id in moved
         ]
         for run in in_turns(to_drive):  # a batch's turns: every user's first, then second ...
             await self._guarded(self.engine.reconcile, run.position_id)
@@ -118,13 +131,24 @@ class Watcher:
             for position_id in await self._ids("exec_unprotected_positions", grace):
                 await self._guarded(self.engine.restore_protection, position_id)
 
-    async def _in_flight(self, grace: float, every: bool) -> list[tuple[AccountKey, InFlight]]:
-        """The worker's orders not final (``every``) or only those still to be sent, each
-        with the account it trades on."""
+    async def _paper_moved(self) -> set[str]:
+        """The paper book matched against the feed (the orders resting on every symbol that
+        has any), and the client order ids of the paper orders this process's matches
+        changed since the last pass (these, the placements' and the lookups')."""
+        if not isinstance(self.paper, PaperExchange):
+            return set()
+        await self.paper.poll()  # a symbol it cannot price is left for the next pass
+        return set(self.paper.take_moved())
+
+    async def _in_flight(
+        self, grace: float, every: bool, moved: set[str]
+    ) -> list[tuple[AccountKey, InFlight]]:
+        """The worker's orders not final (``every``), or only those still to be sent and
+        the paper orders ``moved``, each with the account it trades on."""
         query = "exec_orders_in_flight" if every else "exec_orders_to_send"
         async with translated_errors(), self.pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(q(query), {"grace": grace})
+            await cur.execute(q(query), {"grace": grace, "moved": list(moved)})
             rows = await cur.fetchall()
         flights = []
         for row in rows:
@@ -137,8 +161,8 @@ class Watcher:
     ) -> dict[AccountKey, Mapping[str, OrderState] | None]:
         """Each account's open orders by client order id, when listed this pass (None: not
         due, or the listing failed). An account that cannot list them is absent: its orders
-        are looked up one by one. The paper book (every user's paper orders: one key) is
-        matched against the feed, then listed, every pass."""
+        are looked up one by one. The paper book (every user's paper orders) is one
+        account."""
         views: dict[AccountKey, Mapping[str, OrderState] | None] = {}
         symbols_of: dict[AccountKey, set[str]] = {}
         for key, order in flights:
@@ -148,11 +172,9 @@ class Watcher:
             if exchange is None:
                 continue
             views[key] = None
-            if not due(self._listed_at.get(key), now, self._listing_interval(key)):
+            if not due(self._listed_at.get(key), now, self.cfg.open_orders_interval):
                 continue
             try:
-                if isinstance(exchange, PaperExchange):
-                    await exchange.poll()  # what the feed filled leaves the list
                 states = [
                     state
                     for symbol in open_orders_calls(symbols)
@@ -173,10 +195,7 @@ class Watcher:
         listed = self._listed_at.get(key)
         if key not in views or listed is None:
             return now
-        return listed + self._listing_interval(key)
-
-    def _listing_interval(self, key: AccountKey) -> float:
-        return 0.0 if key[0] else self.cfg.open_orders_interval  # paper: no weight
+        return listed + self.cfg.open_orders_interval
 
     async def _lister(self, key: AccountKey) -> ListsOpenOrders | None:
         paper, account_id = key
