@@ -13,7 +13,10 @@ on paper (the synthetic feed), against the same servers as the commit ceiling:
   ``neighbour_entries`` plain market entries one after the other (each once the one before
   it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99;
 * **request fairness**: the same neighbour, while one user's ``flood`` scale-in requests,
-  committed at once on ``request_positions`` open positions of theirs, are handled.
+  committed at once on ``request_positions`` open positions of theirs, are handled;
+* **reconciliation**: a reconcile pass's time while one user's ``resting`` paper orders
+  rest, against none, and another user's fill meanwhile (worker/ops/bench_reconcile.py;
+  the worker in this process, this checkout's code even with ``--worker-python``).
 
 Every time comes from the database (the events' ``occurred_at``), so the bench's own
 polling does not count. The users' risk limits are lifted (a thousand positions would be
@@ -25,12 +28,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 import psycopg
 
 from worker.ops.bench_measure import percentile
+from worker.ops.bench_reconcile import run_reconcile_bench
 
 EXECUTION_ENV: Final = {
     "POSITION_WORKER__STREAMS__EVENTS": "bench:positions:events",
@@ -54,10 +58,11 @@ class ExecutionPlan:
     neighbour_entries: int = 20  # each committed once the one before it has entered
     rounds: int = 3
     request_positions: int = 100  # the request flood's positions (flood / this requests each)
+    resting: int = 1000  # the reconciliation phase's resting orders (worker/ops/bench_reconcile.py)
 
     @classmethod
     def for_mode(cls, quick: bool) -> ExecutionPlan:
-        return cls(200, (1,), 200, 10, 1, 20) if quick else cls()
+        return cls(200, (1,), 200, 10, 1, 20, 100) if quick else cls()
 
 
 _USERS = """
@@ -322,4 +327,9 @@ class ExecutionBench:
             f"execution: one user asks {self.plan.flood} scale-ins at once, a neighbour enters ..."
         )
         results["request_fairness"] = self.request_fairness()
+        # in this process, on this checkout's code (even with --worker-python)
+        runs = run_reconcile_bench(
+            self.bench.admin_url, self.bench.redis_url, self.plan.resting, self.bench.say
+        )
+        results["reconciliation"] = [asdict(run) for run in runs]
         return results

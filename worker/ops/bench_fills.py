@@ -87,9 +87,12 @@ def make_room(fake: FakeBinance) -> None:
     fake.set_rate_limit("ORDERS", "SECOND", 10, 10_000)
 
 
-def seed_resting_entries(db_url: str, prices: Sequence[Decimal]) -> list[uuid.UUID]:
-    """One user with a live long position of 0.1 BTCUSDT per price, each entered by a limit
-    order at that price (no stop-loss or take-profit: the fills alone are measured)."""
+def seed_resting_entries(
+    db_url: str, prices: Sequence[Decimal], *, paper: bool = False
+) -> list[uuid.UUID]:
+    """One user with a long position of 0.1 BTCUSDT per price (live, or ``paper``), each
+    entered by a limit order at that price (no stop-loss or take-profit: the fills alone
+    are measured)."""
     user, trader, signal = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("INSERT INTO auth.users (id) VALUES (%s)", (user,))
@@ -103,8 +106,8 @@ def seed_resting_entries(db_url: str, prices: Sequence[Decimal]) -> list[uuid.UU
             row = conn.execute(
                 "INSERT INTO positions (user_id, trader_id, signal_id, symbol, side, status,"
                 " requested_quantity, limit_price, is_paper_trade)"
-                " VALUES (%s, %s, %s, %s, 'long', 'created', %s, %s, false) RETURNING id",
-                (user, trader, signal, SYMBOL, QUANTITY, price),
+                " VALUES (%s, %s, %s, %s, 'long', 'created', %s, %s, %s) RETURNING id",
+                (user, trader, signal, SYMBOL, QUANTITY, price, paper),
             ).fetchone()
             assert row is not None
             ids.append(row[0])

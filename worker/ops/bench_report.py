@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import Any
 
+from worker.ops.bench_reconcile import ReconcileRun, render_reconcile
+
 
 def _f(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -108,6 +110,9 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
             f"{_f(q['neighbour_p50_ms'], 0)} ms, p99 {_f(q['neighbour_p99_ms'], 0)} ms "
             f"(the requests took {_f(q['flood_seconds'], 2)} s)"
         )
+    if "reconciliation" in execution:
+        runs = [ReconcileRun(**run) for run in execution["reconciliation"]]
+        lines += ["", *render_reconcile(runs)]
     return "\n".join(lines)
 
 
