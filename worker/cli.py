@@ -183,6 +183,8 @@ def _cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         return _bench_binance(args.quick, say)
 
     execution = "only" if args.execution_only else "also" if args.execution else "off"
+    if execution != "off":  # the reconciliation phase's worker runs in this process
+        configure_logging("error", "console")  # the report, not every fill it records
     results = run_bench(
         os.environ.get("DATABASE_URL"),
         os.environ.get("REDIS_URL"),

@@ -36,7 +36,6 @@ from worker.db.paper_store import PgPaperStore
 from worker.exchanges.paper import PaperExchange, wall_clock_ms
 from worker.exchanges.prices import FixedPrices
 from worker.execution.routing import ExchangeRouter
-from worker.logs import configure_logging
 from worker.ops.bench_binance import bench_database
 from worker.ops.bench_fills import SYMBOL, seed_resting_entries, wait_resting
 from worker.settings import Settings, load_settings
@@ -162,9 +161,7 @@ def _time_fill(db_url: str, prices: FixedPrices, order_id: uuid.UUID) -> float:
 def run_reconcile_bench(
     admin_url: str, redis_url: str, resting: int, say: Callable[[str], None]
 ) -> list[ReconcileRun]:
-    """Both runs, each on a database of its own: ``resting`` orders, then none. The
-    in-process worker logs errors only (the bench's report, not every fill)."""
-    configure_logging("error", "console")
+    """Both runs, each on a database of its own: ``resting`` orders, then none."""
     runs = []
     for count in (resting, 0):
         with bench_database(admin_url, f"reconcile{count}") as db_url:
