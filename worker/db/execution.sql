@@ -370,16 +370,19 @@ ORDER BY o.created_at
 -- Positions waiting for the worker with no order in flight (e.g. a crash right after the
 -- position was created but before its entry order was recorded).
 --
--- "In flight" is written "not final" (the same under orders' CHECK) wherever a query probes
--- one position's orders: no index can serve a NOT IN, so each probe reads the position's
--- own orders by idx_orders_position_id. Written as IN, the planner (with no statistics
--- yet, or many orders in flight) ANDs idx_orders_status's bitmap of every order in flight
--- into each probe: a pass over 3,000 resting entries took 0.4 s here, over 10,000 5 s.
+-- One probe of each waiting position's own orders (idx_orders_position_id), whatever the
+-- planner thinks of the tables' sizes. The OFFSET 0 keeps the NOT EXISTS a subplan run per
+-- position: as an anti-join planned on stale statistics (right after a burst of entries,
+-- before autovacuum analyzes), it read every order for every waiting position, 1.5-2 s a
+-- pass over 10,000 resting paper entries. "In flight" is written "not final" (the same
+-- under orders' CHECK) wherever a query probes one position's orders: no index serves a
+-- NOT IN, so idx_orders_status's bitmap of every order in flight is not ANDed into each
+-- probe (written as IN, a pass over 10,000 resting entries took 5 s).
 SELECT p.id FROM positions p
 WHERE p.status IN ('created', 'submitting', 'closing')
   AND p.updated_at < now() - make_interval(secs => %(grace)s)
   AND NOT EXISTS (SELECT 1 FROM worker_orders o WHERE o.position_id = p.id
-                  AND o.status NOT IN ('filled', 'cancelled', 'failed'))
+                  AND o.status NOT IN ('filled', 'cancelled', 'failed') OFFSET 0)
 LIMIT 200
 
 -- name: exec_paper_watch
@@ -458,7 +461,8 @@ WHERE NOT p.is_paper_trade AND p.status IN ('open', 'monitoring') AND p.held_qua
   AND changed.settled < now() - make_interval(secs => %(grace)s)
   AND NOT EXISTS (SELECT 1 FROM worker_orders o WHERE o.position_id = p.id
                   AND o.purpose NOT IN ('stop_loss', 'take_profit')
-                  AND o.status NOT IN ('filled', 'cancelled', 'failed'))
+                  AND o.status NOT IN ('filled', 'cancelled', 'failed')
+                  OFFSET 0)  -- a probe per position (exec_stuck_positions)
   AND NOT EXISTS (SELECT 1 FROM position_requests r WHERE r.position_id = p.id
                   AND r.status = 'pending')
   AND EXISTS (
