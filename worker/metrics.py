@@ -78,11 +78,10 @@ class Metrics:
             "wakeups_paused",
             "1 while the dispatcher polls on its own and the listener's wake-ups are paused",
         )
-        self.publish_latency = Histogram(
-            f"{PREFIX}publish_seconds",
+        self.publish_latency = self._histogram(
+            "publish_seconds",
             "Time to publish one batch to Redis",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-            registry=self.registry,
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
         self.commit_to_stream = BatchHistogram(
             f"{PREFIX}commit_to_stream_seconds",
@@ -103,11 +102,10 @@ class Metrics:
         for target in ("database", "redis"):
             self.outage.labels(target).set(0)  # exported before the first outage
             self.outage_deferrals.labels(target)
-        self.reconcile_pass = Histogram(
-            f"{PREFIX}reconcile_pass_seconds",
+        self.reconcile_pass = self._histogram(
+            "reconcile_pass_seconds",
             "Time of one reconcile pass over the orders in flight",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
-            registry=self.registry,
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
         self.reconcile_orders_read = counter(
             "reconcile_orders_read",
@@ -120,6 +118,9 @@ class Metrics:
             "(the whole table: every replica reports the same counts)",
             "status",
         )
+
+    def _histogram(self, name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
+        return Histogram(f"{PREFIX}{name}", documentation, buckets=buckets, registry=self.registry)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(f"{PREFIX}{name}", documentation, labels, registry=self.registry)
