@@ -74,6 +74,10 @@ def _maybe_secret(text: str) -> bool:
 # directly (same keys, order and redaction as the processor chain) instead of going through
 # structlog, which costs several times more per line. The audit log uses it once per event.
 _direct: tuple[Any, threading.Lock] | None = None
+# the value types that are never redacted as a whole (strings are scanned as text) ...
+_FLAT: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+# ... and the ones whose items _redact walks
+_NESTED: tuple[type, ...] = (Mapping, list, tuple)
 
 
 def write_info(context: Mapping[str, Any], event: str, fields: dict[str, Any]) -> bool:
@@ -82,8 +86,10 @@ def write_info(context: Mapping[str, Any], event: str, fields: dict[str, Any]) -
         return False
     line = {**context, **fields, "event": event, "level": "info", "timestamp": _utc_now_iso()}
     texts = [v for v in line.values() if v.__class__ is str]
-    nested = len(texts) < len(line) and any(
-        isinstance(v, Mapping | list | tuple) for v in line.values()
+    # the types of an audit line's values are a few plain ones: a set of them answers
+    # "anything nested?" without an isinstance check (against an ABC) per value
+    nested = not _FLAT.issuperset(map(type, line.values())) and any(
+        isinstance(v, _NESTED) for v in line.values()
     )
     if _maybe_secret("\x00".join(texts)) or _has_secret_key(tuple(line)) or nested:  # rare
         _redact(None, "info", line)
