@@ -461,6 +461,53 @@ def test_a_claim_planned_on_a_quiet_outbox_reads_a_burst_by_probes(db_url: str) 
     assert not [(index, key) for index, key in probes if index not in leading[key]], probes
 
 
+def _auto_explained(conn: psycopg.Connection[Any]) -> list[str]:
+    """The plans of every statement this session runs from now on, nested ones too, as
+    auto_explain (a module shipped with PostgreSQL) prints them to the client."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))
+    for setting in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_nested_statements = on",
+        "SET auto_explain.log_level = notice",
+        "SET client_min_messages = notice",
+    ):
+        conn.execute(setting)
+    conn.commit()  # the settings last the session, not the claim's transaction
+    return plans
+
+
+def test_a_backlogs_users_are_found_by_their_index_when_statistics_say_none_wait(
+    db_url: str,
+) -> None:
+    """A full claim finds the other users with pending events by a skip scan of
+    idx_position_events_pending_user (schema/0016), one probe per user. Statistics taken
+    while every event was handled say that none is pending: the planner then took the
+    pending index by id for the skip scan and sorted what it read by user, every pending
+    event at each step, on every claim (16-33 ms a claim over a backlog of 100,000 events,
+    two thirds of the drain). Only the user index may answer it (schema/0020)."""
+    with psycopg.connect(db_url, autocommit=True) as setup:
+        users = make_users(setup, 3)
+        commit_positions(setup, users.one(0, 20))
+        setup.execute("UPDATE position_events SET processed_at = now()")
+        setup.execute("ANALYZE position_events")  # nothing pending, it says
+        commit_positions(setup, users.one(0, 50))  # a backlog, not analyzed
+        commit_positions(setup, users.one(1, 2))
+    with psycopg.connect(db_url) as conn:
+        # a table this small is read whole whatever the plan: indexes only, as on a big one
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_bitmapscan = off")
+        plans = _auto_explained(conn)
+        rows = conn.execute("SELECT id, user_id FROM outbox_claim_fair(0, 10, 5)").fetchall()
+        conn.rollback()
+    assert len(rows) == 11  # ten of the first user's, and the other user's oldest
+    (step,) = [p for p in plans if "WITH RECURSIVE users" in p and "Query Text" in p]
+    scans = re.findall(r"Scan (?:Backward )?using (\S+) on position_events (\w+)", step)
+    assert ("idx_position_events_pending_user", "e") in scans, step
+    assert not [s for s in scans if s[0] == "idx_position_events_pending"], step
+
+
 def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node, *(n for child in node.get("Plans", []) for n in plan_nodes(child))]
 
