@@ -13,6 +13,7 @@ from worker.pipeline.claim_schedule import (
     FIRST_PAUSE,
     HURRY_AFTER,
     LINGER_MIN_EVENTS,
+    LINGER_SHARE_MAX,
     AfterClaim,
     ClaimSchedule,
     ServeStep,
@@ -355,3 +356,32 @@ def test_a_failure_stops_polling() -> None:
     s.poll.on = True
     assert s.failed().polling_switched and not s.polling
     assert not s.failed().polling_switched
+
+
+@pytest.mark.parametrize(
+    ("others_took", "linger"),
+    [
+        (0, LINGER),  # alone: what arrived is what it claimed
+        (4, 2 * LINGER),  # another worker took half of what arrived
+        (40, LINGER_SHARE_MAX * LINGER),  # many workers: at most LINGER_SHARE_MAX lingers
+    ],
+)
+def test_a_claim_that_found_a_share_of_the_arrivals_lingers_longer(
+    others_took: int, linger: float
+) -> None:
+    """Workers sharing a stream each linger by the share the others took (ids moved past
+    what this one claimed), so that together they claim about as often as one."""
+    s = schedule()
+    s.serve(0.0)
+    start = s.claim_starting(0.000)
+    s.claimed(
+        start, 0.001, found=1, claimed=1, min_pending=1, newest=1, behind_floor=False,
+        chained=False,
+    )  # fmt: skip
+    start = s.claim_starting(0.005)
+    newest = 1 + LINGER_MIN_EVENTS + others_took
+    s.claimed(
+        start, 0.006, found=LINGER_MIN_EVENTS, claimed=LINGER_MIN_EVENTS, min_pending=2,
+        newest=newest, behind_floor=False, chained=False,
+    )  # fmt: skip
+    assert s.linger_left(0.005) == pytest.approx(linger)

@@ -18,13 +18,14 @@ still holds: a claim leaves alone any event whose predecessor another claim hold
 Linger: when at least ``LINGER_MIN_EVENTS`` events arrived since the previous claim (what the
 claim found, or more when other workers share the stream: see
 worker/pipeline/arrival_rate.py) and the claim was not full, events are arriving faster than
-claims go round, and the next claim waits until ``linger_seconds`` after that claim began. At
+claims go round, and the next claim waits until ``linger_seconds`` after that claim began
+(longer, up to ``LINGER_SHARE_MAX`` times, when other workers took part of what arrived). At
 saturation that makes claims twice as large and half as many (each claim's statements cost
 PostgreSQL as much as a few events); at a trickle (fewer events per claim) nothing waits, so
 latency at moderate rates is untouched. A full claim (a backlog) never waits.
 
-Polling (worker/pipeline/polling.py): under a steady stream the drainer claims every
-``linger_seconds`` on its own and the listener's wake-ups are paused.
+Polling (worker/pipeline/polling.py): under a steady stream the drainer claims at the
+linger's pace on its own and the listener's wake-ups are paused.
 
 Full claims: a claim starts from the claim floor (worker/pipeline/claim_floor.py) except at
 start, every ``poll_interval`` (the periodic poll, which also covers a lost wake-up) and
@@ -60,6 +61,13 @@ HURRY_AFTER: Final = 0.005
 # means events are arriving fast: the next claim waits until ``linger_seconds`` after this
 # one began.
 LINGER_MIN_EVENTS: Final = 4
+# ... and longer when other workers took part of what arrived: by the share they took, at
+# most this many times. Three workers that each claim every ``linger_seconds`` claim three
+# times as often as one, each claim a third as large, and claims cost the workers and
+# PostgreSQL more than their events do (docs/benchmarks.md: 3 workers at saturation,
+# 0.43 -> 0.26 CPU s per 1,000 events). At most twice: no event waits for a claim much
+# longer than beside one worker.
+LINGER_SHARE_MAX: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,11 +282,20 @@ class ClaimSchedule:
         fast = arrived >= LINGER_MIN_EVENTS
         switched = self.poll.after_claim(full or fast)
         if not full:
-            self._linger_until = start.started + (self.linger_seconds if fast else 0.0)
+            linger = self._linger_for(arrived, claimed) if fast else 0.0
+            self._linger_until = start.started + linger
         add = full and self.drainers < self.concurrency  # claims the next while this one runs
         if add:
             self.drainers += 1
         return AfterClaim(full, signal, switched, add)
+
+    def _linger_for(self, arrived: int, claimed: int) -> float:
+        """How long the next claim waits after this one began, events arriving fast:
+        ``linger_seconds``, longer by the share of the arrivals that other workers took
+        (``arrived`` of which this claim locked ``claimed``), at most ``LINGER_SHARE_MAX``
+        times."""
+        share = arrived / max(1, claimed)
+        return self.linger_seconds * min(LINGER_SHARE_MAX, max(1.0, share))
 
     def chain_next(self, now: float, *, full: bool, retry_soon: bool) -> bool:
         """Whether to claim again right away, committing the batch just handled on the way:
