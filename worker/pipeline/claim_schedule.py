@@ -64,9 +64,10 @@ LINGER_MIN_EVENTS: Final = 4
 # ... and longer when other workers took part of what arrived: by the share they took, at
 # most this many times. Three workers that each claim every ``linger_seconds`` claim three
 # times as often as one, each claim a third as large, and claims cost the workers and
-# PostgreSQL more than their events do (docs/benchmarks.md: 3 workers at saturation,
-# 0.43 -> 0.26 CPU s per 1,000 events). At most twice: no event waits for a claim much
-# longer than beside one worker.
+# PostgreSQL more than their events do (docs/benchmarks.md, runs Q and R: three workers at
+# saturation used 0.42 s of CPU per 1,000 events claiming at one worker's pace, 0.22 at
+# their share's). At most twice: no event waits for a claim much longer than beside one
+# worker.
 LINGER_SHARE_MAX: Final = 2.0
 
 
