@@ -402,6 +402,23 @@ def test_another_users_oldest_events_are_read_from_where_that_user_starts(db_url
     assert not [n for n in scans if by_user.search(str(n.get("Filter", "")))]
 
 
+def _auto_explained(conn: psycopg.Connection[Any]) -> list[str]:
+    """The plans of every statement this session runs from now on, nested ones too, as
+    auto_explain (a module shipped with PostgreSQL) prints them to the client."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))
+    for setting in (
+        "LOAD 'auto_explain'",
+        "SET auto_explain.log_min_duration = 0",
+        "SET auto_explain.log_nested_statements = on",
+        "SET auto_explain.log_level = notice",
+        "SET client_min_messages = notice",
+    ):
+        conn.execute(setting)
+    conn.commit()  # the settings last the session, not the claim's transaction
+    return plans
+
+
 def test_a_claim_planned_on_a_quiet_outbox_reads_a_burst_by_probes(db_url: str) -> None:
     """A worker's claim plans are made once, on the outbox it starts on (PL/pgSQL's generic
     plans, schema/0011), and kept through a burst until the outbox is analyzed. Planned on
@@ -426,17 +443,7 @@ def test_a_claim_planned_on_a_quiet_outbox_reads_a_burst_by_probes(db_url: str) 
             burst.execute(
                 "UPDATE positions SET status = 'submitting' WHERE id = ANY(%s)", (ids[::2],)
             )
-        plans: list[str] = []
-        conn.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_level = notice",
-            "SET client_min_messages = notice",
-        ):
-            conn.execute(setting)
-        conn.commit()  # the settings last the session, not the claim's transaction
+        plans = _auto_explained(conn)
         full = conn.execute("SELECT * FROM outbox_claim_fair(0, 100, 20)").fetchall()
         conn.rollback()
         room = conn.execute("SELECT * FROM outbox_claim_fair(0, 1000, 20)").fetchall()
@@ -459,23 +466,6 @@ def test_a_claim_planned_on_a_quiet_outbox_reads_a_burst_by_probes(db_url: str) 
     }
     assert {key for _, key in probes} >= {"id", "position_id", "user_id"}, probes
     assert not [(index, key) for index, key in probes if index not in leading[key]], probes
-
-
-def _auto_explained(conn: psycopg.Connection[Any]) -> list[str]:
-    """The plans of every statement this session runs from now on, nested ones too, as
-    auto_explain (a module shipped with PostgreSQL) prints them to the client."""
-    plans: list[str] = []
-    conn.add_notice_handler(lambda notice: plans.append(str(notice.message_primary)))
-    for setting in (
-        "LOAD 'auto_explain'",
-        "SET auto_explain.log_min_duration = 0",
-        "SET auto_explain.log_nested_statements = on",
-        "SET auto_explain.log_level = notice",
-        "SET client_min_messages = notice",
-    ):
-        conn.execute(setting)
-    conn.commit()  # the settings last the session, not the claim's transaction
-    return plans
 
 
 def test_a_backlogs_users_are_found_by_their_index_when_statistics_say_none_wait(
