@@ -199,7 +199,8 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
     lookup each: when the price fills another user's order, that position alone is
     driven (issue 20: one user's resting orders held up another user's fill). Between
     listings (the paper book listed once a minute) a pass does not even read the resting
-    orders: only the one the price moved."""
+    orders, nor probe the waiting positions for one left with no order in flight: only the
+    order the price moved."""
     prices = WatchedPrices({"BTCUSDT": D("100")})
     paper = PaperExchange(prices, clock=lambda: 1_760_000_000_000)
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -224,17 +225,20 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
         app.engine.reconcile = counted  # type: ignore[method-assign]
         await wait_passes(app, 2)
         assert driven == [], "unchanged resting orders were looked up"
-        read = app.watcher.orders_read
+        read, checks = app.watcher.orders_read, app.watcher.waiting_checks
         await wait_passes(app, 2)
         between = app.watcher.orders_read - read
+        checked = app.watcher.waiting_checks - checks
         prices.set("BTCUSDT", D("85"))  # crosses the other user's 90, not the flooder's 50
         await wait_status(db_url, filled, "open", "monitoring")
         await wait_passes(app, 2)
     assert set(driven) == {str(filled)}
     if listing_every:
         assert between == 0, "passes between listings read the resting orders"
+        assert checked == 0, "passes between listings probed every waiting position"
     else:  # every pass lists, and reads the 31 orders (a third pass may have begun)
         assert between in (2 * 31, 3 * 31)
+        assert checked in (2, 3)
     assert {_entry_status(db_url, pid) for pid in resting} == {"submitted"}
 
 

@@ -3,26 +3,27 @@
 * At start-up and every ``execution.reconcile_interval`` seconds, the orders not in a final
   state are brought up to date with the exchange (fills caught up, orders that never arrived
   re-sent with the same client id), and positions left waiting without an order in flight
-  are picked up again. The REST safety net: every ``execution.open_orders_interval``
-  seconds, each account's open orders are listed (on Binance ``GET /api/v3/openOrders``,
-  one call per symbol or one for all: ``reconcile_plan``; the paper book, every user's
-  paper orders, as one account); only an order that left that list, or that it shows
-  changed, is looked up on its own. Between listings a pass drives, and reads from the
-  database, only the orders still to be sent and the paper orders that this process's
-  paper matching moved (every pass first matches the paper book against the feed,
-  ``PaperExchange.poll``, which claims only the orders the price moves): the orders
-  resting at an exchange are read once per listing, with the list they are compared with
-  (``reconcile_plan.next_full_read``), so a pass costs what changed, not what rests. A
-  Binance fill between listings comes over the user data stream; a paper order another
-  process's matching moved is that process's to drive, and the listing is the net under
-  both. A pass that reads the orders in flight reads them all (no limit), and the
+  are picked up again (on the passes that list, below: the check probes every waiting
+  position's orders, so it runs once per listing, not every pass). The REST safety net:
+  every ``execution.open_orders_interval`` seconds, each account's open orders are listed
+  (on Binance ``GET /api/v3/openOrders``, one call per symbol or one for all:
+  ``reconcile_plan``; the paper book, every user's paper orders, as one account); only an
+  order that left that list, or that it shows changed, is looked up on its own. Between
+  listings a pass drives, and reads from the database, only the orders still to be sent and
+  the paper orders that this process's paper matching moved (every pass first matches the
+  paper book against the feed, ``PaperExchange.poll``, which claims only the orders the
+  price moves): the orders resting at an exchange are read once per listing, with the list
+  they are compared with (``reconcile_plan.next_full_read``), so a pass costs what changed,
+  not what rests. A Binance fill between listings comes over the user data stream; a paper
+  order another process's matching moved is that process's to drive, and the listing is the
+  net under both. A pass that reads the orders in flight reads them all (no limit), and the
   positions to drive go in turns across users (``worker.pipeline.turns``): one user's
-  thousand resting orders cannot hold up another user's fill.
-  A stop that fired on Binance while the worker was down is recorded
-  here, and the position closed. An order the exchange reports nothing new about is left
-  as it is: a pass writes only what changed. Binance positions held without the stop-loss /
-  take-profit orders they ask for (an exit that failed, an order cancelled or expired on
-  the exchange, a crash before it was placed) get them placed again.
+  thousand resting orders cannot hold up another user's fill. A stop that fired on Binance
+  while the worker was down is recorded here, and the position closed. An order the exchange
+  reports nothing new about is left as it is: a pass writes only what changed. Binance
+  positions held without the stop-loss / take-profit orders they ask for (an exit that
+  failed, an order cancelled or expired on the exchange, a crash before it was placed) get
+  them placed again.
 * Paper positions with a stop-loss, take-profit or max loss: the simulated exchange watches
   its price feed; when the price crosses, an exit is requested (``request_position_exit``,
   reason ``stop_loss`` / ``take_profit`` / ``max_loss``) and handled like any exit.
@@ -86,6 +87,7 @@ class Watcher:
         self.metrics = metrics
         self.passes = 0
         self.orders_read = 0  # orders in flight read from the database, every pass's
+        self.waiting_checks = 0  # checks for positions waiting with no order in flight
         self._listed_at: dict[AccountKey, float] = {}  # last listing of its open orders
         self._full_read_at = 0.0  # a pass from this time on reads every order in flight
 
@@ -124,7 +126,9 @@ class Watcher:
         ]
         for run in in_turns(to_drive):  # a batch's turns: every user's first, then second ...
             await self._guarded(self.engine.reconcile, run.position_id)
-        await self._enter_stuck(await self._ids("exec_stuck_positions", grace))
+        if read_all:  # a probe per waiting position: with the listing, not every pass
+            self.waiting_checks += 1
+            await self._enter_stuck(await self._ids("exec_stuck_positions", grace))
         for position_id, request_id in await self._rows("exec_pending_requests", grace):
             await self._guarded(self.engine.handle_request, position_id, request_id)
         if self.engine.router.trades_live:  # exchange-side protection: Binance only
