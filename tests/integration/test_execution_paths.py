@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog
 
 from tests.execution_support import (
     call,
@@ -240,6 +241,30 @@ async def test_a_reconcile_pass_looks_up_only_the_paper_orders_that_changed(
         assert between in (2 * 31, 3 * 31)
         assert checked in (2, 3)
     assert {_entry_status(db_url, pid) for pid in resting} == {"submitted"}
+
+
+async def test_a_position_left_waiting_is_entered_by_the_listing_pass_which_says_so(
+    db_url: str, redis_url: str
+) -> None:
+    """A position whose events were all handled but which was never entered (its entry
+    event dead after its retries, or a crash before its entry order was recorded) is
+    entered by a reconcile pass, with a warning naming it: the safety net caught what the
+    events did not, which an operator wants to know."""
+    paper = PaperExchange(FixedPrices({"BTCUSDT": D("100")}), clock=lambda: 1_760_000_000_000)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        pid = insert_position(conn, seed_owner(conn), is_paper_trade=True)
+        conn.execute(
+            "UPDATE position_events SET processed_at = now() WHERE position_id = %s", (pid,)
+        )
+    capture = structlog.testing.LogCapture()
+    app = App(
+        exec_settings(db_url, redis_url), handle_signals=False, router=ExchangeRouter(paper=paper)
+    )
+    app.log = structlog.wrap_logger(None, processors=[capture])
+    async with app.serving():
+        await wait_status(db_url, pid, "open", "monitoring")
+    [line] = [e for e in capture.entries if e["event"] == "waiting_positions_picked_up"]
+    assert (line["log_level"], line["count"], line["position_ids"]) == ("warning", 1, [str(pid)])
 
 
 def _entry_status(db_url: str, pid: Any) -> str | None:

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import psycopg
@@ -70,6 +70,7 @@ from worker.metrics import Metrics
 from worker.pipeline.turns import in_turns
 from worker.settings import ExecutionSettings
 
+STUCK_NAMED: Final = 20  # positions named in a waiting_positions_picked_up line
 AccountKey = tuple[bool, uuid.UUID | None]  # (paper, exchange account: None the operator's)
 
 
@@ -234,8 +235,16 @@ class Watcher:
 
     async def _enter_stuck(self, position_ids: list[str]) -> None:
         """Positions created and never entered (a crash before their entry order was
-        recorded), entered together (``Engine.enter_many``); one's trouble is logged, as
-        :meth:`_guarded` logs it, and skipped."""
+        recorded, an entry event dead after its retries), entered together
+        (``Engine.enter_many``) with a warning that names them: the safety net caught what
+        the events did not; one's trouble is logged, as :meth:`_guarded` logs it, and
+        skipped."""
+        if position_ids:
+            self.log.warning(
+                "waiting_positions_picked_up",
+                count=len(position_ids),
+                position_ids=position_ids[:STUCK_NAMED],
+            )
         if len(position_ids) < 2:
             for position_id in position_ids:
                 await self._guarded(self.engine.enter, position_id)
