@@ -54,6 +54,8 @@ __all__ = [
 Side = Literal["buy", "sell"]
 OrderType = Literal["market", "limit", "stop_loss", "take_profit"]
 
+SIDES: Final = frozenset(get_args(Side))  # every order built is checked: read the Literal once
+ORDER_TYPES: Final = frozenset(get_args(OrderType))
 CLIENT_ORDER_ID: Final = re.compile(r"^[a-zA-Z0-9\-_]{1,36}$")
 OPEN_STATUSES: Final = frozenset({"NEW", "PENDING_NEW", "PARTIALLY_FILLED", "PENDING_CANCEL"})
 FINAL_STATUSES: Final = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"})
@@ -85,13 +87,13 @@ def _valid(what: str, problem: str) -> None:
 
 
 def _side_problem(side: str) -> str:
-    return "" if side in get_args(Side) else f"side must be buy or sell, not {side!r}"
+    return "" if side in SIDES else f"side must be buy or sell, not {side!r}"
 
 
 def _request_problem(req: OrderRequest) -> str:
     if problem := _side_problem(req.side):
         return problem
-    if req.type not in get_args(OrderType):
+    if req.type not in ORDER_TYPES:
         return f"unknown order type {req.type!r}"
     if not CLIENT_ORDER_ID.match(req.client_order_id):
         return "client_order_id must match ^[a-zA-Z0-9-_]{1,36}$"
