@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -31,7 +32,9 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import redis
+import structlog
 
+from worker import logs
 from worker.db.migrate import migrate
 
 # The paper exchange caches Binance's listing on disk (paper.symbols_cache_dir). The tests'
@@ -51,6 +54,23 @@ _counter = itertools.count()
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """Whatever a test configures of logging (a command run in-process calls
+    ``configure_logging``, the CLI's quiet commands at ERROR) is undone after it: structlog's
+    configuration, the direct audit-line writer, the root logger and the drivers' levels.
+    Left in place, one test's ERROR-level filter silences another's captured warnings."""
+    saved, direct = structlog.get_config(), logs._direct
+    loggers = [logging.getLogger(n) for n in ("", *logs.DRIVER_LOGGERS)]
+    levels, handlers = [x.level for x in loggers], logging.getLogger().handlers[:]
+    yield
+    structlog.configure(**saved)
+    logs._direct = direct
+    for each, level in zip(loggers, levels, strict=True):
+        each.setLevel(level)
+    logging.getLogger().handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -160,6 +160,9 @@ def lines_held() -> Iterator[None]:
                 out.flush()
 
 
+DRIVER_LOGGERS: Final = ("psycopg", "psycopg.pool", "redis", "httpx", "httpcore")
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     """Configure structlog and the stdlib root logger once, at start-up."""
     out = stream if stream is not None else sys.stderr
@@ -204,7 +207,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
     # Drivers are chatty at INFO; keep their warnings.
-    for name in ("psycopg", "psycopg.pool", "redis", "httpx", "httpcore"):
+    for name in DRIVER_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 

@@ -260,9 +260,7 @@ async def test_a_position_left_waiting_is_entered_by_the_listing_pass_which_says
     app = App(
         exec_settings(db_url, redis_url), handle_signals=False, router=ExchangeRouter(paper=paper)
     )
-    # whatever the process-wide structlog configuration (an earlier test may have set an
-    # ERROR-level filtering logger)
-    app.log = structlog.wrap_logger(None, processors=[capture], wrapper_class=structlog.BoundLogger)
+    app.log = structlog.wrap_logger(None, processors=[capture])
     async with app.serving():
         await wait_status(db_url, pid, "open", "monitoring")
     [line] = [e for e in capture.entries if e["event"] == "waiting_positions_picked_up"]

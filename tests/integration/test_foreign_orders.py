@@ -167,9 +167,7 @@ async def test_foreign_rows_are_never_sent_driven_or_counted(
         )
     capture = structlog.testing.LogCapture()
     logs = capture.entries
-    # the worker's own lines, whatever the process-wide structlog configuration is (an
-    # earlier test may have configured an ERROR-level filtering logger)
-    log = structlog.wrap_logger(None, processors=[capture], wrapper_class=structlog.BoundLogger)
+    log = structlog.wrap_logger(None, processors=[capture])
     async with live_worker(exec_settings(db_url, redis_url), fake, log=log) as app:
         await wait_status(db_url, pid, "monitoring")
         exit_cid = "evil-exit-1"

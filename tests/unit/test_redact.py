@@ -8,14 +8,13 @@ import logging
 import re
 import shlex
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 import pytest
-import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg.conninfo import make_conninfo
@@ -350,24 +349,12 @@ def test_secret_keys_cover_header_and_environment_names() -> None:
 
 
 @pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    """configure_logging() into a buffer; restore the global logging state afterwards."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    drivers = [
-        logging.getLogger(n) for n in ("psycopg", "psycopg.pool", "redis", "httpx", "httpcore")
-    ]
-    saved_driver_levels = [d.level for d in drivers]
+def log_output() -> io.StringIO:
+    """configure_logging() into a buffer (tests/conftest.py restores the global logging
+    state after the test)."""
     buffer = io.StringIO()
     configure_logging(level="info", fmt="json", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for driver, driver_level in zip(drivers, saved_driver_levels, strict=True):
-            driver.setLevel(driver_level)
-        structlog.reset_defaults()
+    return buffer
 
 
 def _lines(buffer: io.StringIO) -> list[dict[str, Any]]:
