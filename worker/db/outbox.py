@@ -54,6 +54,7 @@ class Batch:
     # nothing claimed, yet events are pending: other claims hold them (or their positions'
     # earlier events); worth a claim again once one of them ends
     busy: bool = False
+    top: int | None = None  # the newest event id when the claim began (None: no event)
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -211,6 +212,7 @@ class ClaimChain:
         for _ in range(before):
             cur.nextset()
         rows: list[dict[str, Any]] = await cur.fetchall()
+        top = rows[0]["top"] if rows else None
         busy = rows[-1] if rows and rows[-1]["id"] is None else None
         if busy is not None:
             rows = []
@@ -223,6 +225,7 @@ class ClaimChain:
         batch.behind_floor = held_back > 0 and any(
             r["prev_pending"] and r["prev_id"] < floor for r in rows
         )
+        batch.top = None if top is None else int(top)
         self.open = batch
         return batch
 

@@ -31,6 +31,16 @@ Full claims: a claim starts from the claim floor (worker/pipeline/claim_floor.py
 start, every ``poll_interval`` (the periodic poll, which also covers a lost wake-up) and
 after a claim held back an event whose predecessor is below the floor: those start from id 0.
 
+Busy floor: a claim that found nothing it may take (every pending event another claim's,
+or following one) still read every pending event to learn it; so does a claim that is not
+full. What it saw stays unclaimable by this process until one of its own batches commits
+(its positions' next events) or another claim ends (whose next claims take its positions'
+events). So the next claims look only above the newest event id it saw, until a batch of
+this process that held events commits, a claim comes back full, the periodic claim from id
+0, or ``floor.settle`` seconds (a transaction still open when it looked may commit a lower
+id). With three workers sharing a burst that turned most of their claims from reading the
+whole backlog into reading what was written since the last one.
+
 Backoff: when the dispatcher's own claim, settlement or publish fails (an outage), nobody
 claims for a capped exponential delay with jitter that grows with each failure in a row,
 until a batch commits.
@@ -89,6 +99,7 @@ class ClaimStart:
     wakes: int  # the wake-up count when it began
     full: bool  # from id 0 (see claim_floor.py)
     floor: int  # the lowest id it looks at (0 when full)
+    past_busy: bool = False  # from the busy floor: only what came after a busy claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +167,9 @@ class ClaimSchedule:
     lingering: Waiters = field(default_factory=Waiters)
     # ... and paused behind another claim (every wake-up signals them)
     pausing: Waiters = field(default_factory=Waiters)
+    # ... and paused because every pending event was another claim's (wake-ups start no
+    # drainer meanwhile: see :meth:`serve`)
+    busy: Waiters = field(default_factory=Waiters)
     floor: ClaimFloor = field(init=False)
     arrivals: Arrivals = field(init=False)
     poll: PollSwitch = field(init=False)
@@ -167,6 +181,8 @@ class ClaimSchedule:
     _batch_started: float = 0.0  # when the latest batch was claimed
     _linger_until: float = 0.0  # no claim before this, unless a backlog
     _next_poll: float = 0.0  # the next periodic (full) claim
+    _busy_floor: int = 0  # claims look only above it (0: off); see :meth:`claimed`
+    _busy_since: float = 0.0  # when the busy floor was first set
 
     def __post_init__(self) -> None:
         self.floor = ClaimFloor(settle=min(1.0, self.poll_interval))
@@ -220,14 +236,25 @@ class ClaimSchedule:
     def serve(self, now: float) -> ServeStep:
         """The serve loop's turn: the periodic poll when it is due (a wake-up, in case one
         was lost, and a full claim, in case an event committed below the floor); a new
-        drainer when a wake-up is uncovered and no drainer is claiming or lingering (after
-        ``HURRY_AFTER`` when one is handling a batch, after the linger when none runs)."""
+        drainer when a wake-up is uncovered and no drainer is claiming, lingering or paused
+        with nothing to take (after ``HURRY_AFTER`` when one is handling a batch, after the
+        linger when none runs).
+
+        A drainer whose claim found every pending event held by other claims (``busy``)
+        claims again when its pause ends or a claim of this process ends; meanwhile a
+        wake-up starts no other drainer. With several workers sharing a backlog, most
+        wake-ups are then of events that other claims' handlers write (their positions'
+        next events, which those claims' own next claims take), and a claim that finds
+        nothing still reads the whole pending backlog to learn it: at one claim per
+        wake-up, three workers exiting 1,000 positions spent more of PostgreSQL's time on
+        such claims than on the exits (docs/benchmarks.md)."""
         if now >= self._next_poll:
             self._wakes += 1
             self._full_due = True
             self._next_poll = now + self.poll_interval
         wait_until = self._next_poll
-        idle = not (self._claiming or self.lingering.count) and self.drainers < self.concurrency
+        waiting = self._claiming or self.lingering.count or self.busy.count
+        idle = not waiting and self.drainers < self.concurrency
         if idle and self.uncovered:
             if self.drainers:
                 start_at = self._batch_started + HURRY_AFTER
@@ -241,12 +268,19 @@ class ClaimSchedule:
 
     # -- claims --------------------------------------------------------------------------------
 
-    def claim_starting(self, now: float) -> ClaimStart:
-        """A drainer is about to claim: it covers every wake-up seen so far."""
+    def claim_starting(self, now: float, *, releasing: bool = False) -> ClaimStart:
+        """A drainer is about to claim: it covers every wake-up seen so far. ``releasing``:
+        it commits a batch that held events first (a chained claim), so it looks below the
+        busy floor too."""
         self._claimed_through = max(self._claimed_through, self._wakes)
         full, self._full_due = self._full_due, False
         self._claiming += 1
-        return ClaimStart(now, self._wakes, full, 0 if full else self.floor.value)
+        if full or releasing or now - self._busy_since >= self.floor.settle:
+            self._busy_floor = 0
+        floor = 0 if full else self.floor.value
+        if self._busy_floor > floor:
+            return ClaimStart(now, self._wakes, full, self._busy_floor, past_busy=True)
+        return ClaimStart(now, self._wakes, full, floor)
 
     def claim_failed(self) -> None:
         """The claim raised: it no longer runs (the dispatcher backs off)."""
@@ -263,6 +297,8 @@ class ClaimSchedule:
         newest: int | None,
         behind_floor: bool,
         chained: bool,
+        busy: bool = False,
+        top: int | None = None,
     ) -> AfterClaim:
         """Record a claim's result. ``found``: the events it may handle; ``claimed``: every
         event it locked (held back ones too); ``min_pending``, ``newest``, ``behind_floor``:
@@ -271,12 +307,19 @@ class ClaimSchedule:
         self._claiming -= 1
         signal = chained and self.drainers > 1
         self._batch_started = now
-        self.floor.observe(min_pending, full=start.full, now=now)
+        if not start.past_busy:  # its min_pending is not the lowest pending
+            self.floor.observe(min_pending, full=start.full, now=now)
+        full = claimed >= self.batch_size and found > 0
+        if full:
+            self._busy_floor = 0
+        elif top is not None:
+            if not self._busy_floor:
+                self._busy_since = now
+            self._busy_floor = max(self._busy_floor, top + 1)
         if behind_floor:  # only a full claim can reach it
             self._full_due = True
         signal = signal or self.uncovered  # a wake-up came during the claim: another may go
-        # a batch held back whole is no backlog to add drainers for
-        full = claimed >= self.batch_size and found > 0
+        # (a batch held back whole is no backlog to add drainers for)
         arrived = self.arrivals.after_claim(
             started=start.started, wakes=start.wakes, found=found, newest=newest
         )
@@ -347,6 +390,11 @@ class ClaimSchedule:
     def committed(self) -> None:
         """A batch committed: the backoff starts over."""
         self.failures = 0
+
+    def released(self) -> None:
+        """A batch of this process that held events committed: their positions' next
+        events may be claimed now, below the busy floor too."""
+        self._busy_floor = 0
 
     def _polls(self) -> bool:
         return self.polling and self.drainers == 1

@@ -165,16 +165,16 @@ class Dispatcher:
         try:
             while not self.schedule.stopping:
                 batch, full = await self._drain_chain(tg)
-                # a batch went all the way (not just its claim); one that found nothing
+                # a batch went all the way (not just its claim); one that claimed nothing
                 # released nothing
-                self._committed(released=not batch.busy)
+                self._committed(released=batch.claimed > 0)
                 if self.schedule.drainers > 1 and not batch.busy:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.busy:  # every pending event is another claim's (or follows one)
                     # notifications do not end this wait: they are of events another claim
                     # will take; one of this process's claims ending, or the pause, does
                     pause = self.schedule.busy_pause_after(pause)
-                    with anyio.move_on_after(pause):
+                    with self.schedule.busy.waiting(), anyio.move_on_after(pause):
                         await self._released.wait()
                     continue
                 if batch.retry_soon:  # a position's earlier event is held by another claim
@@ -207,16 +207,16 @@ class Dispatcher:
                     return batch, full
 
     async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool]:
-        start = self.schedule.claim_starting(time.monotonic())
         chained = chain.open is not None
+        # a chained claim commits the batch before it first: if that batch held events,
+        # their positions' next ones may be claimed, below the busy floor too
+        releasing = chain.open is not None and chain.open.claimed > 0
+        start = self.schedule.claim_starting(time.monotonic(), releasing=releasing)
         try:
             batch = await chain.claim(self.cfg.batch_size, start.floor)
         except BaseException:
             self.schedule.claim_failed()
             raise
-        if chained:  # the batch before it committed
-            self._committed()
-            self.chained += 1
         after = self.schedule.claimed(
             start,
             time.monotonic(),
@@ -226,7 +226,13 @@ class Dispatcher:
             newest=batch.newest,
             behind_floor=batch.behind_floor,
             chained=chained,
+            busy=batch.busy,
+            top=batch.top,
         )
+        if chained:  # the batch before it committed; if this claim took everything it
+            # could (not full), its positions' next events are this claim's: nobody waits
+            self._committed(released=after.full)
+            self.chained += 1
         if after.signal:
             self._signal()
         if after.polling_switched:
@@ -241,6 +247,7 @@ class Dispatcher:
         ones may be claimed now)."""
         self.schedule.committed()
         if released:
+            self.schedule.released()
             self._release()
         if self.outages:
             self.handling.succeeded(DISPATCHER)
