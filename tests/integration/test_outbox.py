@@ -132,7 +132,7 @@ async def test_a_claim_that_may_take_nothing_of_what_is_pending_says_so(
     async with outbox.claim(2) as first:  # a1 and b1: a2, a3 follow a1
         assert ids(first) == sorted([event_ids(db_url, a)[0], *event_ids(db_url, b)])
         newest = max(event_ids(db_url, a) + event_ids(db_url, b))
-        assert first.top == newest
+        assert (first.top, first.heads) == (newest, 2)
         async with outbox.claim(10) as second:
             assert (ids(second), second.claimed, second.busy) == ([], 0, True)
             assert second.min_pending == event_ids(db_url, a)[0]
@@ -142,7 +142,8 @@ async def test_a_claim_that_may_take_nothing_of_what_is_pending_says_so(
             assert (ids(above), above.busy, above.top) == ([], False, None)
         for event_id in ids(first):
             await first.handled(event_id)
-    async with outbox.claim(10) as third:
+    async with outbox.claim(10) as third:  # a2 first of its position now, a3 after it
+        assert (ids(third), third.heads) == (event_ids(db_url, a)[1:], 1)
         for event_id in ids(third):
             await third.handled(event_id)
     async with outbox.claim(10) as idle:

@@ -49,6 +49,7 @@ def claim(
     busy: bool = False,
     top: int | None = None,
     releasing: bool = False,
+    heads: int | None = None,
 ) -> AfterClaim:
     """A claim from ``at`` to ``at + took`` that found ``found`` events (ids 1..found)."""
     start = s.claim_starting(at, releasing=releasing)
@@ -63,6 +64,7 @@ def claim(
         chained=chained,
         busy=busy,
         top=top,
+        heads=heads,
     )
 
 
@@ -483,3 +485,24 @@ def test_no_drainer_starts_for_a_wake_up_while_one_waits_with_nothing_to_take() 
     with s.busy.waiting():
         assert not s.serve(0.5).start_drainer
     assert s.serve(0.5).start_drainer
+
+
+@pytest.mark.parametrize(
+    ("heads", "left", "floor"),
+    [
+        (BATCH, True, 0),  # first events alone filled it: more may wait
+        (BATCH - 3, False, 41),  # the rest of it follows them: it took every one it saw
+    ],
+)
+def test_a_full_claim_leaves_first_events_for_others_only_if_they_alone_filled_it(
+    heads: int, left: bool, floor: int
+) -> None:
+    """A claim whose room was filled by later events of the positions it took saw every
+    claimable first event and took it: another drainer would find nothing (so a chained
+    claim like it wakes nobody, and the busy floor stays)."""
+    s = schedule()
+    s.claim_starting(0.0)  # the restart's full claim
+    s.claim_failed()
+    after = claim(s, 0.1, found=BATCH, top=40, heads=heads)
+    assert (after.full, after.heads_left) == (True, left)
+    assert s.claim_starting(0.2).floor == floor

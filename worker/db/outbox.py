@@ -55,6 +55,9 @@ class Batch:
     # earlier events); worth a claim again once one of them ends
     busy: bool = False
     top: int | None = None  # the newest event id when the claim began (None: no event)
+    # first pending events of their positions among the claimed (the rest follow one of
+    # them in this claim): as many as the limit, and more may be left for another claim
+    heads: int = 0
     _done: list[int] = field(default_factory=list)
     _touched: float = field(default_factory=time.monotonic)
 
@@ -226,6 +229,7 @@ class ClaimChain:
             r["prev_pending"] and r["prev_id"] < floor for r in rows
         )
         batch.top = None if top is None else int(top)
+        batch.heads = sum(1 for r in rows if r["prev_id"] is None or not r["prev_pending"])
         self.open = batch
         return batch
 

@@ -32,13 +32,15 @@ start, every ``poll_interval`` (the periodic poll, which also covers a lost wake
 after a claim held back an event whose predecessor is below the floor: those start from id 0.
 
 Busy floor: a claim that found nothing it may take (every pending event another claim's,
-or following one) still read every pending event to learn it; so does a claim that is not
-full. What it saw stays unclaimable by this process until one of its own batches commits
-(its positions' next events) or another claim ends (whose next claims take its positions'
-events). So the next claims look only above the newest event id it saw, until a batch of
-this process that held events commits, a claim comes back full, the periodic claim from id
-0, or ``floor.settle`` seconds (a transaction still open when it looked may commit a lower
-id). With three workers sharing a burst that turned most of their claims from reading the
+or following one) still read every pending event to learn it; so did a claim that is not
+full, or full only with its positions' later events (it took every first event it saw).
+What such a claim saw stays unclaimable by this process until one of its own batches
+commits (its positions' next events) or another claim ends (whose next claims take that
+claim's positions' events). So the next claims look only above the newest event id it
+saw, until a batch of this process that held events commits, a claim comes back full of
+first events of positions (``AfterClaim.heads_left``), the periodic claim from id 0, or
+``floor.settle`` seconds (a transaction still open when it looked may commit a lower id).
+With three workers sharing a burst, that turned most of their claims from reading the
 whole backlog into reading what was written since the last one.
 
 Backoff: when the dispatcher's own claim, settlement or publish fails (an outage), nobody
@@ -110,6 +112,9 @@ class AfterClaim:
     signal: bool  # wake the waiters: another claim may go
     polling_switched: bool  # polling went on or off (the listener pauses or resumes)
     add_drainer: bool  # start another drainer (counted already)
+    # its first events of positions alone filled it: others may be left for another claim
+    # (not full of them, it took every one it could see, and the later events of theirs)
+    heads_left: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +304,7 @@ class ClaimSchedule:
         chained: bool,
         busy: bool = False,
         top: int | None = None,
+        heads: int | None = None,
     ) -> AfterClaim:
         """Record a claim's result. ``found``: the events it may handle; ``claimed``: every
         event it locked (held back ones too); ``min_pending``, ``newest``, ``behind_floor``:
@@ -310,7 +316,8 @@ class ClaimSchedule:
         if not start.past_busy:  # its min_pending is not the lowest pending
             self.floor.observe(min_pending, full=start.full, now=now)
         full = claimed >= self.batch_size and found > 0
-        if full:
+        heads_left = full and (heads is None or heads >= self.batch_size)
+        if heads_left:
             self._busy_floor = 0
         elif top is not None:
             if not self._busy_floor:
@@ -331,7 +338,7 @@ class ClaimSchedule:
         add = full and self.drainers < self.concurrency  # claims the next while this one runs
         if add:
             self.drainers += 1
-        return AfterClaim(full, signal, switched, add)
+        return AfterClaim(full, signal, switched, add, heads_left)
 
     def _linger_for(self, arrived: int, claimed: int) -> float:
         """How long the next claim waits after this one began, events arriving fast:

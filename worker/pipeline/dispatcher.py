@@ -228,10 +228,12 @@ class Dispatcher:
             chained=chained,
             busy=batch.busy,
             top=batch.top,
+            heads=batch.heads,
         )
-        if chained:  # the batch before it committed; if this claim took everything it
-            # could (not full), its positions' next events are this claim's: nobody waits
-            self._committed(released=after.full)
+        if chained:  # the batch before it committed; unless first events of positions
+            # alone filled this claim, it took all it could see of what that released, and
+            # a drainer paused with nothing to take would find nothing (docs/benchmarks.md)
+            self._committed(released=after.heads_left)
             self.chained += 1
         if after.signal:
             self._signal()
