@@ -46,13 +46,10 @@ def claim(
     chained: bool = False,
     behind_floor: bool = False,
     took: float = 0.001,
-    busy: bool = False,
-    top: int | None = None,
-    releasing: bool = False,
     heads: int | None = None,
 ) -> AfterClaim:
     """A claim from ``at`` to ``at + took`` that found ``found`` events (ids 1..found)."""
-    start = s.claim_starting(at, releasing=releasing)
+    start = s.claim_starting(at)
     return s.claimed(
         start,
         at + took,
@@ -62,8 +59,6 @@ def claim(
         newest=found or None,
         behind_floor=behind_floor,
         chained=chained,
-        busy=busy,
-        top=top,
         heads=heads,
     )
 
@@ -127,6 +122,19 @@ def test_no_drainer_starts_while_one_claims_lingers_or_all_run() -> None:
         assert not s.serve(0.5).start_drainer
     s.drainers = 2
     assert not s.serve(0.5).start_drainer
+
+
+def test_no_drainer_starts_for_a_wake_up_while_one_waits_with_nothing_to_take() -> None:
+    """Its pause ends when a batch of this process commits; a wake-up meanwhile is most
+    likely of an event that another claim's handlers wrote, and another claim would read
+    the pending backlog to find nothing again."""
+    s = schedule(concurrency=2)
+    s.serve(0.0)
+    claim(s, 0.0, found=1)  # handling, slow
+    s.woken()
+    with s.busy.waiting():
+        assert not s.serve(0.5).start_drainer
+    assert s.serve(0.5).start_drainer
 
 
 def test_with_no_drainer_left_a_wake_up_waits_out_the_linger() -> None:
@@ -394,115 +402,20 @@ def test_a_claim_that_found_a_share_of_the_arrivals_lingers_longer(
     assert s.linger_left(0.005) == pytest.approx(linger)
 
 
-# -- the busy floor --------------------------------------------------------------------------
-
-
-def busy_floored(s: ClaimSchedule, at: float = 0.1, top: int = 900) -> None:
-    """A claim at ``at`` that may take nothing: every pending event up to ``top`` is held by
-    other claims or follows one."""
-    claim(s, at, found=0, busy=True, top=top)
-
-
-def test_after_a_claim_that_may_take_nothing_the_next_looks_only_above_what_it_saw() -> None:
-    """Every pending event another claim's: what it saw stays so until a claim of this
-    process ends (or the others' claims end, which their own next claims take), so the
-    next claim reads only the events written since, not the whole backlog again. Its
-    lowest pending event is not the lowest pending: the claim floor does not move."""
-    s = schedule()
-    first = s.claim_starting(0.0)  # the restart's, from id 0: the lowest pending is 5
-    s.claimed(
-        first,
-        0.001,
-        found=0,
-        claimed=0,
-        min_pending=5,
-        newest=None,
-        behind_floor=False,
-        chained=False,
-    )
-    busy_floored(s, 0.1, top=900)
-    start = s.claim_starting(0.2)
-    assert (start.floor, start.past_busy) == (901, True)
-    s.claimed(
-        start,
-        0.21,
-        found=0,
-        claimed=0,
-        min_pending=950,
-        newest=None,
-        behind_floor=False,
-        chained=False,
-        busy=True,
-        top=960,
-    )
-    assert s.floor.value <= 5  # the floor never passes the held events
-    assert s.claim_starting(0.3).floor == 961  # above what the last one saw
-
-
-def test_a_claim_that_took_all_it_could_sets_the_busy_floor_too() -> None:
-    """Not full: it saw every pending event above its floor and took what it could; this
-    process's other drainers look above it."""
-    s = schedule()
-    claim(s, 0.1, found=3, top=40)
-    assert s.claim_starting(0.2).floor == 41
-
-
 @pytest.mark.parametrize(
-    "clears",
-    ["released", "releasing", "full claim", "periodic full claim", "a second later"],
-)
-def test_the_busy_floor_goes_when_what_it_skips_may_be_claimable(clears: str) -> None:
-    """Events below the busy floor become claimable when a claim of this process ends
-    (its positions' next events), when a claim is full (more may wait), and, for a
-    transaction that committed an id below what the claim saw, within a second: the
-    claim floor's settle time, and the periodic claim from id 0."""
-    s = schedule()
-    s.claim_starting(0.0)  # the restart's full claim
-    s.claim_failed()
-    busy_floored(s, 0.1, top=900)
-    at = 0.2
-    if clears == "released":
-        s.released()
-    elif clears == "full claim":
-        claim(s, 0.15, found=BATCH, top=990)
-    elif clears == "periodic full claim":
-        at = POLL + 0.1
-        s.serve(at)
-    elif clears == "a second later":
-        at = 0.1 + 0.001 + s.floor.settle
-    start = s.claim_starting(at, releasing=clears == "releasing")
-    assert not start.past_busy and start.floor < 900
-
-
-def test_no_drainer_starts_for_a_wake_up_while_one_waits_with_nothing_to_take() -> None:
-    """Its pause ends when a claim of this process ends; a wake-up meanwhile is most
-    likely of an event that another claim's handlers wrote, and another claim would read
-    the backlog to find nothing again."""
-    s = schedule(concurrency=2)
-    s.serve(0.0)
-    claim(s, 0.0, found=1)  # handling, slow
-    s.woken()
-    with s.busy.waiting():
-        assert not s.serve(0.5).start_drainer
-    assert s.serve(0.5).start_drainer
-
-
-@pytest.mark.parametrize(
-    ("heads", "left", "floor"),
+    ("heads", "left"),
     [
-        (BATCH, True, 0),  # first events alone filled it: more may wait
-        (BATCH - 3, False, 41),  # the rest of it follows them: it took every one it saw
+        (BATCH, True),  # first events alone filled it: more may wait
+        (BATCH - 3, False),  # the rest of it follows them: it took every one it saw
+        (None, True),  # unknown: taken as first events
     ],
 )
 def test_a_full_claim_leaves_first_events_for_others_only_if_they_alone_filled_it(
-    heads: int, left: bool, floor: int
+    heads: int | None, left: bool
 ) -> None:
     """A claim whose room was filled by later events of the positions it took saw every
-    claimable first event and took it: another drainer would find nothing (so a chained
-    claim like it wakes nobody, and the busy floor stays)."""
+    claimable first event and took it: a drainer paused with nothing to take would find
+    nothing (the dispatcher wakes it only when first events may be left)."""
     s = schedule()
-    s.claim_starting(0.0)  # the restart's full claim
-    s.claim_failed()
-    after = claim(s, 0.1, found=BATCH, top=40, heads=heads)
+    after = claim(s, 0.1, found=BATCH, heads=heads)
     assert (after.full, after.heads_left) == (True, left)
-    assert s.claim_starting(0.2).floor == floor

@@ -54,7 +54,6 @@ class Batch:
     # nothing claimed, yet events are pending: other claims hold them (or their positions'
     # earlier events); worth a claim again once one of them ends
     busy: bool = False
-    top: int | None = None  # the newest event id when the claim began (None: no event)
     # first pending events of their positions among the claimed (the rest follow one of
     # them in this claim): as many as the limit, and more may be left for another claim
     heads: int = 0
@@ -215,7 +214,6 @@ class ClaimChain:
         for _ in range(before):
             cur.nextset()
         rows: list[dict[str, Any]] = await cur.fetchall()
-        top = rows[0]["top"] if rows else None
         busy = rows[-1] if rows and rows[-1]["id"] is None else None
         if busy is not None:
             rows = []
@@ -228,7 +226,6 @@ class ClaimChain:
         batch.behind_floor = held_back > 0 and any(
             r["prev_pending"] and r["prev_id"] < floor for r in rows
         )
-        batch.top = None if top is None else int(top)
         batch.heads = sum(1 for r in rows if r["prev_id"] is None or not r["prev_pending"])
         self.open = batch
         return batch

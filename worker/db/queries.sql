@@ -8,14 +8,8 @@
 
 -- name: claim_begin
 -- Open the claim's transaction and claim a batch: the oldest events it may handle and, in a
--- backlog, other users' oldest (schema/0016, 0017: outbox_claim_fair). Each row also
--- carries "top", the newest event id in this statement's snapshot, which is taken before
--- the function's own statements (a VOLATILE PL/pgSQL function takes a new snapshot per
--- statement under READ COMMITTED): every event the claim could not see yet has a
--- higher id, or belongs to a transaction still open then (worker/pipeline/claim_schedule.py,
--- the busy floor).
-BEGIN; SELECT c.*, (SELECT max(t.id) FROM position_events t) AS top
-FROM outbox_claim_fair(%(floor)d, %(limit)d, %(others)d) c
+-- backlog, other users' oldest (schema/0016, 0017: outbox_claim_fair).
+BEGIN; SELECT * FROM outbox_claim_fair(%(floor)d, %(limit)d, %(others)d)
 
 -- name: mark_processed
 -- ids: comma-separated integers, formatted by outbox.Batch from event ids.

@@ -31,18 +31,6 @@ Full claims: a claim starts from the claim floor (worker/pipeline/claim_floor.py
 start, every ``poll_interval`` (the periodic poll, which also covers a lost wake-up) and
 after a claim held back an event whose predecessor is below the floor: those start from id 0.
 
-Busy floor: a claim that found nothing it may take (every pending event another claim's,
-or following one) still read every pending event to learn it; so did a claim that is not
-full, or full only with its positions' later events (it took every first event it saw).
-What such a claim saw stays unclaimable by this process until one of its own batches
-commits (its positions' next events) or another claim ends (whose next claims take that
-claim's positions' events). So the next claims look only above the newest event id it
-saw, until a batch of this process that held events commits, a claim comes back full of
-first events of positions (``AfterClaim.heads_left``), the periodic claim from id 0, or
-``floor.settle`` seconds (a transaction still open when it looked may commit a lower id).
-With three workers sharing a burst, that turned most of their claims from reading the
-whole backlog into reading what was written since the last one.
-
 Backoff: when the dispatcher's own claim, settlement or publish fails (an outage), nobody
 claims for a capped exponential delay with jitter that grows with each failure in a row,
 until a batch commits.
@@ -101,7 +89,6 @@ class ClaimStart:
     wakes: int  # the wake-up count when it began
     full: bool  # from id 0 (see claim_floor.py)
     floor: int  # the lowest id it looks at (0 when full)
-    past_busy: bool = False  # from the busy floor: only what came after a busy claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +99,8 @@ class AfterClaim:
     signal: bool  # wake the waiters: another claim may go
     polling_switched: bool  # polling went on or off (the listener pauses or resumes)
     add_drainer: bool  # start another drainer (counted already)
-    # its first events of positions alone filled it: others may be left for another claim
-    # (not full of them, it took every one it could see, and the later events of theirs)
+    # first events of positions alone filled it: others may be left for another claim (a
+    # claim filled by its positions' later events took every first event it saw)
     heads_left: bool = False
 
 
@@ -172,7 +159,7 @@ class ClaimSchedule:
     lingering: Waiters = field(default_factory=Waiters)
     # ... and paused behind another claim (every wake-up signals them)
     pausing: Waiters = field(default_factory=Waiters)
-    # ... and paused because every pending event was another claim's (wake-ups start no
+    # ... and paused because every pending event was another claim's (a wake-up starts no
     # drainer meanwhile: see :meth:`serve`)
     busy: Waiters = field(default_factory=Waiters)
     floor: ClaimFloor = field(init=False)
@@ -186,8 +173,6 @@ class ClaimSchedule:
     _batch_started: float = 0.0  # when the latest batch was claimed
     _linger_until: float = 0.0  # no claim before this, unless a backlog
     _next_poll: float = 0.0  # the next periodic (full) claim
-    _busy_floor: int = 0  # claims look only above it (0: off); see :meth:`claimed`
-    _busy_since: float = 0.0  # when the busy floor was first set
 
     def __post_init__(self) -> None:
         self.floor = ClaimFloor(settle=min(1.0, self.poll_interval))
@@ -246,13 +231,13 @@ class ClaimSchedule:
         linger when none runs).
 
         A drainer whose claim found every pending event held by other claims (``busy``)
-        claims again when its pause ends or a claim of this process ends; meanwhile a
-        wake-up starts no other drainer. With several workers sharing a backlog, most
-        wake-ups are then of events that other claims' handlers write (their positions'
-        next events, which those claims' own next claims take), and a claim that finds
-        nothing still reads the whole pending backlog to learn it: at one claim per
-        wake-up, three workers exiting 1,000 positions spent more of PostgreSQL's time on
-        such claims than on the exits (docs/benchmarks.md)."""
+        claims again when its pause ends or a batch of this process that held events
+        commits; a wake-up meanwhile starts no other drainer. With several workers sharing
+        a burst, most wake-ups are then of events that other claims' handlers write (their
+        positions' later events, which those claims' own next claims take), and a claim
+        that finds nothing still reads the pending backlog to learn it: at one claim per
+        wake-up, three workers exiting 1,000 positions spent 1.4-2.1 s of PostgreSQL's
+        time in claims against 0.2-0.3 s for one worker (docs/benchmarks.md)."""
         if now >= self._next_poll:
             self._wakes += 1
             self._full_due = True
@@ -273,19 +258,12 @@ class ClaimSchedule:
 
     # -- claims --------------------------------------------------------------------------------
 
-    def claim_starting(self, now: float, *, releasing: bool = False) -> ClaimStart:
-        """A drainer is about to claim: it covers every wake-up seen so far. ``releasing``:
-        it commits a batch that held events first (a chained claim), so it looks below the
-        busy floor too."""
+    def claim_starting(self, now: float) -> ClaimStart:
+        """A drainer is about to claim: it covers every wake-up seen so far."""
         self._claimed_through = max(self._claimed_through, self._wakes)
         full, self._full_due = self._full_due, False
         self._claiming += 1
-        if full or releasing or now - self._busy_since >= self.floor.settle:
-            self._busy_floor = 0
-        floor = 0 if full else self.floor.value
-        if self._busy_floor > floor:
-            return ClaimStart(now, self._wakes, full, self._busy_floor, past_busy=True)
-        return ClaimStart(now, self._wakes, full, floor)
+        return ClaimStart(now, self._wakes, full, 0 if full else self.floor.value)
 
     def claim_failed(self) -> None:
         """The claim raised: it no longer runs (the dispatcher backs off)."""
@@ -302,31 +280,23 @@ class ClaimSchedule:
         newest: int | None,
         behind_floor: bool,
         chained: bool,
-        busy: bool = False,
-        top: int | None = None,
         heads: int | None = None,
     ) -> AfterClaim:
         """Record a claim's result. ``found``: the events it may handle; ``claimed``: every
         event it locked (held back ones too); ``min_pending``, ``newest``, ``behind_floor``:
         see :class:`worker.db.outbox.Batch`; ``chained``: it committed the batch before it
-        (so a claim held back behind that batch may go now)."""
+        (so a claim held back behind that batch may go now); ``heads``: the first events of
+        positions among those it locked (None: unknown, taken as all)."""
         self._claiming -= 1
         signal = chained and self.drainers > 1
         self._batch_started = now
-        if not start.past_busy:  # its min_pending is not the lowest pending
-            self.floor.observe(min_pending, full=start.full, now=now)
-        full = claimed >= self.batch_size and found > 0
-        heads_left = full and (heads is None or heads >= self.batch_size)
-        if heads_left:
-            self._busy_floor = 0
-        elif top is not None:
-            if not self._busy_floor:
-                self._busy_since = now
-            self._busy_floor = max(self._busy_floor, top + 1)
+        self.floor.observe(min_pending, full=start.full, now=now)
         if behind_floor:  # only a full claim can reach it
             self._full_due = True
         signal = signal or self.uncovered  # a wake-up came during the claim: another may go
-        # (a batch held back whole is no backlog to add drainers for)
+        # a batch held back whole is no backlog to add drainers for
+        full = claimed >= self.batch_size and found > 0
+        heads_left = full and (heads is None or heads >= self.batch_size)
         arrived = self.arrivals.after_claim(
             started=start.started, wakes=start.wakes, found=found, newest=newest
         )
@@ -397,11 +367,6 @@ class ClaimSchedule:
     def committed(self) -> None:
         """A batch committed: the backoff starts over."""
         self.failures = 0
-
-    def released(self) -> None:
-        """A batch of this process that held events committed: their positions' next
-        events may be claimed now, below the busy floor too."""
-        self._busy_floor = 0
 
     def _polls(self) -> bool:
         return self.polling and self.drainers == 1

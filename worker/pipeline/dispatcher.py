@@ -207,11 +207,8 @@ class Dispatcher:
                     return batch, full
 
     async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool]:
+        start = self.schedule.claim_starting(time.monotonic())
         chained = chain.open is not None
-        # a chained claim commits the batch before it first: if that batch held events,
-        # their positions' next ones may be claimed, below the busy floor too
-        releasing = chain.open is not None and chain.open.claimed > 0
-        start = self.schedule.claim_starting(time.monotonic(), releasing=releasing)
         try:
             batch = await chain.claim(self.cfg.batch_size, start.floor)
         except BaseException:
@@ -226,12 +223,10 @@ class Dispatcher:
             newest=batch.newest,
             behind_floor=batch.behind_floor,
             chained=chained,
-            busy=batch.busy,
-            top=batch.top,
             heads=batch.heads,
         )
         if chained:  # the batch before it committed; unless first events of positions
-            # alone filled this claim, it took all it could see of what that released, and
+            # alone filled this claim, it took every one it saw of what that released, and
             # a drainer paused with nothing to take would find nothing (docs/benchmarks.md)
             self._committed(released=after.heads_left)
             self.chained += 1
@@ -249,7 +244,6 @@ class Dispatcher:
         ones may be claimed now)."""
         self.schedule.committed()
         if released:
-            self.schedule.released()
             self._release()
         if self.outages:
             self.handling.succeeded(DISPATCHER)
