@@ -72,7 +72,8 @@ class Dispatcher:
         self.processed = 0
         self.chained = 0  # claims sent with the commit of the batch before them
         self._wake = anyio.Event()
-        self._released = anyio.Event()  # set when a batch of this process commits, or a stop
+        # set when a batch of this process commits what another claim may take now, or a stop
+        self._released = anyio.Event()
         self.stopped = anyio.Event()
         # told when polling starts (True) and ends (False): the listener pauses and resumes
         self.on_polling: Callable[[bool], None] = lambda polling: None
@@ -172,7 +173,8 @@ class Dispatcher:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.busy:  # every pending event is another claim's (or follows one)
                     # notifications do not end this wait: they are of events another claim
-                    # will take; one of this process's claims ending, or the pause, does
+                    # will take; the pause, or a batch of this process releasing events
+                    # (see _committed), does
                     pause = self.schedule.busy_pause_after(pause)
                     with self.schedule.busy.waiting(), anyio.move_on_after(pause):
                         await self._released.wait()
@@ -240,8 +242,9 @@ class Dispatcher:
 
     def _committed(self, *, released: bool = True) -> None:
         """A batch committed: the dispatcher's backoff starts over, and an outage that only
-        the dispatcher met is over. ``released``: it held events (their positions' next
-        ones may be claimed now)."""
+        the dispatcher met is over. ``released``: what it held leaves events that another
+        claim may take now (their positions' next ones): the drainers paused with nothing
+        to take claim again."""
         self.schedule.committed()
         if released:
             self._release()
