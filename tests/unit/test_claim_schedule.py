@@ -10,6 +10,7 @@ import pytest
 
 from worker.pipeline.claim_schedule import (
     BUSY_PAUSE_MAX,
+    BUSY_PAUSE_PER_CLAIM,
     FIRST_PAUSE,
     HURRY_AFTER,
     LINGER_MIN_EVENTS,
@@ -342,8 +343,8 @@ def test_a_drainer_behind_another_claim_pauses_longer_each_time_up_to_the_poll()
 
 
 def test_a_drainer_with_nothing_to_take_pauses_longer_each_time_up_to_a_short_cap() -> None:
-    """Every pending event another claim's: the pause doubles, but stays short (only a
-    claim of its own process ending cuts it, so it bounds how late a new event may be)."""
+    """Every pending event another claim's, and the claim cheap: the pause doubles, but
+    stays short (it bounds how late a new event may be)."""
     s = schedule()
     pauses, pause = [], 0.0
     for _ in range(10):
@@ -351,6 +352,24 @@ def test_a_drainer_with_nothing_to_take_pauses_longer_each_time_up_to_a_short_ca
         pauses.append(pause)
     assert pauses[:3] == [FIRST_PAUSE, 2 * FIRST_PAUSE, 4 * FIRST_PAUSE]
     assert pauses[-1] == BUSY_PAUSE_MAX < POLL and pauses == sorted(pauses)
+
+
+@pytest.mark.parametrize(
+    ("previous", "claim_seconds", "pause"),
+    [
+        (0.0, 0.0001, FIRST_PAUSE),  # little pending: the claim is cheap, the doubling rules
+        (0.0, 0.03, 0.3),  # behind a backlog: ten times what the claim took
+        (BUSY_PAUSE_MAX, 0.01, BUSY_PAUSE_MAX),  # the doubling's cap, the longer
+        (BUSY_PAUSE_MAX, 1.0, POLL),  # never longer than the periodic poll
+    ],
+)
+def test_a_drainer_with_nothing_to_take_pauses_ten_times_what_its_claim_took(
+    previous: float, claim_seconds: float, pause: float
+) -> None:
+    """A claim that finds nothing costs PostgreSQL what is pending: the pause after it is
+    paced by that cost, so that such claims take at most a tenth of the drainer's time."""
+    assert BUSY_PAUSE_PER_CLAIM == 10.0
+    assert schedule().busy_pause_after(previous, claim_seconds) == pytest.approx(pause)
 
 
 # -- backoff -------------------------------------------------------------------------------

@@ -121,6 +121,16 @@ FIRST_PAUSE: Final = 0.005
 # process ending cuts the pause short (a new event's notification does not: most are of
 # events the other claims will take).
 BUSY_PAUSE_MAX: Final = 0.25
+# ... and at least this many times as long as that claim took, up to ``poll_interval``,
+# which a claim of its own process ending does not cut short (only a stop does). A claim
+# that finds nothing reads every pending event to learn it (the held first events, their
+# positions' later ones), so it costs what is pending: behind a backlog of thousands 10-90
+# ms of PostgreSQL's time. Three workers' drainers with nothing to take, pausing 0.25 s,
+# spent 1.5-2.4 s claiming per 3 s exit phase, and woken by their own process's chained
+# claims they claimed every ~30 ms (docs/benchmarks.md). Paced by its cost, a drainer with
+# nothing to take spends at most a tenth of its connection's time claiming, and still
+# claims every few milliseconds when little is pending.
+BUSY_PAUSE_PER_CLAIM: Final = 10.0
 # The dispatcher's backoff after its own claims fail: the first delay, doubled per failure
 # in a row, capped at ``reconnect_max_seconds``.
 BACKOFF_BASE: Final = 0.1
@@ -342,10 +352,18 @@ class ClaimSchedule:
         ``previous`` being its last pause in a row (0 for the first)."""
         return min(max(2 * previous, FIRST_PAUSE), self.poll_interval)
 
-    def busy_pause_after(self, previous: float) -> float:
+    def busy_pause_after(self, previous: float, claim_seconds: float = 0.0) -> float:
         """How long a drainer pauses when every pending event is another claim's,
-        ``previous`` being its last pause in a row (0 for the first)."""
-        return min(max(2 * previous, FIRST_PAUSE), BUSY_PAUSE_MAX, self.poll_interval)
+        ``previous`` being its last pause in a row (0 for the first) and ``claim_seconds``
+        how long the claim that found so took."""
+        doubled = min(max(2 * previous, FIRST_PAUSE), BUSY_PAUSE_MAX, self.poll_interval)
+        return max(doubled, self.busy_least(claim_seconds))
+
+    def busy_least(self, claim_seconds: float) -> float:
+        """How long, at least, a drainer pauses after a claim that took ``claim_seconds``
+        and found every pending event another claim's, whatever releases events meanwhile
+        (a stop aside)."""
+        return min(BUSY_PAUSE_PER_CLAIM * claim_seconds, self.poll_interval)
 
     def linger_left(self, now: float) -> float:
         """Seconds before the next claim may go (a stop ends the wait)."""

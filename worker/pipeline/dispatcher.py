@@ -165,19 +165,15 @@ class Dispatcher:
         pause = 0.0
         try:
             while not self.schedule.stopping:
-                batch, full = await self._drain_chain(tg)
+                batch, full, claim_seconds = await self._drain_chain(tg)
                 # a batch went all the way (not just its claim); one that claimed nothing
                 # released nothing
                 self._committed(released=batch.claimed > 0)
                 if self.schedule.drainers > 1 and not batch.busy:
                     self._signal()  # committed: a claim held back behind ours may go now
                 if batch.busy:  # every pending event is another claim's (or follows one)
-                    # notifications do not end this wait: they are of events another claim
-                    # will take; the pause, or a batch of this process releasing events
-                    # (see _committed), does
-                    pause = self.schedule.busy_pause_after(pause)
-                    with self.schedule.busy.waiting(), anyio.move_on_after(pause):
-                        await self._released.wait()
+                    pause = self.schedule.busy_pause_after(pause, claim_seconds)
+                    await self._wait_busy(pause, self.schedule.busy_least(claim_seconds))
                     continue
                 if batch.retry_soon:  # a position's earlier event is held by another claim
                     pause = self.schedule.pause_after(pause)
@@ -193,22 +189,38 @@ class Dispatcher:
             self.schedule.drainer_left()
             self._signal()  # the serve loop looks again (a wake-up may be uncovered)
 
-    async def _drain_chain(self, tg: TaskGroup) -> tuple[Batch, bool]:
+    async def _wait_busy(self, pause: float, least: float) -> None:
+        """A drainer whose claim found nothing it may take waits ``pause`` seconds, or until
+        a batch of this process releases events another claim may take (see _committed),
+        but not before ``least`` seconds (what that claim cost, paced: a release by the
+        process's own chain seldom leaves it anything). Notifications do not end the wait:
+        they are of events another claim will take. A stop does."""
+        start, released = time.monotonic(), False
+        with self.schedule.busy.waiting():
+            while not self.schedule.stopping:
+                left = start + (least if released else max(pause, least)) - time.monotonic()
+                if left <= 0:
+                    return
+                with anyio.move_on_after(left):
+                    await self._released.wait()
+                    released = True
+
+    async def _drain_chain(self, tg: TaskGroup) -> tuple[Batch, bool, float]:
         """Claim and process batches on one connection for as long as the next claim is due
         the moment a batch is done; each claim commits the batch before it in the same round
         trip (see :class:`worker.db.outbox.ClaimChain`). Returns the last batch, committed,
-        and whether it was full."""
+        whether it was full, and how long its claim took."""
         async with self.outbox.chain() as chain:
             while True:
-                batch, full = await self._claim(chain, tg)
+                batch, full, claim_seconds = await self._claim(chain, tg)
                 await self._process(batch)
                 full = full or batch.left > 0  # positions went back: claim again at once
                 now = time.monotonic()
                 wait = batch.retry_soon or batch.busy
                 if not self.schedule.chain_next(now, full=full, retry_soon=wait):
-                    return batch, full
+                    return batch, full, claim_seconds
 
-    async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool]:
+    async def _claim(self, chain: ClaimChain, tg: TaskGroup) -> tuple[Batch, bool, float]:
         start = self.schedule.claim_starting(time.monotonic())
         chained = chain.open is not None
         try:
@@ -216,9 +228,10 @@ class Dispatcher:
         except BaseException:
             self.schedule.claim_failed()
             raise
+        now = time.monotonic()
         after = self.schedule.claimed(
             start,
-            time.monotonic(),
+            now,
             found=len(batch.rows),
             claimed=batch.claimed,
             min_pending=batch.min_pending,
@@ -238,7 +251,7 @@ class Dispatcher:
             self._polling_switched()
         if after.add_drainer:
             tg.start_soon(self._drain_one, tg)  # claims the next batch while this one runs
-        return batch, after.full
+        return batch, after.full, now - start.started
 
     def _committed(self, *, released: bool = True) -> None:
         """A batch committed: the dispatcher's backoff starts over, and an outage that only
