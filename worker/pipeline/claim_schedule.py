@@ -129,7 +129,9 @@ BUSY_PAUSE_MAX: Final = 0.25
 # spent 1.5-2.4 s claiming per 3 s exit phase, and woken by their own process's chained
 # claims they claimed every ~30 ms (docs/benchmarks.md). Paced by its cost, a drainer with
 # nothing to take spends at most a tenth of its connection's time claiming, and still
-# claims every few milliseconds when little is pending.
+# claims every few milliseconds when little is pending. (A chained claim's time includes
+# the commit of the batch before it, sent in the same round trip: a slow commit lengthens
+# the pause too.)
 BUSY_PAUSE_PER_CLAIM: Final = 10.0
 # The dispatcher's backoff after its own claims fail: the first delay, doubled per failure
 # in a row, capped at ``reconnect_max_seconds``.
