@@ -193,12 +193,13 @@ class Dispatcher:
         """A drainer whose claim found nothing it may take waits ``pause`` seconds, or until
         a batch of this process releases events another claim may take (see _committed),
         but not before ``least`` seconds (what that claim cost, paced: a release by the
-        process's own chain seldom leaves it anything). Notifications do not end the wait:
-        they are of events another claim will take. A stop does."""
+        process's own chain seldom leaves it anything; ``pause`` is never shorter, see
+        ClaimSchedule.busy_pause_after). Notifications do not end the wait: they are of
+        events another claim will take. A stop does."""
         start, released = time.monotonic(), False
         with self.schedule.busy.waiting():
             while not self.schedule.stopping:
-                left = start + (least if released else max(pause, least)) - time.monotonic()
+                left = start + (least if released else pause) - time.monotonic()
                 if left <= 0:
                     return
                 with anyio.move_on_after(left):
