@@ -322,6 +322,7 @@ class App:
             probe_after=s.pipeline.probe_after,
             reconnect_max=s.pipeline.reconnect_max_seconds,
             connect_timeout=s.database.connect_timeout,
+            on_new_position=self.dispatcher.new_position,
         )
         listener = self.listener  # the dispatcher polls a steady stream: no wake-ups meanwhile
         self.dispatcher.on_polling = lambda on: listener.pause() if on else listener.resume()

@@ -1,6 +1,7 @@
 """A drainer whose claim found nothing it may take (every pending event another claim's)
-waits: for a batch of its process releasing events, but not before what that claim cost
-says (``least``), nor past ``pause`` without one; a stop ends the wait at once."""
+waits: for a batch of its process releasing events or a new position's notification, but
+not before what that claim cost says (``least``), nor past ``pause`` without either; a stop
+ends the wait at once."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def dispatcher() -> Dispatcher:
 
 
 async def waited(d: Dispatcher, pause: float, least: float, then: str) -> float:
-    """Seconds ``d._wait_busy(pause, least)`` took, ``then`` ("release", "stop" or "")
-    done as soon as the drainer waits."""
+    """Seconds ``d._wait_busy(pause, least)`` took, ``then`` ("release", "new", "stop" or
+    "") done as soon as the drainer waits."""
     took = 0.0
 
     async def wait() -> None:
@@ -52,6 +53,8 @@ async def waited(d: Dispatcher, pause: float, least: float, then: str) -> float:
                 await anyio.lowlevel.checkpoint()
             if then == "release":
                 d._release()
+            elif then == "new":  # the listener read a new position's notification
+                d.new_position()
             elif then == "stop":
                 d.stop()
     assert d.schedule.busy.count == 0
@@ -66,6 +69,11 @@ async def test_a_release_ends_the_wait_but_not_before_what_the_claim_cost() -> N
 async def test_a_release_ends_the_wait_at_once_when_the_claim_was_cheap() -> None:
     took = await waited(dispatcher(), PAUSE, 0.0, "release")
     assert took < PAUSE / 2
+
+
+async def test_a_new_position_ends_the_wait_but_not_before_what_the_claim_cost() -> None:
+    took = await waited(dispatcher(), PAUSE, LEAST, "new")
+    assert LEAST <= took < PAUSE / 2
 
 
 async def test_without_a_release_the_wait_lasts_its_pause() -> None:

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from worker.pipeline.claim_schedule import (
+    BUSY_LEAST_PER_CLAIM,
     BUSY_PAUSE_MAX,
     BUSY_PAUSE_PER_CLAIM,
     FIRST_PAUSE,
@@ -355,21 +356,25 @@ def test_a_drainer_with_nothing_to_take_pauses_longer_each_time_up_to_a_short_ca
 
 
 @pytest.mark.parametrize(
-    ("previous", "claim_seconds", "pause"),
+    ("previous", "claim_seconds", "pause", "least"),
     [
-        (0.0, 0.0001, FIRST_PAUSE),  # little pending: the claim is cheap, the doubling rules
-        (0.0, 0.03, 0.3),  # behind a backlog: ten times what the claim took
-        (BUSY_PAUSE_MAX, 0.01, BUSY_PAUSE_MAX),  # the doubling's cap, the longer
-        (BUSY_PAUSE_MAX, 1.0, POLL),  # never longer than the periodic poll
+        (0.0, 0.0001, FIRST_PAUSE, 0.001),  # little pending: the claim is cheap
+        (0.0, 0.03, 0.9, 0.3),  # behind a backlog: thirty times what it took, at least ten
+        (BUSY_PAUSE_MAX, 0.005, BUSY_PAUSE_MAX, 0.05),  # the doubling's cap, the longer
+        (BUSY_PAUSE_MAX, 1.0, POLL, POLL),  # never longer than the periodic poll
     ],
 )
-def test_a_drainer_with_nothing_to_take_pauses_ten_times_what_its_claim_took(
-    previous: float, claim_seconds: float, pause: float
+def test_a_drainer_with_nothing_to_take_pauses_by_what_its_claim_took(
+    previous: float, claim_seconds: float, pause: float, least: float
 ) -> None:
     """A claim that finds nothing costs PostgreSQL what is pending: the pause after it is
-    paced by that cost, so that such claims take at most a tenth of the drainer's time."""
-    assert BUSY_PAUSE_PER_CLAIM == 10.0
-    assert schedule().busy_pause_after(previous, claim_seconds) == pytest.approx(pause)
+    paced by that cost (thirty times; at least ten, whatever its process releases), so
+    that such claims take a small share of the drainer's time."""
+    assert (BUSY_PAUSE_PER_CLAIM, BUSY_LEAST_PER_CLAIM) == (30.0, 10.0)
+    s = schedule()
+    assert s.busy_pause_after(previous, claim_seconds) == pytest.approx(pause)
+    assert s.busy_least(claim_seconds) == pytest.approx(least)
+    assert s.busy_least(claim_seconds) <= s.busy_pause_after(previous, claim_seconds)
 
 
 # -- backoff -------------------------------------------------------------------------------

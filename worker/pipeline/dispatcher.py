@@ -72,7 +72,8 @@ class Dispatcher:
         self.processed = 0
         self.chained = 0  # claims sent with the commit of the batch before them
         self._wake = anyio.Event()
-        # set when a batch of this process commits what another claim may take now, or a stop
+        # set when a batch of this process commits what another claim may take now, when a
+        # new position comes in, or at a stop
         self._released = anyio.Event()
         self.stopped = anyio.Event()
         # told when polling starts (True) and ends (False): the listener pauses and resumes
@@ -100,6 +101,13 @@ class Dispatcher:
         if self.schedule.woken():
             self._signal()
 
+    def new_position(self) -> None:
+        """A notification of a new position: its first event is no claim's yet, so a
+        drainer paused with nothing to take claims again once its least pause is over
+        (see :meth:`_wait_busy`)."""
+        if self.schedule.busy.count:
+            self._release()
+
     def stop(self) -> None:
         """Stop claiming; the batch in hand is finished first."""
         self.schedule.stopping = True
@@ -114,8 +122,9 @@ class Dispatcher:
         event.set()
 
     def _release(self) -> None:
-        """Wake the drainers waiting for a claim of this process to end (:meth:`_drain_one`),
-        swapped before it is set as :meth:`_signal` does."""
+        """Wake the drainers paused with nothing to take (:meth:`_wait_busy`): a claim of
+        this process ended, or a new position came in. Swapped before it is set as
+        :meth:`_signal` does."""
         event, self._released = self._released, anyio.Event()
         event.set()
 
@@ -191,11 +200,12 @@ class Dispatcher:
 
     async def _wait_busy(self, pause: float, least: float) -> None:
         """A drainer whose claim found nothing it may take waits ``pause`` seconds, or until
-        a batch of this process releases events another claim may take (see _committed),
-        but not before ``least`` seconds (what that claim cost, paced: a release by the
-        process's own chain seldom leaves it anything; ``pause`` is never shorter, see
-        ClaimSchedule.busy_pause_after). Notifications do not end the wait: they are of
-        events another claim will take. A stop does."""
+        a batch of this process releases events another claim may take (see _committed)
+        or a new position comes in (:meth:`new_position`), but not before ``least``
+        seconds (what that claim cost, paced: a release by the process's own chain seldom
+        leaves it anything; ``pause`` is never shorter, see ClaimSchedule.busy_pause_after).
+        Other notifications do not end the wait: they are of events another claim will
+        take. A stop does."""
         start, released = time.monotonic(), False
         with self.schedule.busy.waiting():
             while not self.schedule.stopping:

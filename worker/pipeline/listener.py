@@ -53,8 +53,10 @@ class Listener:
         reconnect_max: float,
         channels: Sequence[str] = CHANNELS,
         connect_timeout: float = 10.0,
+        on_new_position: Callable[[], None] = lambda: None,
     ) -> None:
         self.conninfo, self.on_wake, self.log, self.metrics = conninfo, on_wake, log, metrics
+        self.on_new_position = on_new_position
         self.probe_after, self.reconnect_max = probe_after, reconnect_max
         self.channels, self.connect_timeout = tuple(channels), connect_timeout
         self.connected = False
@@ -162,9 +164,12 @@ class Listener:
         self.notifications += 1
         if channel == STATE_CHANNEL:
             try:
-                parse_notification(payload)
+                doc = parse_notification(payload)
             except MalformedEvent as exc:
                 self.log.warning(
                     "notification_malformed", channel=channel, error=str(exc), payload=payload[:200]
                 )
+            else:
+                if doc["old_status"] is None:  # a position inserted: no claim holds it yet
+                    self.on_new_position()
         self.on_wake()
