@@ -12,6 +12,11 @@ pure cost, about 120 us of this process's CPU plus PostgreSQL's work to deliver 
 saturation that is more than the rest of the pipeline's cost per event. Paused, the
 connection UNLISTENs and is only probed; resumed, it LISTENs again and then asks for a
 drain (as after a reconnect), so an event committed in between is never left waiting.
+
+A ``position_state_change`` payload whose ``old_status`` is null (a position inserted) is
+also told to the dispatcher as a new position: its first event is no claim's yet, so a
+drainer paused with nothing to take may claim again (worker/pipeline/dispatcher.py). It is
+a hint like any wake-up: a forged or lost one costs a claim or a pause, never an event.
 """
 
 from __future__ import annotations
