@@ -250,8 +250,9 @@ class ClaimSchedule:
         linger when none runs).
 
         A drainer whose claim found every pending event held by other claims (``busy``)
-        claims again when its pause ends or a batch of this process that held events
-        commits; a wake-up meanwhile starts no other drainer. With several workers sharing
+        claims again when its pause ends, or once its least pause is over (see
+        :meth:`busy_least`) when a batch of this process that held events commits or a new
+        position comes in; a wake-up meanwhile starts no other drainer. With several workers sharing
         a burst, most wake-ups are then of events that other claims' handlers write (their
         positions' later events, which those claims' own next claims take), and a claim
         that finds nothing still reads the pending backlog to learn it: at one claim per
