@@ -32,6 +32,7 @@ from anyio.abc import TaskStatus
 from prometheus_client import start_http_server
 from psycopg_pool import AsyncConnectionPool
 
+from worker.db import arrays
 from worker.db.migrate import require_current_schema
 from worker.db.outbox import Outbox
 from worker.db.paper_store import PgPaperStore
@@ -61,6 +62,8 @@ from worker.sealing import Keyring
 from worker.settings import PipelineSettings, Settings
 
 HEARTBEAT_PREFIX = "pw:worker:"
+# the worker's connections send Python lists as array literals (worker/db/arrays.py)
+ARRAYS = arrays.adapters()
 ExtraHandlers = Callable[[Registry, AsyncConnectionPool[Any]], None]
 
 
@@ -73,7 +76,7 @@ def make_pool(settings: Settings) -> AsyncConnectionPool[Any]:
         settings.database.url,
         min_size=settings.database.pool_min_size,
         max_size=max(settings.database.pool_max_size, settings.database.pool_min_size),
-        kwargs={"autocommit": True, **KEEPALIVES},
+        kwargs={"autocommit": True, "context": ARRAYS, **KEEPALIVES},
         check=AsyncConnectionPool.check_connection,
         timeout=settings.database.connect_timeout,
         open=False,
@@ -101,7 +104,7 @@ def make_outbox_pool(settings: Settings) -> AsyncConnectionPool[Any]:
         settings.database.url,
         min_size=1,
         max_size=settings.pipeline.concurrency + 1,
-        kwargs={"autocommit": True, "options": options, **KEEPALIVES},
+        kwargs={"autocommit": True, "options": options, "context": ARRAYS, **KEEPALIVES},
         timeout=settings.database.connect_timeout,
         open=False,
         name="position-worker-outbox",
