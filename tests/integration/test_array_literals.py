@@ -156,6 +156,13 @@ def test_what_has_no_exact_text_is_refused_before_sending(
     assert one(conn, "SELECT %(v)s::numeric[]", [Decimal("2")]) == [Decimal("2")]  # still usable
 
 
+def test_text_with_a_nul_byte_is_refused_as_psycopg_refuses_it(
+    conn: psycopg.Connection[Any],
+) -> None:
+    with pytest.raises(psycopg.DataError, match="cannot contain NUL"):
+        conn.execute("SELECT %(v)s::text[]", {"v": ["fine", 'cut"}\x00', "rest"]})
+
+
 @pytest.mark.anyio
 async def test_the_workers_connections_send_lists_as_array_literals(db_url: str) -> None:
     settings_ = load_settings(environ={"DATABASE_URL": db_url})

@@ -18,8 +18,9 @@ an array of that column's type.
 
 Elements are written as psycopg writes them alone (``str()`` of a number, a UUID or a
 time; ``t``/``f``; a JSON wrapper through its ``dumps``). Anything else (a nested list, a
-float, an object) is refused with a :class:`TypeError` naming its type, before the query
-is sent: no float is ever turned into a price or a quantity here.
+float, an object) is refused with a :class:`TypeError` naming its type, and text holding
+a NUL byte with psycopg's :class:`~psycopg.DataError`, before the query is sent: no float is
+ever turned into a price or a quantity here.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _element(value: Any) -> str:
         text = data if isinstance(data, str) else bytes(data).decode()
     else:
         raise TypeError(f"an array element of type {type(value).__name__} cannot be sent")
+    if "\x00" in text:  # PostgreSQL would cut the literal there (and call it malformed)
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
