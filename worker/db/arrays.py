@@ -4,8 +4,8 @@ The execution engine writes many positions' rows at once as column arrays
 (``unnest(%(price)s::numeric[], ...)``, worker/db/execution.sql). psycopg's own list
 dumper finds a dumper for the elements, calls it for each one and quotes each token with a
 regular expression: about 6 us an element, 30 ms for one statement of ten columns and 500
-rows, and a sixth of a worker's CPU in a burst of entries and exits (py-spy, docs/
-benchmarks.md). :class:`ArrayLiteralDumper` writes the same literal with one
+rows, and a sixth of a worker's CPU in a burst of entries and exits (py-spy; see
+docs/benchmarks.md). :class:`ArrayLiteralDumper` writes the same literal with one
 ``str.replace`` pair per element and one ``str.join``.
 
 The literal follows PostgreSQL's array input syntax ("Array Value Input", section 8.15.2
