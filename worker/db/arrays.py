@@ -16,8 +16,9 @@ SQL text would be, so every query says what the array holds: a cast (``%(ids)s::
 or a comparison with a typed column (``id = ANY(%(ids)s)``), which PostgreSQL resolves as
 an array of that column's type.
 
-Elements are written as psycopg writes them alone (``str()`` of a number, a UUID or a
-time; ``t``/``f``; a JSON wrapper through its ``dumps``). Anything else (a nested list, a
+Elements are written as text PostgreSQL reads back as the same value (``str()`` of a
+number, a UUID or a time, as psycopg sends one alone; ``t``/``f``; a JSON wrapper through
+its ``dumps``). Anything else (a nested list, a
 float, an object) is refused with a :class:`TypeError` naming its type, and text holding
 a NUL byte with psycopg's :class:`~psycopg.DataError`, before the query is sent: no float is
 ever turned into a price or a quantity here.
@@ -35,7 +36,7 @@ import psycopg
 from psycopg.adapt import AdaptersMap, Buffer, Dumper
 from psycopg.types.json import Json, Jsonb
 
-# str() of these is what PostgreSQL's input functions read (and what psycopg sends for one)
+# str() of these is text that PostgreSQL's input functions read as the same value
 _AS_TEXT: Final = (Decimal, int, uuid.UUID, dt.datetime, dt.date, dt.time, dt.timedelta)
 
 

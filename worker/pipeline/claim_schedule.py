@@ -366,15 +366,19 @@ class ClaimSchedule:
         """How long a drainer pauses when every pending event is another claim's,
         ``previous`` being its last pause in a row (0 for the first) and ``claim_seconds``
         how long the claim that found so took."""
-        doubled = min(max(2 * previous, FIRST_PAUSE), BUSY_PAUSE_MAX, self.poll_interval)
-        paced = min(BUSY_PAUSE_PER_CLAIM * claim_seconds, self.poll_interval)
-        return max(doubled, paced)  # never shorter than busy_least (BUSY_LEAST_PER_CLAIM)
+        doubled = min(self.pause_after(previous), BUSY_PAUSE_MAX)
+        # never shorter than busy_least: thirty times the claim against ten
+        return max(doubled, self._paced(BUSY_PAUSE_PER_CLAIM, claim_seconds))
 
     def busy_least(self, claim_seconds: float) -> float:
         """How long, at least, a drainer pauses after a claim that took ``claim_seconds``
         and found every pending event another claim's, whatever releases events meanwhile
         (a stop aside)."""
-        return min(BUSY_LEAST_PER_CLAIM * claim_seconds, self.poll_interval)
+        return self._paced(BUSY_LEAST_PER_CLAIM, claim_seconds)
+
+    def _paced(self, per_claim: float, claim_seconds: float) -> float:
+        """``per_claim`` times what a claim took, up to ``poll_interval``."""
+        return min(per_claim * claim_seconds, self.poll_interval)
 
     def linger_left(self, now: float) -> float:
         """Seconds before the next claim may go (a stop ends the wait)."""
