@@ -62,8 +62,12 @@ def test_hostile_text_reads_back_as_sent(conn: psycopg.Connection[Any]) -> None:
     assert one(conn, "SELECT %(v)s::text[]", values) == values
 
 
+# any text PostgreSQL can hold: no NUL (it refuses it), no lone surrogate (no UTF-8 form)
+_TEXT = st.text(st.characters(codec="utf-8", blacklist_characters="\x00"))
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.text(st.characters(blacklist_characters="\x00")))))
+@given(st.lists(st.one_of(st.none(), _TEXT)))
 def test_any_text_reads_back_as_sent(conn: psycopg.Connection[Any], values: list[Any]) -> None:
     assert one(conn, "SELECT %(v)s::text[]", values) == values
 
@@ -161,6 +165,14 @@ def test_text_with_a_nul_byte_is_refused_as_psycopg_refuses_it(
 ) -> None:
     with pytest.raises(psycopg.DataError, match="cannot contain NUL"):
         conn.execute("SELECT %(v)s::text[]", {"v": ["fine", 'cut"}\x00', "rest"]})
+
+
+def test_text_with_a_lone_surrogate_is_refused_as_psycopg_refuses_it(
+    conn: psycopg.Connection[Any], plain: psycopg.Connection[Any]
+) -> None:
+    for c in (conn, plain):
+        with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
+            c.execute("SELECT %(v)s::text[]", {"v": ["fine", "\ud800"]})
 
 
 @pytest.mark.anyio
