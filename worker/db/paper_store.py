@@ -9,6 +9,8 @@
   ``FOR UPDATE SKIP LOCKED``: orders another replica is filling are skipped, never filled
   twice; each order's save is a savepoint, so an account that cannot pay one order's fill
   leaves the others' saves standing.
+* Balance rows are locked by account, then asset, by every transaction (placements, and a
+  pass before its first save): two of them never each hold a row the other waits for.
 * Connection trouble is ``DatabaseUnavailable`` (the engine waits for the database).
 """
 
@@ -176,7 +178,10 @@ class PgPaperStore:
             name = "paper_claim_orders" if client_order_id is None else "paper_claim_client_order"
             await cur.execute(q(name), params)
             rows = await cur.fetchall()
-            yield _PgClaim(conn, [_resting(row) for row in rows], [str(r["user_id"]) for r in rows])
+            owners = [str(r["user_id"]) for r in rows]
+            if rows:  # the saves change the owners' balances one by one, in the book's order
+                await conn.execute(q("paper_lock_balances_of"), {"user_ids": sorted(set(owners))})
+            yield _PgClaim(conn, [_resting(row) for row in rows], owners)
 
     async def balances(self, account: str) -> dict[str, Balance]:
         async with translated_errors(), self.pool.connection() as conn:
