@@ -179,15 +179,19 @@ EXECUTION: dict[str, Any] = {
     ],
     "request_fairness": {
         "requests": 1000,
+        "requests_rejected": 3,
         "positions": 100,
         "neighbour_entries": 50,
+        "neighbour_refused": 0,
         "neighbour_p50_ms": 70.0,
         "neighbour_p99_ms": 150.0,
         "flood_seconds": 12.25,
     },
     "fairness": {
         "flood": 1000,
+        "flood_refused": 7,
         "neighbour_entries": 50,
+        "neighbour_refused": 2,
         "neighbour_p50_ms": 120.0,
         "neighbour_p99_ms": 240.0,
         "flood_seconds": 12.5,
@@ -214,7 +218,11 @@ def test_execution_only_prints_the_bursts_beside_the_ceiling_and_no_plot(
         " exits 0.50, 1.50, 1.00 (median 1.00)"
     ) in text
     assert "one user asks 1,000 scale-ins at once on 100 positions" in text
-    assert "p50 70 ms, p99 150 ms (the requests took 12.25 s)" in text
+    assert (
+        "p50 70 ms, p99 150 ms (the requests took 12.25 s; refused: the neighbour's 0, requests 3)"
+    ) in text
+    # a refusal costs less than a fill: refused work is counted, never passed over
+    assert "(the flood took 12.50 s; refused: the neighbour's 2, the flood's 7)" in text
     assert json.loads(out.read_text())["execution"]["fairness"]["neighbour_p99_ms"] == 240.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "exec.json"]
 

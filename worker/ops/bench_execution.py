@@ -11,9 +11,12 @@ on paper (the synthetic feed), against the same servers as the commit ceiling:
   round and the ratio of 3 workers to 1 in each round;
 * **fairness**: one user commits ``flood`` positions at once, then another user commits
   ``neighbour_entries`` plain market entries one after the other (each once the one before
-  it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99;
+  it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99,
+  and how many of the neighbour's entries and of the flood were refused (none should be:
+  the users can pay for all of them);
 * **request fairness**: the same neighbour, while one user's ``flood`` scale-in requests,
-  committed at once on ``request_positions`` open positions of theirs, are handled;
+  committed at once on ``request_positions`` open positions of theirs, are handled (and
+  how many of the requests were rejected);
 * **reconciliation**: a reconcile pass's time while one user's ``resting`` paper orders
   rest, against none, and another user's fill meanwhile (worker/ops/bench_reconcile.py;
   the worker in this process, this checkout's code even with ``--worker-python``).
@@ -45,6 +48,11 @@ EXECUTION_ENV: Final = {
     "POSITION_WORKER__RISK__MAX_POSITION_NOTIONAL": "0",
     "POSITION_WORKER__RISK__MAX_OPEN_POSITIONS": "0",
     "POSITION_WORKER__RISK__MAX_OPEN_NOTIONAL": "0",
+    # ... and so would the paper balances: the positions flood buys 10 BTC, about 500,000 USDT
+    # at the synthetic feed's price, the request flood 0.22 BTC and the neighbour 0.2 BTC,
+    # against the default 10,000 USDT. A refusal costs the worker less than a fill, so
+    # refused work would flatter the figures; the phases count what was refused all the same
+    "POSITION_WORKER__PAPER__STARTING_BALANCES": "USDT=1000000000",
 }
 ENTERED: Final = ("open", "monitoring", "failed", "closing", "closed")
 WAIT_SECONDS: Final = 600.0
@@ -163,7 +171,8 @@ ORDER BY g.n, x.i
 # the first request to the last settled one
 _REQUESTS_SETTLED = """
 SELECT count(*) FILTER (WHERE status <> 'pending'),
-       extract(epoch FROM max(updated_at) FILTER (WHERE status <> 'pending') - min(created_at))
+       extract(epoch FROM max(updated_at) FILTER (WHERE status <> 'pending') - min(created_at)),
+       count(*) FILTER (WHERE status = 'rejected')
 FROM position_requests WHERE position_id = ANY(%(ids)s)
 """
 
@@ -252,7 +261,9 @@ class ExecutionBench:
         far = spans([(a, b) for a, b in flood_times])
         return {
             "flood": len(flood),
+            "flood_refused": len(flood_times) - far["done"],
             "neighbour_entries": len(neighbour_times),
+            "neighbour_refused": len(neighbour_times) - near["done"],
             "neighbour_p50_ms": near["p50_ms"],
             "neighbour_p99_ms": near["p99_ms"],
             "flood_seconds": far.get("seconds", float("nan")),
@@ -275,12 +286,14 @@ class ExecutionBench:
                     params = {"ids": held, "each": each, "quantity": FLOOD_QUANTITY}
                     conn.execute(_SCALE_INS, params)
                 neighbour_times = self._neighbour_enters(conn, users.one(1))
-                settled = self._wait_requests(conn, held, each * len(held))
+                settled, rejected = self._wait_requests(conn, held, each * len(held))
         near = spans([(a, b) for a, b in neighbour_times])
         return {
             "requests": each * len(held),
+            "requests_rejected": rejected,
             "positions": len(held),
             "neighbour_entries": len(neighbour_times),
+            "neighbour_refused": len(neighbour_times) - near["done"],
             "neighbour_p50_ms": near["p50_ms"],
             "neighbour_p99_ms": near["p99_ms"],
             "flood_seconds": settled,
@@ -299,14 +312,17 @@ class ExecutionBench:
         return [(a, b) for a, b in conn.execute(_ENTRY_TIMES, {"ids": mine}).fetchall()]
 
     @staticmethod
-    def _wait_requests(conn: psycopg.Connection[Any], ids: list[Any], count: int) -> float:
+    def _wait_requests(
+        conn: psycopg.Connection[Any], ids: list[Any], count: int
+    ) -> tuple[float, int]:
         """Until ``count`` requests of the positions ``ids`` are settled; how long they took
-        (from the first request's commit to the last one settled, the database's times)."""
+        (from the first request's commit to the last one settled, the database's times), and
+        how many were rejected."""
         deadline = time.monotonic() + WAIT_SECONDS
         while True:
             row = conn.execute(_REQUESTS_SETTLED, {"ids": ids}).fetchone()
             if row is not None and int(row[0]) >= count:
-                return float(row[1])
+                return float(row[1]), int(row[2])
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{row[0] if row else 0} of {count} requests settled")
             time.sleep(0.05)  # a bench process polling the database: nothing to wait on

@@ -99,7 +99,8 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
         f"fairness: one user commits {f['flood']:,} positions at once, another then enters "
         f"{f['neighbour_entries']} one after the other: the neighbour's created->entry p50 "
         f"{_f(f['neighbour_p50_ms'], 0)} ms, p99 {_f(f['neighbour_p99_ms'], 0)} ms "
-        f"(the flood took {_f(f['flood_seconds'], 2)} s)"
+        f"(the flood took {_f(f['flood_seconds'], 2)} s; refused: the neighbour's "
+        f"{f['neighbour_refused']}, the flood's {f['flood_refused']})"
     )
     q = execution.get("request_fairness")
     if q is not None:
@@ -108,7 +109,8 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
             f"{q['positions']:,} positions, another then enters {q['neighbour_entries']} one "
             f"after the other: the neighbour's created->entry p50 "
             f"{_f(q['neighbour_p50_ms'], 0)} ms, p99 {_f(q['neighbour_p99_ms'], 0)} ms "
-            f"(the requests took {_f(q['flood_seconds'], 2)} s)"
+            f"(the requests took {_f(q['flood_seconds'], 2)} s; refused: the neighbour's "
+            f"{q['neighbour_refused']}, requests {q['requests_rejected']})"
         )
     if "reconciliation" in execution:
         runs = [ReconcileRun(**run) for run in execution["reconciliation"]]
