@@ -122,7 +122,7 @@ PLANS = {
 def test_one_accounts_change_locks_its_assets_in_order(db_url: str, plan: str) -> None:
     user = two_users(db_url)[0]
     params = {
-        "user_id": user,
+        "user_ids": [user, user],
         "assets": ["BTC", "USDT"],
         "free": [D(1), D(-1)],
         "locked": [D(0), D(0)],
@@ -149,7 +149,7 @@ def test_many_accounts_change_locks_accounts_and_assets_in_order(db_url: str, pl
     def change(conn: Any) -> None:
         if PLANS[plan]:
             conn.execute(PLANS[plan])
-        conn.execute(q("paper_change_balances_many"), params)
+        conn.execute(q("paper_change_balances"), params)
 
     # the other account's row, and the same account's other asset
     assert locks_first_row_first(db_url, (second, "BTC"), (first, "USDT"), change)

@@ -8,35 +8,6 @@ FROM unnest(%(assets)s::text[], %(amounts)s::numeric[]) AS s (asset, amount)
 WHERE NOT EXISTS (SELECT 1 FROM paper_balances WHERE user_id = %(user_id)s)
 ON CONFLICT DO NOTHING
 
--- name: paper_touch_balances
-INSERT INTO paper_balances (user_id, asset)
-SELECT %(user_id)s, unnest(%(assets)s::text[])
-ON CONFLICT DO NOTHING
-
--- name: paper_change_balances
--- The account's rows are locked first, by asset (every transaction that changes balances
--- locks them by account, then asset: see below), then changed. A change that overdraws
--- fails the table's CHECK.
---
--- An UPDATE ... FROM locks rows in the order its plan reads them: under a sequential scan,
--- where their latest versions lie in the table, which every update moves. Two transactions
--- of one account could then each hold one row and wait for the other's (a deadlock, broken
--- only after deadlock_timeout). A SELECT ... ORDER BY ... FOR NO KEY UPDATE locks in its
--- sort order (the PostgreSQL manual, SELECT, "The Locking Clause": the rows are sorted
--- first, then locked); MATERIALIZED keeps that subquery whole, and the UPDATE reaches a
--- row only through it, so after it has locked the row
--- (tests/integration/test_paper_lock_order.py).
-WITH held AS MATERIALIZED (
-  SELECT h.user_id, h.asset FROM paper_balances h
-  WHERE h.user_id = %(user_id)s AND h.asset = ANY(%(assets)s::text[])
-  ORDER BY h.user_id, h.asset
-  FOR NO KEY UPDATE
-)
-UPDATE paper_balances b
-SET free = b.free + c.free, locked = b.locked + c.locked, updated_at = now()
-FROM held, unnest(%(assets)s::text[], %(free)s::numeric[], %(locked)s::numeric[]) AS c (asset, free, locked)
-WHERE b.user_id = held.user_id AND b.asset = held.asset AND c.asset = held.asset
-
 -- name: paper_lock_balances_of
 -- A matching pass's owners' rows, locked before it saves any order (one owner's, then the
 -- next's), by account then asset as paper_change_balances locks them.
@@ -165,15 +136,25 @@ CROSS JOIN unnest(%(assets)s::text[], %(amounts)s::numeric[]) AS s (asset, amoun
 WHERE NOT EXISTS (SELECT 1 FROM paper_balances b WHERE b.user_id = u.user_id)
 ON CONFLICT DO NOTHING
 
--- name: paper_touch_balances_many
+-- name: paper_touch_balances
+-- A balance row for each (account, asset) element that has none yet.
 INSERT INTO paper_balances (user_id, asset)
 SELECT * FROM unnest(%(user_ids)s::uuid[], %(assets)s::text[])
 ON CONFLICT DO NOTHING
 
--- name: paper_change_balances_many
--- paper_change_balances for many accounts: one element per (account, asset); the rows are
--- locked first, by account then asset, as paper_change_balances locks them. A change that
--- overdraws fails the table's CHECK, and with it the whole statement.
+-- name: paper_change_balances
+-- Balance changes, one element per (account, asset), of one account or many: the rows are
+-- locked first, by account then asset (as every transaction that changes balances locks
+-- them), then changed. A change that overdraws fails the table's CHECK, and with it the
+-- whole statement.
+--
+-- An UPDATE ... FROM locks rows in the order its plan reads them: under a sequential scan,
+-- where their latest versions lie in the table, which every update moves. Two transactions
+-- could then each hold one row and wait for the other's (a deadlock, broken only after
+-- deadlock_timeout). A SELECT ... ORDER BY ... FOR NO KEY UPDATE locks in its sort order
+-- (the PostgreSQL manual, SELECT, "The Locking Clause": the rows are sorted first, then
+-- locked); MATERIALIZED keeps that subquery whole, and the UPDATE reaches a row only
+-- through it, so after it has locked the row (tests/integration/test_paper_lock_order.py).
 WITH c AS (
   SELECT * FROM unnest(%(user_ids)s::uuid[], %(assets)s::text[], %(free)s::numeric[],
                        %(locked)s::numeric[]) AS c (user_id, asset, free, locked)

@@ -96,18 +96,11 @@ class PgPaperStore:
         totals: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
         for user_id, _, changes in rows:
             for asset, (free, locked) in changes.items():
-                if free or locked:
-                    was = totals.get((user_id, asset), (Decimal(0), Decimal(0)))
-                    totals[(user_id, asset)] = (was[0] + free, was[1] + locked)
-        keys = sorted(totals)  # the order every transaction locks balance rows in
-        if keys:
-            pairs = {"user_ids": [u for u, _ in keys], "assets": [a for _, a in keys]}
-            await conn.execute(q("paper_touch_balances_many"), pairs)
-            change = {"free": [totals[k][0] for k in keys], "locked": [totals[k][1] for k in keys]}
-            try:
-                await conn.execute(q("paper_change_balances_many"), {**pairs, **change})
-            except psycopg.errors.CheckViolation:
-                raise insufficient_balance() from None
+                if not (free or locked):
+                    continue
+                was = totals.get((user_id, asset), (Decimal(0), Decimal(0)))
+                totals[(user_id, asset)] = (was[0] + free, was[1] + locked)
+        await _apply(conn, totals)
         columns: dict[str, list[Any]] = {}
         for user_id, resting, _ in rows:
             for key, value in _row(user_id, resting).items():
@@ -216,18 +209,20 @@ class _PgClaim:
 
 async def _change(conn: Conn, user_id: str, changes: Changes) -> None:
     """Apply ``changes`` to the account; OrderRejected(-2010) when one overdraws."""
-    assets = sorted(a for a, (free, locked) in changes.items() if free or locked)
-    if not assets:
+    await _apply(conn, {(user_id, a): (f, lk) for a, (f, lk) in changes.items() if f or lk})
+
+
+async def _apply(conn: Conn, changes: Mapping[tuple[str, str], tuple[Decimal, Decimal]]) -> None:
+    """Apply (free, locked) changes per (account, asset); OrderRejected(-2010) when one
+    overdraws (the caller's transaction or savepoint rolls back)."""
+    keys = sorted(changes)
+    if not keys:
         return
-    await conn.execute(q("paper_touch_balances"), {"user_id": user_id, "assets": assets})
-    params = {
-        "user_id": user_id,
-        "assets": assets,
-        "free": [changes[a][0] for a in assets],
-        "locked": [changes[a][1] for a in assets],
-    }
-    try:  # the caller's transaction (or savepoint) rolls back
-        await conn.execute(q("paper_change_balances"), params)
+    pairs = {"user_ids": [u for u, _ in keys], "assets": [a for _, a in keys]}
+    await conn.execute(q("paper_touch_balances"), pairs)
+    amounts = {"free": [changes[k][0] for k in keys], "locked": [changes[k][1] for k in keys]}
+    try:
+        await conn.execute(q("paper_change_balances"), {**pairs, **amounts})
     except psycopg.errors.CheckViolation:
         raise insufficient_balance() from None
 
