@@ -38,7 +38,7 @@ from worker.db.outbox import Outbox
 from worker.db.paper_store import PgPaperStore
 from worker.db.queries import q
 from worker.driver_errors import translated_errors, translated_redis_errors
-from worker.errors import DatabaseUnavailable, SettingsError, StreamUnavailable
+from worker.errors import Conflict, DatabaseUnavailable, SettingsError, StreamUnavailable
 from worker.exchanges.binance import BinanceClient, RateLimitGate
 from worker.exchanges.paper import PaperExchange
 from worker.exchanges.paper import from_settings as paper_from_settings
@@ -464,7 +464,7 @@ class App:
                         await conn.execute("ANALYZE position_events")
                         analyzed_at = time.monotonic()
                         self.log.info("outbox_analyzed", pending=pending)
-            except DatabaseUnavailable:
+            except (DatabaseUnavailable, Conflict):
                 row = None
             if row is not None:
                 self.metrics.outbox_lag.set(float(row[0]))

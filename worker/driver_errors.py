@@ -7,7 +7,9 @@ Two questions get two answers:
 * the worker's own work (claims and their settlement, publishing, the heartbeat, the lag
   sample, the engine's watcher): :func:`translated_errors` (PostgreSQL) and
   :func:`translated_redis_errors` raise an Outage for any connection-level failure, since
-  no event is to blame;
+  no event is to blame, and :func:`translated_errors` a :class:`~worker.errors.Conflict`
+  for a transaction PostgreSQL rolled back (a deadlock, a serialization failure), which
+  :func:`conflicts_retried` runs again;
 * an exception that escaped a handler: :func:`outage_of` says whether it is an outage
   (deferred without counting an attempt) or the event's own failure (counted toward
   ``max_attempts``). A statement timeout or a deadlock there is the event's.
@@ -15,14 +17,18 @@ Two questions get two answers:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, TypeVar
 
+import anyio
 import psycopg
 import redis.exceptions
 
-from worker.errors import DatabaseUnavailable, Outage, StreamUnavailable
+from worker.errors import Conflict, DatabaseUnavailable, Outage, StreamUnavailable
+
+T = TypeVar("T")
 
 # -- the worker's own statements and commands ---------------------------------------------
 # PostgreSQL: every OperationalError (connection refused, lost or closed, the pool's
@@ -42,6 +48,16 @@ _REDIS_UNAVAILABLE: Final = (
     redis.exceptions.ClusterError,
     redis.exceptions.RedisClusterException,
 )
+
+# PostgreSQL rolls a transaction back to settle a conflict with a concurrent one: class 40,
+# transaction rollback (40001 serialization_failure, 40P01 deadlock_detected, ...). The
+# manual ("Serialization Failure Handling") advises running the whole transaction again,
+# deadlocks included. psycopg raises them as OperationalErrors, so they are told apart here.
+_PG_CONFLICT_CLASS: Final = "40"
+# How often conflicts_retried runs a transaction, and its first pause (doubled each time,
+# with jitter, so the two sides of a deadlock do not meet again in step).
+CONFLICT_ATTEMPTS: Final = 4
+CONFLICT_PAUSE: Final = 0.01
 
 # -- what a handler's exception says about the servers (outage_of) ------------------------
 # PostgreSQL SQLSTATE classes of a server that is unavailable or cut the session: 08
@@ -74,7 +90,33 @@ async def translated_errors() -> AsyncIterator[None]:
     try:
         yield
     except _PG_UNAVAILABLE as exc:
+        if _conflict(exc):
+            raise Conflict(_described(exc)) from exc
         raise DatabaseUnavailable(str(exc).strip() or type(exc).__name__) from exc
+
+
+def _conflict(exc: BaseException) -> bool:
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return state is not None and state[:2] == _PG_CONFLICT_CLASS
+
+
+async def conflicts_retried(
+    transaction: Callable[[], Awaitable[T]],
+    on_retry: Callable[[Conflict, int], None],
+    attempts: int = CONFLICT_ATTEMPTS,
+) -> T:
+    """Run ``transaction`` (one whole transaction, its errors translated) again each time it
+    raises :class:`Conflict`, up to ``attempts`` runs with growing pauses; ``on_retry`` is
+    told of each conflict that is retried (error, the attempt that met it). The last
+    attempt's Conflict is raised."""
+    for attempt in range(1, attempts):
+        try:
+            return await transaction()
+        except Conflict as exc:
+            on_retry(exc, attempt)
+        pause = CONFLICT_PAUSE * 2 ** (attempt - 1)
+        await anyio.sleep(pause * (0.5 + random.random()))  # jitter
+    return await transaction()
 
 
 @asynccontextmanager

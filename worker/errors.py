@@ -33,6 +33,12 @@ class RetryLater(WorkerError):
         super().__init__(reason)
 
 
+class Conflict(WorkerError):
+    """PostgreSQL rolled a transaction back to settle a conflict with a concurrent one
+    (SQLSTATE class 40: a deadlock, a serialization failure). Nothing of it was kept, so
+    running the whole transaction again is safe. Not an outage: the server answers."""
+
+
 class Outage(WorkerError):
     """A server the worker needs is unavailable (``target``: ``database`` or ``redis``).
 

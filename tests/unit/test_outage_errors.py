@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import anyio
 import psycopg
 import psycopg.errors as pe
 import pytest
@@ -19,7 +22,13 @@ from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from worker.db.outbox import Batch, FailResult
 from worker.driver_errors import outage_of
-from worker.errors import DatabaseUnavailable, RetryLater, StreamUnavailable, WorkerError
+from worker.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    RetryLater,
+    StreamUnavailable,
+    WorkerError,
+)
 from worker.events import Event
 from worker.metrics import Metrics
 from worker.pipeline.dispatcher import Dispatcher
@@ -59,6 +68,7 @@ EVENT_ERRORS = [
     pe.QueryCanceled("canceling statement due to statement timeout"),
     pe.SerializationFailure("could not serialize access"),
     pe.DeadlockDetected("deadlock detected"),
+    Conflict("DeadlockDetected: deadlock detected"),  # translated_errors' own
     pe.LockNotAvailable("could not obtain lock"),
     pe.StatementTooComplex("stack depth limit exceeded"),
     pe.UniqueViolation("duplicate key value"),
@@ -399,3 +409,37 @@ async def test_outages_of_the_database_and_of_redis_are_apart() -> None:
     dispatcher.outages["redis"].retry_at = 0.0
     await run(dispatcher, batch, event(1))
     assert dispatcher.outages == {} and len(log.named("outage_over")) == 2
+
+
+class ConflictingOutbox:
+    """Every claim chain is rolled back for a conflict; the third one asks the dispatcher
+    to stop."""
+
+    def __init__(self) -> None:
+        self.chains = 0
+        self.dispatcher: Dispatcher | None = None
+
+    @asynccontextmanager
+    async def chain(self) -> AsyncIterator[Any]:
+        self.chains += 1
+        if self.chains >= 3 and self.dispatcher is not None:
+            self.dispatcher.stop()
+        raise Conflict("DeadlockDetected: deadlock detected")
+        yield  # pragma: no cover
+
+
+async def test_a_claim_rolled_back_for_a_conflict_is_claimed_again_and_is_no_outage() -> None:
+    """The database answers: the dispatcher claims again at once, with no back-off, no
+    outage logged or shown, and it keeps running."""
+    dispatcher, log, metrics = make_dispatcher(Flaky())
+    outbox = ConflictingOutbox()
+    outbox.dispatcher = dispatcher
+    dispatcher.outbox = cast(Any, outbox)
+    with anyio.fail_after(5):
+        await dispatcher.run()
+    assert outbox.chains >= 3  # claimed again after a conflict, and again
+    # once per failed round of claims (drainers that failed together: one line)
+    assert 1 <= len(log.named("claim_conflict")) <= outbox.chains
+    assert "deadlock detected" in log.named("claim_conflict")[0]["error"]
+    assert not log.named("outage_started") and not log.named("dispatcher_backing_off")
+    assert sample(metrics, "position_worker_reconnects_total", "database") in (None, 0)

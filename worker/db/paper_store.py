@@ -11,6 +11,10 @@
   leaves the others' saves standing.
 * Balance rows are locked by account, then asset, by every transaction (placements, and a
   pass before its first save): two of them never each hold a row the other waits for.
+* A placement that PostgreSQL rolls back for a conflict with a concurrent transaction (a
+  deadlock, should one ever form) is run again (``conflicts_retried``, logged as
+  ``paper_conflict_retried``); one that keeps conflicting is ``Conflict``, which counts as
+  the event's failure, never as an outage.
 * Connection trouble is ``DatabaseUnavailable`` (the engine waits for the database).
 """
 
@@ -29,11 +33,13 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from worker.db.queries import q
-from worker.driver_errors import translated_errors
+from worker.driver_errors import conflicts_retried, translated_errors
+from worker.errors import Conflict
 from worker.exchanges.base import DuplicateOrder, ExchangeFill, OrderRejected, OrderRequest
 from worker.exchanges.paper_book import PaperOrder, Quote
 from worker.exchanges.paper_funds import Balance, Changes, Hold, insufficient_balance
 from worker.exchanges.paper_store import Claim, Placing, Resting
+from worker.logs import get_logger
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -45,12 +51,17 @@ class PgPaperStore:
     def __init__(self, pool: AsyncConnectionPool[Any], starting: Mapping[str, Decimal]) -> None:
         self.pool, self.starting = pool, dict(starting)
         self._seeded: set[str] = set()  # accounts whose first balances are committed
+        self.log = get_logger("worker.exchanges.paper")
 
     def new_order_id(self, prefix: str) -> str:
         return f"P{uuid.uuid4().hex[:24]}"  # unique across replicas without a round trip
 
     async def place(self, account: str | None, resting: Resting, changes: Changes) -> None:
         user_id = _account(account)
+        await conflicts_retried(lambda: self._place(user_id, resting, changes), self._retried)
+        self._seeded.add(user_id)  # bounded by the number of users
+
+    async def _place(self, user_id: str, resting: Resting, changes: Changes) -> None:
         async with translated_errors(), self.pool.connection() as conn, conn.transaction():
             if user_id not in self._seeded:
                 await conn.execute(
@@ -66,7 +77,6 @@ class PgPaperStore:
                 await conn.execute(q("paper_insert_order"), _row(user_id, resting))
             except psycopg.errors.UniqueViolation:  # the transaction rolls back
                 raise DuplicateOrder("Duplicate order sent.", -2010) from None
-        self._seeded.add(user_id)  # bounded by the number of users
 
     async def place_many(self, items: Sequence[Placing]) -> list[Exception | None]:
         """Every order of ``items`` in one transaction; if that is refused (an account that
@@ -74,8 +84,7 @@ class PgPaperStore:
         in its own (:meth:`place`), so the refusal is only its own order's."""
         rows = [(_account(account), resting, changes) for account, resting, changes in items]
         try:
-            async with translated_errors(), self.pool.connection() as conn, conn.transaction():
-                await self._place_all(conn, rows)
+            await conflicts_retried(lambda: self._place_all(rows), self._retried)
         except (OrderRejected, DuplicateOrder):
             results: list[Exception | None] = []
             for account, resting, changes in rows:
@@ -88,7 +97,14 @@ class PgPaperStore:
         self._seeded.update(user_id for user_id, _, _ in rows)
         return [None] * len(rows)
 
-    async def _place_all(self, conn: Conn, rows: list[tuple[str, Resting, Changes]]) -> None:
+    def _retried(self, exc: Conflict, attempt: int) -> None:
+        self.log.warning("paper_conflict_retried", error=str(exc), attempt=attempt)
+
+    async def _place_all(self, rows: list[tuple[str, Resting, Changes]]) -> None:
+        async with translated_errors(), self.pool.connection() as conn, conn.transaction():
+            await self._insert_all(conn, rows)
+
+    async def _insert_all(self, conn: Conn, rows: list[tuple[str, Resting, Changes]]) -> None:
         unseeded = sorted({user_id for user_id, _, _ in rows} - self._seeded)
         if unseeded:
             starting = {"assets": list(self.starting), "amounts": list(self.starting.values())}

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db.queries import q
 from worker.driver_errors import translated_errors
-from worker.errors import DatabaseUnavailable
+from worker.errors import Conflict, DatabaseUnavailable
 from worker.exchanges.base import ExchangeError
 from worker.exchanges.binance import BinanceClient
 from worker.exchanges.user_stream import OrderUpdate, UserStream
@@ -160,7 +160,7 @@ class UserStreams:
                 await record()
         except PositionBusy:
             return False
-        except (DatabaseUnavailable, ExchangeError) as exc:
+        except (DatabaseUnavailable, Conflict, ExchangeError) as exc:
             log.warning("user_stream_update_failed", error=f"{type(exc).__name__}: {exc}")
             return False
         except Exception as exc:  # e.g. the position moved under the recording: again
@@ -185,7 +185,7 @@ class UserStreams:
                 return await action(*args)
         except PositionBusy:
             return None  # its holder drives the order, and records what this update says
-        except (DatabaseUnavailable, ExchangeError) as exc:
+        except (DatabaseUnavailable, Conflict, ExchangeError) as exc:
             log.warning("user_stream_update_failed", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
             log.error(

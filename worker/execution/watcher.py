@@ -51,7 +51,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from worker.db.queries import q
 from worker.driver_errors import translated_errors
-from worker.errors import DatabaseUnavailable
+from worker.errors import Conflict, DatabaseUnavailable
 from worker.exchanges.base import Exchange, ExchangeError, ListsOpenOrders, OrderState
 from worker.exchanges.budget import Priority, urgent
 from worker.exchanges.paper import PaperExchange
@@ -101,7 +101,7 @@ class Watcher:
                     self.metrics.reconcile_pass.observe(time.perf_counter() - started)
                 await self.paper_protection_once()
                 await self.worker_protection_once()
-            except DatabaseUnavailable as exc:
+            except (DatabaseUnavailable, Conflict) as exc:  # the next pass tries again
                 self.log.warning("reconcile_skipped", error=str(exc))
             self.passes += 1
             await anyio.sleep(self.cfg.reconcile_interval)

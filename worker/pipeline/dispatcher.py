@@ -41,7 +41,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from worker.db.outbox import Batch, ClaimChain, Outbox
-from worker.errors import DatabaseUnavailable, Outage, StreamUnavailable
+from worker.driver_errors import CONFLICT_PAUSE
+from worker.errors import Conflict, DatabaseUnavailable, Outage, StreamUnavailable
 from worker.events import Event, ai_monitoring_request_for, notification_for, stream_fields
 from worker.logs import lines_held
 from worker.metrics import Metrics
@@ -139,8 +140,18 @@ class Dispatcher:
                     while isinstance(exc, ExceptionGroup):  # from a nested task group
                         exc = exc.exceptions[0]
                     await self._back_off(exc)
+                except* Conflict as group:
+                    await self._conflicted(group.exceptions[0])
         finally:
             self.stopped.set()
+
+    async def _conflicted(self, exc: BaseException) -> None:
+        """A claim or settlement PostgreSQL rolled back for a conflict: its events stay
+        pending and the next claim takes them; the database answers, so this is no outage."""
+        self.log.warning("claim_conflict", error=str(exc))
+        with anyio.move_on_after(CONFLICT_PAUSE):
+            while not self.schedule.stopping:
+                await self._wake.wait()
 
     async def _back_off(self, exc: Outage) -> None:
         failure = self.schedule.failed()
