@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import psycopg
 import pytest
 import structlog
 from structlog.testing import LogCapture
@@ -47,4 +48,20 @@ async def test_an_exchange_error_is_one_line() -> None:
     await watcher_logging_to(capture)._guarded(timed_out, "p-1")
     [entry] = capture.entries
     assert entry["event"] == "reconcile_exchange_error"
+    assert "exc_info" not in entry
+
+
+async def test_a_deadlock_is_one_line_and_no_outage() -> None:
+    """A statement PostgreSQL rolled back for a conflict (40P01) is translated into Conflict
+    by _guarded; the pass goes on (the next one looks again), one warning, no traceback."""
+    capture = LogCapture()
+
+    async def deadlocked(position_id: str) -> None:
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
+
+    await watcher_logging_to(capture)._guarded(deadlocked, "p-1")
+    [entry] = capture.entries
+    assert entry["event"] == "reconcile_conflict"
+    assert entry["log_level"] == "warning"
+    assert "deadlock detected" in entry["error"]
     assert "exc_info" not in entry

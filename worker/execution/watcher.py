@@ -268,6 +268,9 @@ class Watcher:
         if isinstance(exc, ExchangeError):  # the exchange's trouble, not the engine's: one line
             self.log.warning("reconcile_exchange_error", position_id=position_id, error=str(exc))
             return
+        if isinstance(exc, Conflict):  # rolled back for a concurrent transaction: next pass
+            self.log.warning("reconcile_conflict", position_id=position_id, error=str(exc))
+            return
         self.log.error(
             "reconcile_failed",
             position_id=position_id,
