@@ -152,7 +152,9 @@ def test_bench_writes_its_json_and_plot_only_at_out(
     assert list(Path.cwd().iterdir()) == []
 
 
-def _burst(system: str, round_: int, entries: float, exits: float) -> dict[str, Any]:
+def _burst(
+    system: str, round_: int, entries: float, exits: float, cpu: float | None = 4.0
+) -> dict[str, Any]:
     return {
         "system": system,
         "round": round_,
@@ -163,6 +165,8 @@ def _burst(system: str, round_: int, entries: float, exits: float) -> dict[str, 
         "entry_p99_ms": 3800.0 + entries,
         "exits_per_s": exits,
         "exit_p99_ms": 4900.0,
+        "worker_cpu_ms": cpu,
+        "machine_cpu_ms": None if cpu is None else cpu * 2,
     }
 
 
@@ -171,11 +175,11 @@ EXECUTION: dict[str, Any] = {
     # three rounds, alternating: worker-1's median round is its 250/s one
     "bursts": [
         _burst("worker-1", 1, 250.0, 200.0),
-        _burst("worker-3", 1, 300.0, 100.0),
-        _burst("worker-1", 2, 200.0, 200.0),
-        _burst("worker-3", 2, 180.0, 300.0),
-        _burst("worker-1", 3, 260.0, 250.0),
-        _burst("worker-3", 3, 286.0, 250.0),
+        _burst("worker-3", 1, 300.0, 100.0, cpu=4.4),
+        _burst("worker-1", 2, 200.0, 200.0, cpu=None),  # no /proc: left out of the ratio
+        _burst("worker-3", 2, 180.0, 300.0, cpu=8.0),
+        _burst("worker-1", 3, 260.0, 250.0, cpu=5.0),
+        _burst("worker-3", 3, 286.0, 250.0, cpu=6.0),
     ],
     "request_fairness": {
         "requests": 1000,
@@ -213,6 +217,12 @@ def test_execution_only_prints_the_bursts_beside_the_ceiling_and_no_plot(
     assert "3 alternating rounds, the median round of each system" in text
     (one,) = [line for line in text.splitlines() if line.startswith("worker-1 ")]
     assert one.split()[1:4] == ["250", "1,900", "4,050"]  # the median round, whole
+    assert one.split()[-2:] == ["4.00", "8.00"]  # its CPU per position: workers, machine
+    # per round 1.10 and 1.20 (round 2 has no figure for worker-1): median 1.15
+    assert (
+        "worker-3 / worker-1, CPU per position (entry and exit), median of the rounds:"
+        " the workers' 1.15, the machine's 1.15"
+    ) in text
     assert (
         "worker-3 / worker-1, per round: entries 1.20, 0.90, 1.10 (median 1.10);"
         " exits 0.50, 1.50, 1.00 (median 1.00)"

@@ -8,7 +8,11 @@ on paper (the synthetic feed), against the same servers as the commit ceiling:
   created -> entry; then one transaction asks every position to exit: exits/s. The bursts
   run ``rounds`` times, 1 and 3 workers alternating (and which goes first in a round), so
   that the machine's drift falls on both alike: the report gives each system's median
-  round and the ratio of 3 workers to 1 in each round;
+  round and the ratio of 3 workers to 1 in each round. Each burst also counts the CPU it
+  cost per position (its entry and its exit), of the workers and of the whole machine
+  (``/proc``, Linux): the same cost with 3 workers as with 1 means the replicas do no work
+  twice, so on a machine with the cores for it their rate is bounded by the database, not
+  by one another (what 2 cores cannot show directly);
 * **fairness**: one user commits ``flood`` positions at once, then another user commits
   ``neighbour_entries`` plain market entries one after the other (each once the one before
   it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99,
@@ -36,7 +40,7 @@ from typing import Any, Final
 
 import psycopg
 
-from worker.ops.bench_measure import percentile
+from worker.ops.bench_measure import machine_cpu_seconds, percentile, sample_process
 from worker.ops.bench_reconcile import run_reconcile_bench
 
 EXECUTION_ENV: Final = {
@@ -193,6 +197,23 @@ def spans(pairs: list[tuple[float, float | None]]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(procs: list[Any]) -> tuple[float | None, float | None]:
+    """CPU seconds so far of the worker processes (summed) and of the machine; None where
+    /proc cannot say (not Linux)."""
+    try:
+        workers: float | None = sum(sample_process(p.pid).cpu_seconds for p in procs)
+    except OSError:
+        workers = None
+    return workers, machine_cpu_seconds()
+
+
+def _per_position(before: float | None, after: float | None, positions: int) -> float | None:
+    """CPU milliseconds per position between two readings (None: no reading)."""
+    if before is None or after is None or not positions:
+        return None
+    return (after - before) * 1000 / positions
+
+
 class ExecutionBench:
     """The execution phases, on the servers, databases and workers of a
     :class:`worker.ops.bench.Bench` (``bench``)."""
@@ -201,13 +222,13 @@ class ExecutionBench:
         self.bench, self.plan = bench, plan
 
     @contextmanager
-    def workers(self, db_url: str, count: int) -> Iterator[None]:
+    def workers(self, db_url: str, count: int) -> Iterator[list[Any]]:
         env = {**EXECUTION_ENV, "DATABASE_URL": db_url, "REDIS_URL": self.bench.redis_url}
         procs = [self.bench.worker_process(env, f"exec-{db_url[-6:]}-{i}") for i in range(count)]
         for proc in procs:
             proc.start(args=("run",))
         try:
-            yield
+            yield procs
         finally:
             for proc in procs:
                 proc.signal(15)
@@ -220,7 +241,8 @@ class ExecutionBench:
         with psycopg.connect(db, autocommit=True) as conn:
             users = make_users(conn, self.plan.positions)
             self.bench.checkpoint()
-            with self.workers(db, workers):
+            with self.workers(db, workers) as procs:
+                cpu_before = cpu_seconds(procs)
                 ids = commit_positions(conn, users)
                 wait_for(conn, _COUNT_IN, ids, ENTERED)
                 entries = conn.execute(_ENTRY_TIMES, {"ids": ids}).fetchall()
@@ -233,8 +255,10 @@ class ExecutionBench:
                 opened = [p for p, (_, o) in zip(ids, entries, strict=True) if o is not None]
                 wait_for(conn, _COUNT_IN, opened, ("closed",))
                 exits = conn.execute(_EXIT_TIMES, {"ids": opened}).fetchall()
+                cpu_after = cpu_seconds(procs)
         entry = spans([(a, b) for a, b in entries])
         out = spans([(a, b) for a, b in exits])
+        cost = [_per_position(b, a, len(ids)) for b, a in zip(cpu_before, cpu_after, strict=True)]
         return {
             "system": f"worker-{workers}",
             "positions": len(ids),
@@ -244,6 +268,8 @@ class ExecutionBench:
             "entry_p99_ms": entry["p99_ms"],
             "exits_per_s": out["per_s"],
             "exit_p99_ms": out["p99_ms"],
+            "worker_cpu_ms": cost[0],
+            "machine_cpu_ms": cost[1],
         }
 
     def fairness(self) -> dict[str, Any]:

@@ -32,6 +32,22 @@ def sample_process(pid: int) -> ProcSample:
     return ProcSample(cpu, rss, peak)
 
 
+def machine_cpu_seconds() -> float | None:
+    """CPU seconds every core of the machine spent busy since boot (``/proc/stat``: user,
+    nice, system, irq, softirq, steal; not idle or iowait), or None where there is no
+    /proc (not Linux). Over a span it counts every process: workers, PostgreSQL, Redis,
+    the bench itself, and anything else the machine runs."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def read_commits(path: Path) -> list[tuple[str, float]]:
     with path.open(encoding="utf-8") as f:
         return [(str(pid), float(t)) for pid, t in (json.loads(line) for line in f)]

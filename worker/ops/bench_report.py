@@ -45,6 +45,13 @@ def round_ratios(
     ]
 
 
+def _median_ratio(runs: list[dict[str, Any]], system: str, base: str, key: str) -> str:
+    """The median of :func:`round_ratios` of ``key`` over the rounds where both systems have
+    a figure ("-" when none has)."""
+    ratios = round_ratios([r for r in runs if r[key] is not None], system, base, key)
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+
 def render(results: dict[str, Any]) -> str:
     """The whole report: the pipeline's phases (when they ran), the execution phase (when
     it ran), the servers."""
@@ -74,7 +81,8 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
         f"{how})",
         f"commit ceiling: {_f(ceiling, 0)} events/s",
         f"{'system':<12}{'entries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'refused':>9}"
-        f"{'exits/s':>9}{'exit p99':>10}{'entries/ceiling':>17}",
+        f"{'exits/s':>9}{'exit p99':>10}{'entries/ceiling':>17}{'CPU ms/pos':>12}"
+        f"{'machine':>9}",
     ]
     by_system = median_runs(bursts, "entries_per_s")
     for r in by_system.values():
@@ -82,6 +90,7 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
             f"{r['system']:<12}{_f(r['entries_per_s'], 0):>10}{_f(r['entry_p50_ms'], 0):>9}"
             f"{_f(r['entry_p99_ms'], 0):>9}{_f(r['refused']):>9}{_f(r['exits_per_s'], 0):>9}"
             f"{_f(r['exit_p99_ms'], 0):>10}{r['entries_per_s'] / ceiling:>17.4f}"
+            f"{_f(r['worker_cpu_ms'], 2):>12}{_f(r['machine_cpu_ms'], 2):>9}"
         )
     systems = list(by_system)
     for system in systems[1:]:
@@ -93,6 +102,12 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
             + f" (median {statistics.median(entries):.2f}); exits "
             + ", ".join(f"{x:.2f}" for x in exits)
             + f" (median {statistics.median(exits):.2f})"
+        )
+        workers_cpu = _median_ratio(bursts, system, systems[0], "worker_cpu_ms")
+        machine_cpu = _median_ratio(bursts, system, systems[0], "machine_cpu_ms")
+        lines.append(
+            f"{system} / {systems[0]}, CPU per position (entry and exit), median of the "
+            f"rounds: the workers' {workers_cpu}, the machine's {machine_cpu}"
         )
     f = execution["fairness"]
     lines.append(
