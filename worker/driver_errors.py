@@ -86,7 +86,8 @@ _REDIS_OUTAGES: Final = (
 
 @asynccontextmanager
 async def translated_errors() -> AsyncIterator[None]:
-    """Turn connection-level PostgreSQL driver errors into DatabaseUnavailable."""
+    """Turn connection-level PostgreSQL driver errors into DatabaseUnavailable, and a
+    transaction PostgreSQL rolled back for a conflict (class 40) into Conflict."""
     try:
         yield
     except _PG_UNAVAILABLE as exc:

@@ -39,7 +39,8 @@ def new_user(db_url: str) -> str:
 
 
 def state_of(db_url: str, user: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The account's balances and its orders (client id, status), comparable across users."""
+    """The account's balances and its orders (client id, status, quantity), comparable
+    across users."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         balances = conn.execute(
             "SELECT asset, free, locked FROM paper_balances WHERE user_id = %s ORDER BY asset",
@@ -129,8 +130,8 @@ async def test_a_placement_rolled_back_by_a_deadlock_is_run_again_and_recorded_o
 
 
 async def test_a_conflict_is_its_own_error_and_no_outage(db_url: str) -> None:
-    """What :func:`translated_errors` makes of a real deadlock: a Conflict that names it,
-    which the dispatcher's outage test (``outage_of``) does not take for an outage."""
+    """What :func:`translated_errors` makes of the server's deadlock error (SQLSTATE 40P01):
+    a Conflict that names it, which ``outage_of`` does not take for an outage."""
     with pytest.raises(Conflict) as caught:
         async with translated_errors(), await psycopg.AsyncConnection.connect(db_url) as conn:
             # the server raises SQLSTATE 40P01, without needing a cycle

@@ -42,6 +42,7 @@ import psycopg
 
 from worker.ops.bench_measure import machine_cpu_seconds, percentile, sample_process
 from worker.ops.bench_reconcile import run_reconcile_bench
+from worker.testing.processes import WorkerProcess
 
 EXECUTION_ENV: Final = {
     "POSITION_WORKER__STREAMS__EVENTS": "bench:positions:events",
@@ -197,7 +198,7 @@ def spans(pairs: list[tuple[float, float | None]]) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(procs: list[Any]) -> tuple[float | None, float | None]:
+def cpu_seconds(procs: list[WorkerProcess]) -> tuple[float | None, float | None]:
     """CPU seconds so far of the worker processes (summed) and of the machine; None where
     /proc cannot say (not Linux)."""
     try:
@@ -222,7 +223,7 @@ class ExecutionBench:
         self.bench, self.plan = bench, plan
 
     @contextmanager
-    def workers(self, db_url: str, count: int) -> Iterator[list[Any]]:
+    def workers(self, db_url: str, count: int) -> Iterator[list[WorkerProcess]]:
         env = {**EXECUTION_ENV, "DATABASE_URL": db_url, "REDIS_URL": self.bench.redis_url}
         procs = [self.bench.worker_process(env, f"exec-{db_url[-6:]}-{i}") for i in range(count)]
         for proc in procs:
