@@ -78,3 +78,14 @@ def schema_on_disk() -> Path:
     shipped = default_schema_dir()
     assert isinstance(shipped, Path), f"the migrations are not a directory on disk: {shipped!r}"
     return shipped
+
+
+def waiting_on_a_lock(db_url: str, query_part: str) -> bool:
+    """Whether a session whose statement contains ``query_part`` waits for a lock now."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND position(%s in query) > 0",
+            (query_part,),
+        ).fetchone()
+    return bool(row and row[0])

@@ -19,7 +19,7 @@ import pytest
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from tests.support import seed_owner
+from tests.support import seed_owner, waiting_on_a_lock
 from tests.waits import wait_until
 from worker.db.paper_store import PgPaperStore
 from worker.driver_errors import outage_of, translated_errors
@@ -31,6 +31,9 @@ from worker.exchanges.prices import FixedPrices
 
 pytestmark = pytest.mark.anyio
 D = Decimal
+# paper_change_balances (worker/db/paper.sql) by its first line: pg_stat_activity keeps
+# only the start of a statement (track_activity_query_size)
+CHANGE = "-- Balance changes, one element per (account, asset)"
 
 
 def new_user(db_url: str) -> str:
@@ -52,16 +55,6 @@ def state_of(db_url: str, user: str) -> tuple[list[tuple[Any, ...]], list[tuple[
             (user,),
         ).fetchall()
     return balances, orders
-
-
-def others_waiting_on_a_lock(db_url: str, own: int) -> bool:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND datname = current_database() AND pid <> %s",
-            (own,),
-        ).fetchone()
-    return row is not None and row[0] > 0
 
 
 def buy(cid: str, qty: str) -> OrderRequest:
@@ -100,10 +93,8 @@ async def test_a_placement_rolled_back_by_a_deadlock_is_run_again_and_recorded_o
 
                 def close_the_cycle() -> None:
                     try:
-                        wait_until(
-                            lambda: others_waiting_on_a_lock(db_url, other.info.backend_pid),
-                            timeout=10,
-                        )
+                        # the placement's change, waiting for the USDT row
+                        wait_until(lambda: waiting_on_a_lock(db_url, CHANGE), timeout=10)
                         other.execute(lock, (conflicted, "BTC"))  # returns once it is broken
                     except BaseException as exc:  # pragma: no cover - reported below
                         errors.append(exc)

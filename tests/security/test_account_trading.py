@@ -25,7 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from tests.execution_support import call_off_loop, exec_settings, position, wait_status
 from tests.pipeline_support import eventually, stream_entries
-from tests.support import Owner, act_as, insert_position, seed_owner
+from tests.support import Owner, act_as, insert_position, seed_owner, waiting_on_a_lock
 from worker.app import App
 from worker.execution.accounts import AccountRegistry
 from worker.execution.routing import ExchangeRouter
@@ -354,7 +354,7 @@ async def test_a_client_opened_while_its_pass_reads_the_key_versions_is_kept(
             blocker.execute("LOCK TABLE exchange_accounts IN ACCESS EXCLUSIVE MODE")
             async with anyio.create_task_group() as tg:
                 tg.start_soon(registry._follow_changes)  # maintain()'s step that reads them
-                await eventually(lambda: _waiting_on(db_url, READ_VERSIONS), 10)
+                await eventually(lambda: waiting_on_a_lock(db_url, READ_VERSIONS), 10)
                 registry._clients[ids[1]] = opened  # as _client() does, meanwhile
                 blocker.commit()
         assert registry.open_clients == 2
@@ -362,13 +362,3 @@ async def test_a_client_opened_while_its_pass_reads_the_key_versions_is_kept(
 
 
 READ_VERSIONS = "checked_at FROM exchange_accounts WHERE"  # worker/db/accounts.sql: acct_versions
-
-
-def _waiting_on(db_url: str, text: str) -> bool:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND position(%s in query) > 0",
-            (text,),
-        ).fetchone()
-    return bool(row and row[0])

@@ -58,7 +58,6 @@ ONLY_IMPORTED_BY: Final = {
         "worker.ops.demo",
         "worker.ops.bench",
         "worker.ops.bench_binance",
-        "worker.ops.bench_execution",  # the bursts' worker processes (their CPU)
         "worker.ops.bench_fills",
     ),
 }

@@ -42,7 +42,6 @@ import psycopg
 
 from worker.ops.bench_measure import machine_cpu_seconds, percentile, sample_process
 from worker.ops.bench_reconcile import run_reconcile_bench
-from worker.testing.processes import WorkerProcess
 
 EXECUTION_ENV: Final = {
     "POSITION_WORKER__STREAMS__EVENTS": "bench:positions:events",
@@ -198,11 +197,11 @@ def spans(pairs: list[tuple[float, float | None]]) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(procs: list[WorkerProcess]) -> tuple[float | None, float | None]:
-    """CPU seconds so far of the worker processes (summed) and of the machine; None where
-    /proc cannot say (not Linux)."""
+def cpu_seconds(pids: list[int]) -> tuple[float | None, float | None]:
+    """CPU seconds so far of the worker processes ``pids`` (summed) and of the machine; None
+    where /proc cannot say (not Linux)."""
     try:
-        workers: float | None = sum(sample_process(p.pid).cpu_seconds for p in procs)
+        workers: float | None = sum(sample_process(pid).cpu_seconds for pid in pids)
     except OSError:
         workers = None
     return workers, machine_cpu_seconds()
@@ -223,13 +222,14 @@ class ExecutionBench:
         self.bench, self.plan = bench, plan
 
     @contextmanager
-    def workers(self, db_url: str, count: int) -> Iterator[list[WorkerProcess]]:
+    def workers(self, db_url: str, count: int) -> Iterator[list[int]]:
+        """``count`` workers on ``db_url``, running until the block ends; their pids."""
         env = {**EXECUTION_ENV, "DATABASE_URL": db_url, "REDIS_URL": self.bench.redis_url}
         procs = [self.bench.worker_process(env, f"exec-{db_url[-6:]}-{i}") for i in range(count)]
         for proc in procs:
             proc.start(args=("run",))
         try:
-            yield procs
+            yield [proc.pid for proc in procs]
         finally:
             for proc in procs:
                 proc.signal(15)
@@ -242,8 +242,8 @@ class ExecutionBench:
         with psycopg.connect(db, autocommit=True) as conn:
             users = make_users(conn, self.plan.positions)
             self.bench.checkpoint()
-            with self.workers(db, workers) as procs:
-                cpu_before = cpu_seconds(procs)
+            with self.workers(db, workers) as pids:
+                cpu_before = cpu_seconds(pids)
                 ids = commit_positions(conn, users)
                 wait_for(conn, _COUNT_IN, ids, ENTERED)
                 entries = conn.execute(_ENTRY_TIMES, {"ids": ids}).fetchall()
@@ -256,10 +256,12 @@ class ExecutionBench:
                 opened = [p for p, (_, o) in zip(ids, entries, strict=True) if o is not None]
                 wait_for(conn, _COUNT_IN, opened, ("closed",))
                 exits = conn.execute(_EXIT_TIMES, {"ids": opened}).fetchall()
-                cpu_after = cpu_seconds(procs)
+                cpu_after = cpu_seconds(pids)
         entry = spans([(a, b) for a, b in entries])
         out = spans([(a, b) for a, b in exits])
-        cost = [_per_position(b, a, len(ids)) for b, a in zip(cpu_before, cpu_after, strict=True)]
+        worker_cpu, machine_cpu = (
+            _per_position(b, a, len(ids)) for b, a in zip(cpu_before, cpu_after, strict=True)
+        )
         return {
             "system": f"worker-{workers}",
             "positions": len(ids),
@@ -269,8 +271,8 @@ class ExecutionBench:
             "entry_p99_ms": entry["p99_ms"],
             "exits_per_s": out["per_s"],
             "exit_p99_ms": out["p99_ms"],
-            "worker_cpu_ms": cost[0],
-            "machine_cpu_ms": cost[1],
+            "worker_cpu_ms": worker_cpu,
+            "machine_cpu_ms": machine_cpu,
         }
 
     def fairness(self) -> dict[str, Any]:
