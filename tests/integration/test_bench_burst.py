@@ -27,5 +27,9 @@ def test_a_burst_enters_and_exits_every_position_and_counts_its_cpu(
     if Path("/proc/stat").exists():  # Linux: the workers' CPU, and the machine's
         assert burst["worker_cpu_ms"] > 0
         assert burst["machine_cpu_ms"] > 0
+        # the machine did work while the positions entered and while they exited (the
+        # fraction's upper end is /proc's tick, 10 ms, over spans this short: not tested)
+        assert burst["entry_busy"] > 0 and burst["exit_busy"] > 0
     else:
         assert burst["worker_cpu_ms"] is None and burst["machine_cpu_ms"] is None
+        assert burst["entry_busy"] is None and burst["exit_busy"] is None

@@ -14,8 +14,9 @@ import pytest
 
 from worker.cli import build_parser, main
 from worker.ops import bench
+from worker.ops.bench_execution import Reading, busy
 from worker.ops.bench_plot import axis_ticks, render_svg, svg_path_for, write_svg
-from worker.ops.bench_report import median_runs, render, round_ratios
+from worker.ops.bench_report import median_runs, render, render_execution, round_ratios
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -167,6 +168,9 @@ def _burst(
         "exit_p99_ms": 4900.0,
         "worker_cpu_ms": cpu,
         "machine_cpu_ms": None if cpu is None else cpu * 2,
+        # the machine's busy fraction while the positions entered, and while they exited
+        "entry_busy": None if cpu is None else 0.974,
+        "exit_busy": None if cpu is None else 0.885,
     }
 
 
@@ -217,7 +221,8 @@ def test_execution_only_prints_the_bursts_beside_the_ceiling_and_no_plot(
     assert "3 alternating rounds, the median round of each system" in text
     (one,) = [line for line in text.splitlines() if line.startswith("worker-1 ")]
     assert one.split()[1:4] == ["250", "1,900", "4,050"]  # the median round, whole
-    assert one.split()[-2:] == ["4.00", "8.00"]  # its CPU per position: workers, machine
+    # its CPU per position (workers, machine), and how busy the machine was (entry/exit)
+    assert one.split()[-3:] == ["4.00", "8.00", "97%/88%"]
     # per round 1.10 and 1.20 (round 2 has no figure for worker-1): median 1.15
     assert (
         "worker-3 / worker-1, CPU per position (entry and exit), median of the rounds:"
@@ -300,3 +305,17 @@ def test_axis_ticks_are_round_numbers() -> None:
     assert axis_ticks(6.3) == (2, 4)
     assert axis_ticks(32_704) == (10_000, 4)
     assert axis_ticks(0.0) == (1, 1)
+
+
+def test_a_burst_without_proc_figures_prints_dashes() -> None:
+    bursts = [_burst("worker-1", 1, 250.0, 200.0, cpu=None)]
+    text = render_execution({**EXECUTION, "bursts": bursts}, 1000.0)
+    (one,) = [line for line in text.splitlines() if line.startswith("worker-1 ")]
+    assert one.split()[-3:] == ["-", "-", "-/-"]
+
+
+def test_busy_is_the_machines_cpu_over_the_spans_seconds_on_every_core() -> None:
+    start, end = Reading(10.0, 1.0, 100.0), Reading(12.0, 2.0, 103.0)
+    assert busy(start, end, 2) == 0.75  # 3 CPU seconds over 2 s on 2 cores
+    assert busy(start, Reading(12.0, 2.0, None), 2) is None  # no /proc
+    assert busy(start, end, None) is None  # os.cpu_count() could not tell

@@ -12,7 +12,9 @@ on paper (the synthetic feed), against the same servers as the commit ceiling:
   cost per position (its entry and its exit), of the workers and of the whole machine
   (``/proc``, Linux): the same cost with 3 workers as with 1 means the replicas do no work
   twice, so on a machine with the cores for it their rate is bounded by the database, not
-  by one another (what 2 cores cannot show directly);
+  by one another (what 2 cores cannot show directly). And how busy the machine was while
+  the positions entered and while they exited: a phase that keeps every core busy with
+  one worker leaves no room for more workers to go faster on this machine;
 * **fairness**: one user commits ``flood`` positions at once, then another user commits
   ``neighbour_entries`` plain market entries one after the other (each once the one before
   it has entered) while the flood is handled: the neighbour's created -> entry, p50/p99,
@@ -32,6 +34,7 @@ refused by the defaults). See docs/benchmarks.md.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,6 +164,11 @@ def wait_for(
         time.sleep(every)  # a bench process polling the database: nothing to wait on
 
 
+# every opened position asked to exit, in one transaction (autocommit: one statement)
+_EXITS = (
+    "SELECT request_position_exit(id) FROM positions"
+    " WHERE id = ANY(%(ids)s) AND status IN ('open', 'monitoring')"
+)
 _COUNT_IN = "SELECT count(*) FROM positions WHERE id = ANY(%(ids)s) AND status = ANY(%(statuses)s)"
 # ``each`` scale-ins on every position of ``ids``, one round over them after another; the
 # request flood's positions and scale-ins are small (0.0002 BTC, 10 USDT at the synthetic
@@ -197,14 +205,22 @@ def spans(pairs: list[tuple[float, float | None]]) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(pids: list[int]) -> tuple[float | None, float | None]:
-    """CPU seconds so far of the worker processes ``pids`` (summed) and of the machine; None
-    where /proc cannot say (not Linux)."""
-    try:
-        workers: float | None = sum(sample_process(pid).cpu_seconds for pid in pids)
-    except OSError:
-        workers = None
-    return workers, machine_cpu_seconds()
+@dataclass(frozen=True)
+class Reading:
+    """A moment of a burst: when (``time.monotonic()``), and the CPU seconds so far of the
+    worker processes (summed) and of the machine; None where /proc cannot say (not Linux)."""
+
+    at: float
+    workers: float | None
+    machine: float | None
+
+    @classmethod
+    def now(cls, pids: list[int]) -> Reading:
+        try:
+            workers: float | None = sum(sample_process(pid).cpu_seconds for pid in pids)
+        except OSError:
+            workers = None
+        return cls(time.monotonic(), workers, machine_cpu_seconds())
 
 
 def _per_position(before: float | None, after: float | None, positions: int) -> float | None:
@@ -212,6 +228,16 @@ def _per_position(before: float | None, after: float | None, positions: int) -> 
     if before is None or after is None or not positions:
         return None
     return (after - before) * 1000 / positions
+
+
+def busy(start: Reading, end: Reading, cpus: int | None) -> float | None:
+    """How busy the machine was from ``start`` to ``end``: its CPU seconds over the span's
+    seconds on every core (1.0: every core busy throughout), or None without a reading.
+    The span ends when the bench's polling sees the phase done, up to one poll late, so a
+    phase that kept every core busy reads a little under 1."""
+    if start.machine is None or end.machine is None or not cpus or end.at <= start.at:
+        return None
+    return (end.machine - start.machine) / ((end.at - start.at) * cpus)
 
 
 class ExecutionBench:
@@ -243,25 +269,20 @@ class ExecutionBench:
             users = make_users(conn, self.plan.positions)
             self.bench.checkpoint()
             with self.workers(db, workers) as pids:
-                cpu_before = cpu_seconds(pids)
+                start = Reading.now(pids)
                 ids = commit_positions(conn, users)
                 wait_for(conn, _COUNT_IN, ids, ENTERED)
+                entered = Reading.now(pids)
                 entries = conn.execute(_ENTRY_TIMES, {"ids": ids}).fetchall()
-                with conn.transaction():
-                    conn.execute(
-                        "SELECT request_position_exit(id) FROM positions"
-                        " WHERE id = ANY(%(ids)s) AND status IN ('open', 'monitoring')",
-                        {"ids": ids},
-                    )
                 opened = [p for p, (_, o) in zip(ids, entries, strict=True) if o is not None]
+                asked = Reading.now(pids)
+                conn.execute(_EXITS, {"ids": opened})
                 wait_for(conn, _COUNT_IN, opened, ("closed",))
+                end = Reading.now(pids)
                 exits = conn.execute(_EXIT_TIMES, {"ids": opened}).fetchall()
-                cpu_after = cpu_seconds(pids)
         entry = spans([(a, b) for a, b in entries])
         out = spans([(a, b) for a, b in exits])
-        worker_cpu, machine_cpu = (
-            _per_position(b, a, len(ids)) for b, a in zip(cpu_before, cpu_after, strict=True)
-        )
+        cpus = os.cpu_count()
         return {
             "system": f"worker-{workers}",
             "positions": len(ids),
@@ -271,8 +292,10 @@ class ExecutionBench:
             "entry_p99_ms": entry["p99_ms"],
             "exits_per_s": out["per_s"],
             "exit_p99_ms": out["p99_ms"],
-            "worker_cpu_ms": worker_cpu,
-            "machine_cpu_ms": machine_cpu,
+            "worker_cpu_ms": _per_position(start.workers, end.workers, len(ids)),
+            "machine_cpu_ms": _per_position(start.machine, end.machine, len(ids)),
+            "entry_busy": busy(start, entered, cpus),
+            "exit_busy": busy(asked, end, cpus),
         }
 
     def fairness(self) -> dict[str, Any]:

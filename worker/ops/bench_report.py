@@ -17,6 +17,10 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.0f}%"
+
+
 def median_runs(runs: list[dict[str, Any]], key: str = "events_per_s") -> dict[str, dict[str, Any]]:
     """Per system, its run of median throughput (``key``; the lower middle one of an even
     count), in the order the systems first appear."""
@@ -82,7 +86,7 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
         f"commit ceiling: {_f(ceiling, 0)} events/s",
         f"{'system':<12}{'entries/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'refused':>9}"
         f"{'exits/s':>9}{'exit p99':>10}{'entries/ceiling':>17}{'CPU ms/pos':>12}"
-        f"{'machine':>9}",
+        f"{'machine':>9}{'busy in/out':>13}",
     ]
     by_system = median_runs(bursts, "entries_per_s")
     for r in by_system.values():
@@ -91,6 +95,7 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
             f"{_f(r['entry_p99_ms'], 0):>9}{_f(r['refused']):>9}{_f(r['exits_per_s'], 0):>9}"
             f"{_f(r['exit_p99_ms'], 0):>10}{r['entries_per_s'] / ceiling:>17.4f}"
             f"{_f(r['worker_cpu_ms'], 2):>12}{_f(r['machine_cpu_ms'], 2):>9}"
+            f"{_percent(r.get('entry_busy')) + '/' + _percent(r.get('exit_busy')):>13}"
         )
     systems = list(by_system)
     for system in systems[1:]:
