@@ -253,6 +253,46 @@ async def test_a_paused_listener_unlistens_and_resumes_with_a_wake_up(db_url: st
         tg.cancel_scope.cancel()
 
 
+class _KeepingListener(Listener):
+    """A listener that keeps every connection it opens, for the test to look at."""
+
+    def __init__(self, db_url: str) -> None:
+        super().__init__(
+            db_url,
+            lambda: None,
+            log=structlog.get_logger(),
+            metrics=Metrics(),
+            probe_after=60,  # no probe while the test holds the connection
+            reconnect_max=0.5,
+        )
+        self.opened: list[psycopg.AsyncConnection[Any]] = []
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await super()._connect()
+        self.opened.append(conn)
+        return conn
+
+
+async def test_a_stopped_listener_closes_its_connection_even_if_leaving_it_waits(
+    db_url: str,
+) -> None:
+    """Stopped while paused, the listener closes its connection, also when something on
+    the way out waits for the connection (here its lock, held by the test): a cancelled
+    task is cancelled again at every wait, and a close behind one would never run."""
+    listener = _KeepingListener(db_url)
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.run)
+        listener.pause()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f"NOTIFY {WAKEUP_CHANNEL}")
+        await eventually(lambda: listener.pauses == 1, 5)  # sitting out, the lock free
+        (listen_conn,) = listener.opened
+        await listen_conn.lock.acquire()
+        tg.cancel_scope.cancel()
+    listen_conn.lock.release()
+    assert listen_conn.closed
+
+
 async def test_changes_committed_while_no_worker_runs_are_published_at_start(
     db_url: str, redis_url: str
 ) -> None:

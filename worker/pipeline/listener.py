@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Final
 
 import anyio
@@ -79,7 +79,7 @@ class Listener:
         started = False
         while True:
             try:
-                async with await self._connect() as conn:
+                async with self._connection() as conn:
                     await self._listen(conn)
                     failures = 0
                     if not started:
@@ -99,6 +99,19 @@ class Listener:
                     delay_seconds=round(delay, 3),
                 )
                 await anyio.sleep(delay)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A new connection, closed however the block is left, cancellation included."""
+        conn = await self._connect()
+        try:
+            yield conn
+        finally:
+            # Closed here rather than by the connection's own ``async with``: that exit rolls
+            # back first (nothing to undo in autocommit), a rollback may yield to the loop,
+            # and a cancelled scope cancels it there again, so close() would never run.
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         with anyio.fail_after(self.connect_timeout):
