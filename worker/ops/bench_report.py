@@ -95,7 +95,7 @@ def render_execution(execution: dict[str, Any], ceiling: float) -> str:
             f"{_f(r['entry_p99_ms'], 0):>9}{_f(r['refused']):>9}{_f(r['exits_per_s'], 0):>9}"
             f"{_f(r['exit_p99_ms'], 0):>10}{r['entries_per_s'] / ceiling:>17.4f}"
             f"{_f(r['worker_cpu_ms'], 2):>12}{_f(r['machine_cpu_ms'], 2):>9}"
-            f"{_percent(r.get('entry_busy')) + '/' + _percent(r.get('exit_busy')):>13}"
+            f"{_percent(r['entry_busy']) + '/' + _percent(r['exit_busy']):>13}"
         )
     systems = list(by_system)
     for system in systems[1:]:

@@ -149,9 +149,7 @@ class Dispatcher:
         """A claim or settlement PostgreSQL rolled back for a conflict: its events stay
         pending and the next claim takes them; the database answers, so this is no outage."""
         self.log.warning("claim_conflict", error=str(exc))
-        with anyio.move_on_after(CONFLICT_PAUSE):
-            while not self.schedule.stopping:
-                await self._wake.wait()
+        await anyio.sleep(CONFLICT_PAUSE)
 
     async def _back_off(self, exc: Outage) -> None:
         failure = self.schedule.failed()
